@@ -1,0 +1,330 @@
+// CPU kernels of the fastshap ops.
+//
+// Per call: (1) ATen GEMMs give each modality's partial products against its slice of the head's first
+// layer, for the real features ("present") and for the baselines ("absent"); (2) one pass per sample,
+// parallel over the batch, walks all 2^n coalitions depth first, so each coalition costs about one vector
+// add, decides correctness (first-index argmax) and accumulates the exact Shapley numerators. The MLP head
+// adds a chunked GEMM for its second layer between the walk and the evaluation.
+//
+// Summation order, GEMM calls and chunking follow fastshap/reference.py exactly, which is why the two
+// backends return identical values.
+#include "shapley.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace fastshap {
+namespace {
+
+using at::Tensor;
+
+at::ScalarType compute_type(const Tensor& features0) {
+  return features0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// (n, rows, K): xs[i] (rows, d_i) or (d_i,) times the columns of modality i of `weight` (K, D).
+Tensor partial_products(at::TensorList xs, const Tensor& weight, const ProblemShape& p, at::ScalarType ct) {
+  const int64_t rows = xs[0].dim() == 1 ? 1 : xs[0].size(0);
+  Tensor w = weight.to(ct);
+  Tensor out = at::empty({p.n, rows, weight.size(0)}, weight.options().dtype(ct));
+  for (int64_t i = 0; i < p.n; ++i) {
+    Tensor x = xs[i].to(ct);
+    if (x.dim() == 1) x = x.unsqueeze(0);
+    Tensor dst = out.select(0, i);
+    at::mm_out(dst, x, w.narrow(1, p.offsets[i], p.dims[i]).t());
+  }
+  return out;
+}
+
+// (n,) float: for each modality, how many rows of its partial products hold a NaN or an Inf.
+Tensor count_nonfinite(const Tensor& partials) {
+  return at::isfinite(partials).logical_not().any(-1).sum(-1).to(at::kFloat);
+}
+
+void check_labels(const Tensor& labels, int64_t num_classes) {
+  const int64_t* y = labels.data_ptr<int64_t>();
+  for (int64_t b = 0; b < labels.numel(); ++b) {
+    TORCH_CHECK_VALUE(y[b] >= 0 && y[b] < num_classes, "fastshap: labels[", b, "] = ", y[b], " is outside [0, ",
+                      num_classes, ")");
+  }
+}
+
+// The sums that define each coalition's score: level k holds start + sel_0 + ... + sel_{k-1}, where
+// sel_i is the present (i in S) or absent (i not in S) contribution of modality i, added left to right.
+template <typename T>
+struct CoalitionWalk {
+  int64_t n, K, batch, absent_rows;
+  const T* start;    // (K)
+  const T* present;  // (n, batch, K)
+  const T* absent;   // (n, absent_rows, K), or nullptr when removed modalities contribute zero
+
+  // Calls visit(mask, size, score) for every coalition; bit i of mask is modality i. `scratch` holds n*K.
+  template <typename Visit>
+  void run(int64_t b, T* scratch, Visit&& visit) const {
+    std::array<const T*, kMaxModalities + 1> level{};
+    level[0] = start;
+    const uint32_t count = 1u << n;
+    uint32_t mask = 0;
+    int64_t from = 0;
+    for (uint32_t t = 0; t < count; ++t) {
+      // Modality k is decided by bit (n-1-k) of t, so counting t up changes only the last modalities'
+      // decisions: recompute the levels from the first changed one.
+      if (t != 0) from = n - 1 - __builtin_ctz(t);
+      for (int64_t k = from; k < n; ++k) {
+        const bool in = (t >> (n - 1 - k)) & 1u;
+        mask = in ? (mask | (1u << k)) : (mask & ~(1u << k));
+        const T* add = in ? present + (k * batch + b) * K
+                          : (absent ? absent + (k * absent_rows + (absent_rows == 1 ? 0 : b)) * K : nullptr);
+        if (add == nullptr) {
+          level[k + 1] = level[k];  // adding a zero contribution is exact: skip it
+        } else {
+          T* dst = scratch + k * K;
+          const T* src = level[k];
+          for (int64_t c = 0; c < K; ++c) dst[c] = src[c] + add[c];
+          level[k + 1] = dst;
+        }
+      }
+      visit(mask, __builtin_popcount(mask), level[n]);
+    }
+  }
+};
+
+// True when `label` is the first maximal index of score[0:K] (torch.argmax semantics).
+template <typename T>
+inline bool first_argmax_is(const T* score, int64_t K, int64_t label) {
+  const T top = score[label];
+  bool ok = true;
+  for (int64_t c = 0; c < label; ++c) ok &= score[c] < top;
+  for (int64_t c = label + 1; c < K; ++c) ok &= !(score[c] > top);
+  return ok;
+}
+
+template <typename T>
+inline double softmax_at(const T* score, int64_t K, int64_t label) {
+  double top = static_cast<double>(score[0]);
+  for (int64_t c = 1; c < K; ++c) top = std::max(top, static_cast<double>(score[c]));
+  double total = 0.0;
+  for (int64_t c = 0; c < K; ++c) total += std::exp(static_cast<double>(score[c]) - top);
+  return std::exp(static_cast<double>(score[label]) - top) / total;
+}
+
+// Accumulates v(S) * k_i(S) into the n Shapley numerators.
+struct ShapleyAccumulator {
+  const ShapleyCoefficients& coef;
+  int64_t n;
+  std::array<double, kMaxModalities> num{};
+
+  inline void add(uint32_t mask, int size, double value) {
+    if (value == 0.0) return;
+    const double gain = value * coef.in[size], loss = value * coef.out[size];
+    for (int64_t i = 0; i < n; ++i) num[i] += ((mask >> i) & 1u) ? gain : -loss;
+  }
+  inline void store(float* phi_row) const {
+    for (int64_t i = 0; i < n; ++i) phi_row[i] = static_cast<float>(num[i] / coef.n_factorial);
+  }
+};
+
+enum class Combine { Logits, MeanProbability };
+
+// v(S) from a coalition's score vector.
+template <typename T>
+inline double coalition_value(const T* score, int64_t K, int64_t label, int size, Benefit benefit, Combine combine,
+                              int64_t n) {
+  switch (benefit) {
+    case Benefit::Paper:
+      return size == 0 ? 0.0 : (first_argmax_is(score, K, label) ? static_cast<double>(size) : 0.0);
+    case Benefit::Accuracy:
+      return first_argmax_is(score, K, label) ? 1.0 : 0.0;
+    case Benefit::Probability:
+      // Decision fusion scores are sums of per-modality probabilities; the benefit is their mean.
+      return combine == Combine::MeanProbability ? static_cast<double>(score[label]) / static_cast<double>(n)
+                                                 : softmax_at(score, K, label);
+  }
+  return 0.0;
+}
+
+// Grain of the batch loop: enough coalitions per task to amortise the scheduling.
+int64_t batch_grain(int64_t n) { return std::max<int64_t>(1, 256 >> std::min<int64_t>(n, 8)); }
+
+// Concat-linear and decision-fusion heads: the coalition score is a sum of per-modality vectors.
+template <typename T>
+void additive_kernel(const CoalitionWalk<T>& walk, const int64_t* labels, Benefit benefit, Combine combine,
+                     const ShapleyCoefficients& coef, float* phi) {
+  at::parallel_for(0, walk.batch, batch_grain(walk.n), [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(walk.n * walk.K);
+    for (int64_t b = begin; b < end; ++b) {
+      ShapleyAccumulator acc{coef, walk.n};
+      const int64_t y = labels[b];
+      walk.run(b, scratch.data(), [&](uint32_t mask, int size, const T* score) {
+        acc.add(mask, size, coalition_value(score, walk.K, y, size, benefit, combine, walk.n));
+      });
+      acc.store(phi + b * walk.n);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> finish(const Tensor& phi, const Tensor& nonfinite) {
+  Tensor stats = at::stack({phi.sum(0), phi.lt(1.0).sum(0).to(at::kFloat), nonfinite});
+  return {phi, stats};
+}
+
+std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& weight, const Tensor& start_or_bias,
+                                       at::TensorList baselines, const Tensor& labels, c10::string_view benefit_name,
+                                       Combine combine) {
+  const ProblemShape p = check_common(features, weight, baselines, labels);
+  const Benefit benefit = parse_benefit(benefit_name);
+  const int64_t K = weight.size(0);
+  const auto ct = compute_type(features[0]);
+  check_labels(labels.contiguous(), K);
+  Tensor phi = at::empty({p.batch, p.n}, features[0].options().dtype(at::kFloat));
+  Tensor present = partial_products(features, weight, p, ct);
+  Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight, p, ct);
+  Tensor nonfinite = count_nonfinite(present);
+  if (absent.defined()) nonfinite.add_(count_nonfinite(absent));
+
+  Tensor start;
+  if (combine == Combine::MeanProbability) {
+    // Decision fusion: each modality's classifier (its weight columns plus its own bias row) goes through
+    // its own softmax; a removed modality's classifier sees its baseline (zeros: just its bias).
+    TORCH_CHECK_VALUE(start_or_bias.dim() == 2 && start_or_bias.size(0) == p.n && start_or_bias.size(1) == K,
+                      "fastshap: decision-fusion bias must be (n, C) = (", p.n, ", ", K, "), got ",
+                      start_or_bias.sizes());
+    Tensor bias = start_or_bias.to(ct).unsqueeze(1);
+    present = at::softmax(present.add(bias), -1);
+    absent = at::softmax((absent.defined() ? absent : at::zeros({p.n, 1, K}, bias.options())).add(bias), -1);
+    start = at::zeros({K}, present.options());
+  } else {
+    TORCH_CHECK_VALUE(start_or_bias.dim() == 1 && start_or_bias.size(0) == K, "fastshap: bias must be (", K,
+                      ",), got ", start_or_bias.sizes());
+    start = start_or_bias.to(ct).contiguous();
+  }
+  present = present.contiguous();
+  if (absent.defined()) absent = absent.contiguous();
+  const ShapleyCoefficients coef = shapley_coefficients(p.n);
+  Tensor y = labels.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(present.scalar_type(), "fastshap_additive_cpu", [&] {
+    CoalitionWalk<scalar_t> walk{p.n,
+                                 K,
+                                 p.batch,
+                                 absent.defined() ? absent.size(1) : 0,
+                                 start.data_ptr<scalar_t>(),
+                                 present.data_ptr<scalar_t>(),
+                                 absent.defined() ? absent.data_ptr<scalar_t>() : nullptr};
+    additive_kernel(walk, y.data_ptr<int64_t>(), benefit, combine, coef, phi.data_ptr<float>());
+  });
+  return finish(phi, nonfinite);
+}
+
+std::tuple<Tensor, Tensor> shapley_concat_cpu(at::TensorList features, const Tensor& weight, const Tensor& bias,
+                                              at::TensorList baselines, const Tensor& labels,
+                                              c10::string_view benefit) {
+  return additive_op(features, weight, bias, baselines, labels, benefit, Combine::Logits);
+}
+
+std::tuple<Tensor, Tensor> shapley_decision_cpu(at::TensorList features, const Tensor& weight, const Tensor& bias,
+                                                at::TensorList baselines, const Tensor& labels,
+                                                c10::string_view benefit) {
+  return additive_op(features, weight, bias, baselines, labels, benefit, Combine::MeanProbability);
+}
+
+// Samples per second-layer GEMM of the MLP head. Must equal fastshap.reference._mlp_chunk_samples: equal
+// GEMM shapes are what makes the two backends bit-identical.
+int64_t mlp_chunk_samples(int64_t batch, int64_t n, int64_t hidden) {
+  const int64_t per_sample = (int64_t{1} << n) * std::max<int64_t>(hidden, 1);
+  return std::max<int64_t>(1, std::min<int64_t>(batch, (int64_t{1} << 22) / per_sample));
+}
+
+std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor& weight1, const Tensor& bias1,
+                                           const Tensor& weight2, const Tensor& bias2, at::TensorList baselines,
+                                           const Tensor& labels, c10::string_view benefit_name) {
+  const ProblemShape p = check_common(features, weight1, baselines, labels);
+  const Benefit benefit = parse_benefit(benefit_name);
+  const int64_t H = weight1.size(0);
+  TORCH_CHECK_VALUE(bias1.dim() == 1 && bias1.size(0) == H, "fastshap: bias1 must be (", H, ",), got ",
+                    bias1.sizes());
+  TORCH_CHECK_VALUE(weight2.dim() == 2 && weight2.size(1) == H, "fastshap: weight2 must be (C, ", H, "), got ",
+                    weight2.sizes());
+  const int64_t C = weight2.size(0);
+  TORCH_CHECK_VALUE(bias2.dim() == 1 && bias2.size(0) == C, "fastshap: bias2 must be (", C, ",), got ",
+                    bias2.sizes());
+  const auto ct = compute_type(features[0]);
+  check_labels(labels.contiguous(), C);
+  Tensor phi = at::empty({p.batch, p.n}, features[0].options().dtype(at::kFloat));
+  Tensor present = partial_products(features, weight1, p, ct).contiguous();
+  Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight1, p, ct).contiguous();
+  Tensor nonfinite = count_nonfinite(present);
+  if (absent.defined()) nonfinite.add_(count_nonfinite(absent));
+  Tensor start = bias1.to(ct).contiguous();
+  Tensor w2t = weight2.to(ct).t();
+  Tensor b2 = bias2.to(ct);
+  const ShapleyCoefficients coef = shapley_coefficients(p.n);
+  Tensor y_t = labels.contiguous();
+  const int64_t* y = y_t.data_ptr<int64_t>();
+  const int64_t coalitions = int64_t{1} << p.n;
+  const int64_t chunk = mlp_chunk_samples(p.batch, p.n, H);
+  Tensor hidden = at::empty({chunk * coalitions, H}, present.options());
+
+  AT_DISPATCH_FLOATING_TYPES(present.scalar_type(), "fastshap_mlp_cpu", [&] {
+    CoalitionWalk<scalar_t> walk{p.n,
+                                 H,
+                                 p.batch,
+                                 absent.defined() ? absent.size(1) : 0,
+                                 start.data_ptr<scalar_t>(),
+                                 present.data_ptr<scalar_t>(),
+                                 absent.defined() ? absent.data_ptr<scalar_t>() : nullptr};
+    for (int64_t c0 = 0; c0 < p.batch; c0 += chunk) {
+      const int64_t rows = std::min(chunk, p.batch - c0);
+      scalar_t* z = hidden.data_ptr<scalar_t>();
+      // Hidden layer of every coalition of every sample in the chunk: row j * 2^n + mask.
+      at::parallel_for(0, rows, batch_grain(p.n), [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> scratch(p.n * H);
+        for (int64_t j = begin; j < end; ++j) {
+          walk.run(c0 + j, scratch.data(), [&](uint32_t mask, int, const scalar_t* pre) {
+            scalar_t* row = z + (j * coalitions + mask) * H;
+            for (int64_t h = 0; h < H; ++h) row[h] = pre[h] > scalar_t(0) ? pre[h] : scalar_t(0);
+          });
+        }
+      });
+      Tensor logits = at::addmm(b2, hidden.narrow(0, 0, rows * coalitions), w2t);
+      const scalar_t* L = logits.data_ptr<scalar_t>();
+      at::parallel_for(0, rows, batch_grain(p.n), [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          ShapleyAccumulator acc{coef, p.n};
+          const int64_t b = c0 + j;
+          for (int64_t mask = 0; mask < coalitions; ++mask) {
+            const int size = __builtin_popcount(static_cast<uint32_t>(mask));
+            const scalar_t* score = L + (j * coalitions + mask) * C;
+            acc.add(static_cast<uint32_t>(mask), size,
+                    coalition_value(score, C, y[b], size, benefit, Combine::Logits, p.n));
+          }
+          acc.store(phi.data_ptr<float>() + b * p.n);
+        }
+      });
+    }
+  });
+  return finish(phi, nonfinite);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastshap, CPU, m) {
+  m.impl("shapley_concat", &shapley_concat_cpu);
+  m.impl("shapley_decision", &shapley_decision_cpu);
+  m.impl("shapley_mlp", &shapley_mlp_cpu);
+}
+
+}  // namespace fastshap

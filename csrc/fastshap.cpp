@@ -1,0 +1,67 @@
+// The op schemas, defined once. Each backend registers its kernels in its own file
+// (cpu/shapley_cpu.cpp, cuda/*.cu) with TORCH_LIBRARY_IMPL; the fake kernels live in fastshap/_ops.py.
+//
+// All three ops take the n feature tensors (B, d_i), the head's parameters, optional baselines (an empty
+// list means "a removed modality's features are zeros"), int64 labels (B,) and the benefit name, and
+// return
+//   phi   (B, n) float32  per-sample Shapley values
+//   stats (3, n) float32  row 0: sum over the batch of phi[:, i]; row 1: count of phi[:, i] < 1;
+//                         row 2: count of samples whose modality-i contribution was not finite
+//                         (NaN/Inf features or baselines); the Python wrapper raises on it.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+// A module named _C so that `import fastshap._C` loads this library and runs the registrations below.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+#ifndef FASTSHAP_CUDA_ARCH_LIST
+#define FASTSHAP_CUDA_ARCH_LIST ""
+#endif
+
+namespace fastshap {
+
+static std::string build_info() {
+  std::string info = "cuda=";
+  info += FASTSHAP_WITH_CUDA ? "1" : "0";
+  info += ";cuda_arch=";
+  info += FASTSHAP_CUDA_ARCH_LIST;
+#ifdef _OPENMP
+  info += ";openmp=1";
+#else
+  info += ";openmp=0";
+#endif
+  info += ";compiler=";
+#if defined(__clang__)
+  info += "clang " __clang_version__;
+#elif defined(__GNUC__)
+  info += "gcc " __VERSION__;
+#endif
+  return info;
+}
+
+TORCH_LIBRARY(fastshap, m) {
+  // Concatenation head: logits(S) = bias + sum_i (i in S ? W_i h_i : W_i b_i).  weight (C, D), bias (C).
+  m.def(
+      "shapley_concat(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, "
+      "str benefit) -> (Tensor, Tensor)");
+  // Decision fusion: one linear classifier per modality; weight (C, D) holds classifier i in the columns of
+  // modality i, bias (n, C); prediction = mean_i softmax(classifier_i(input_i)).
+  m.def(
+      "shapley_decision(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, "
+      "str benefit) -> (Tensor, Tensor)");
+  // Concatenation MLP: logits(S) = W2 relu(b1 + sum_i (i in S ? W1_i h_i : W1_i b_i)) + b2.
+  // weight1 (H, D), bias1 (H), weight2 (C, H), bias2 (C).
+  m.def(
+      "shapley_mlp(Tensor[] features, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2, "
+      "Tensor[] baselines, Tensor labels, str benefit) -> (Tensor, Tensor)");
+  m.def("build_info() -> str", &build_info);
+}
+
+}  // namespace fastshap

@@ -1,0 +1,56 @@
+// Shared host-side pieces of the fastshap ops: the benefit enum, the exact Shapley coefficient tables
+// and the argument checks that every backend (CPU, CUDA) runs before launching its kernel.
+//
+// The semantics every kernel must reproduce bit for bit are documented in fastshap/reference.py
+// ("canonical computation"); this header only carries what the C++ kernels share.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+namespace fastshap {
+
+// n = 16 is the largest exact case: 2^16 coalitions per sample, and 16! * 16 < 2^53, so the Shapley
+// numerators below stay exact integers in a double.
+constexpr int64_t kMaxModalities = 16;
+
+enum class Benefit : int {
+  Paper = 0,        // v(S) = |S| * 1[argmax H(S) == y], v(empty) = 0
+  Accuracy = 1,     // v(S) = 1[argmax H(S) == y], v(empty) evaluated on the all-removed input
+  Probability = 2,  // v(S) = softmax(H(S))[y] (decision fusion: mean of per-modality softmax)[y]
+};
+
+Benefit parse_benefit(c10::string_view name);
+
+// phi_i = (1/n!) * sum_S v(S) * k_i(S), with the integer coefficients
+//   k_i(S) = +(|S|-1)! (n-|S|)!   if i in S
+//   k_i(S) = -|S|! (n-1-|S|)!     if i not in S
+// Every backend accumulates these integers (exact in double for n <= 16) and divides by n! once,
+// which is what makes backends agree exactly for the discrete benefits.
+struct ShapleyCoefficients {
+  std::array<double, kMaxModalities + 1> in{};   // indexed by |S|, for i in S
+  std::array<double, kMaxModalities + 1> out{};  // indexed by |S|, for i not in S
+  double n_factorial = 1.0;
+};
+ShapleyCoefficients shapley_coefficients(int64_t n);
+
+// What the argument checks found out about a call.
+struct ProblemShape {
+  int64_t n = 0;                  // modalities
+  int64_t batch = 0;              // B
+  std::vector<int64_t> dims;      // d_i
+  std::vector<int64_t> offsets;   // column offset of modality i in the concatenated feature vector
+  int64_t total_dim = 0;          // sum d_i
+  int64_t baseline_rows = 0;      // 0: zeros; 1: one shared baseline per modality; B: per-sample
+};
+
+// Checks features (n tensors (B, d_i), one floating dtype, one device), labels (B,) integer, and the
+// optional baselines (n tensors, all (d_i,) or all (B, d_i)); `first_layer` is (K, sum d_i).
+ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer, at::TensorList baselines,
+                          const at::Tensor& labels);
+
+}  // namespace fastshap

@@ -1,0 +1,197 @@
+"""``fastshap.modality_shapley``: checks the call, reduces the head to its parameters, picks a backend."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from fastshap import backends, heads
+from fastshap.backends import Call, HeadSpec
+
+MAX_MODALITIES = 16
+BENEFITS = ("paper", "accuracy", "probability")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+Head = Union[nn.Linear, heads.ConcatLinear, heads.DecisionFusion, heads.ConcatMLP, Callable]
+
+
+def modality_shapley(
+    features: Sequence[torch.Tensor],
+    head: Head,
+    labels: torch.Tensor,
+    *,
+    baselines: Optional[Sequence[torch.Tensor]] = None,
+    benefit: str = "paper",
+    backend: str = "auto",
+    with_stats: bool = False,
+):
+    """Exact per-sample Shapley value of each modality.
+
+    Args:
+        features: n tensors ``(B, d_i)``, one floating dtype (fp32/fp16/bf16/fp64) and device, 1 <= n <= 16.
+        head: ``nn.Linear(sum d_i, C)`` over the concatenated features, a :mod:`fastshap.heads` module, or any
+            callable ``list of n (B, d_i) -> (B, C)`` logits (or ``(B, T, C)`` with ``(B, T)`` labels).
+        labels: ``(B,)`` (or ``(B, T)`` for per-segment callables) integers in ``[0, C)``.
+        baselines: what replaces a removed modality: None (zeros), or n tensors ``(d_i,)`` / ``(B, d_i)``.
+        benefit: ``"paper"`` v(S) = |S| 1[correct]; ``"accuracy"`` 1[correct]; ``"probability"`` p(y | S).
+        backend: ``"auto"``, ``"torch"``, ``"cpp"``, ``"cuda"`` or ``"triton"``.
+        with_stats: also return ``(2, n)`` float32: per-modality batch sum of phi and count of phi < 1.
+
+    Returns:
+        phi ``(B, n)`` float32 on the features' device (and the stats when ``with_stats``).
+        Computed without gradients.
+    """
+    feats = _check_features(features)
+    n, batch = len(feats), feats[0].shape[0]
+    dims = [f.shape[1] for f in feats]
+    device, dtype = feats[0].device, feats[0].dtype
+    spec = _head_spec(head, dims, device)
+    labels = _check_labels(labels, batch, device, spec)
+    base = _check_baselines(baselines, feats)
+    if benefit not in BENEFITS:
+        raise ValueError(f"fastshap: unknown benefit {benefit!r}; choose from {', '.join(map(repr, BENEFITS))}")
+    if not isinstance(backend, str):
+        raise TypeError(f"fastshap: backend must be a name, got {type(backend).__name__}")
+    call = Call(spec.kind, device, dtype, n, per_segment=labels.dim() == 2)
+    chosen = backends.select(backend, call)
+    if batch == 0:
+        phi = torch.zeros(0, n, dtype=torch.float32, device=device)
+        return (phi, torch.zeros(2, n, device=device)) if with_stats else phi
+    with torch.no_grad():
+        phi, stats = chosen.run(spec, feats, base, labels, benefit)
+    bad = stats[2].tolist()
+    if any(bad):
+        i = next(i for i, c in enumerate(bad) if c)
+        what = "features or baselines" if base else "features"
+        raise ValueError(
+            f"fastshap: the {what} of modality {i} hold NaN or Inf values ({int(bad[i])} samples affected)"
+        )
+    return (phi, stats[:2]) if with_stats else phi
+
+
+def _check_features(features) -> list:
+    if isinstance(features, torch.Tensor) or not isinstance(features, Sequence):
+        raise TypeError("fastshap: features must be a list or tuple of n tensors (B, d_i), one per modality")
+    feats = list(features)
+    if not feats:
+        raise ValueError("fastshap: features is empty; at least one modality is needed")
+    if len(feats) > MAX_MODALITIES:
+        raise ValueError(
+            f"fastshap: {len(feats)} modalities given; exact Shapley values enumerate 2^n coalitions and are "
+            f"supported for n <= {MAX_MODALITIES}"
+        )
+    for i, f in enumerate(feats):
+        if not isinstance(f, torch.Tensor):
+            raise TypeError(f"fastshap: features[{i}] is a {type(f).__name__}, not a tensor")
+        if f.dim() != 2:
+            raise ValueError(f"fastshap: features[{i}] must be 2-D (B, d_i), got shape {tuple(f.shape)}")
+        if f.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"fastshap: features[{i}] has dtype {f.dtype}; expected float32, float16, bfloat16 or float64")
+        if f.shape[1] == 0:
+            raise ValueError(f"fastshap: features[{i}] has zero width")
+    first = feats[0]
+    for i, f in enumerate(feats[1:], start=1):
+        if f.shape[0] != first.shape[0]:
+            raise ValueError(f"fastshap: features[{i}] has batch size {f.shape[0]}, features[0] has {first.shape[0]}")
+        if f.dtype != first.dtype:
+            raise TypeError(f"fastshap: features[{i}] is {f.dtype}, features[0] is {first.dtype}; use one dtype")
+        if f.device != first.device:
+            raise ValueError(f"fastshap: features[{i}] is on {f.device}, features[0] on {first.device}")
+    return feats
+
+
+def _check_params(params, device, what: str) -> None:
+    for p in params:
+        if p.device != device:
+            raise ValueError(f"fastshap: the {what} parameters are on {p.device}, the features on {device}")
+        if not p.is_floating_point():
+            raise TypeError(f"fastshap: the {what} parameters must be floating point, got {p.dtype}")
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise ValueError(f"fastshap: the {what} parameters hold NaN or Inf values")
+
+
+def _check_dims(head, dims, what: str) -> None:
+    if list(head.dims) != list(dims):
+        raise ValueError(f"fastshap: the {what} was built for feature widths {list(head.dims)}, got {list(dims)}")
+
+
+def _head_spec(head, dims, device) -> HeadSpec:
+    total = sum(dims)
+    with torch.no_grad():
+        if isinstance(head, (nn.Linear, heads.ConcatLinear)):
+            fc = head if isinstance(head, nn.Linear) else head.fc
+            if isinstance(head, heads.ConcatLinear):
+                _check_dims(head, dims, "ConcatLinear head")
+            if fc.in_features != total:
+                raise ValueError(
+                    f"fastshap: the Linear head takes {fc.in_features} inputs, the features have {total} in all"
+                )
+            bias = fc.bias.detach() if fc.bias is not None else fc.weight.new_zeros(fc.out_features)
+            params = (fc.weight.detach(), bias)
+            _check_params(params, device, "head")
+            return HeadSpec("concat", params, num_classes=fc.out_features)
+        if isinstance(head, heads.DecisionFusion):
+            _check_dims(head, dims, "DecisionFusion head")
+            params = tuple(p.detach() for p in head.packed())
+            _check_params(params, device, "DecisionFusion head")
+            return HeadSpec("decision", params, num_classes=params[0].shape[0])
+        if isinstance(head, heads.ConcatMLP):
+            _check_dims(head, dims, "ConcatMLP head")
+            params = tuple(p.detach() for p in (head.fc1.weight, head.fc1.bias, head.fc2.weight, head.fc2.bias))
+            _check_params(params, device, "ConcatMLP head")
+            return HeadSpec("mlp", params, num_classes=head.fc2.out_features)
+    if not callable(head):
+        raise TypeError(f"fastshap: head must be nn.Linear, a fastshap.heads module or a callable, got {type(head).__name__}")
+    return HeadSpec("callable", fn=head)
+
+
+def _check_labels(labels, batch, device, spec: HeadSpec) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"fastshap: labels must be an integer tensor, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"fastshap: labels must be integer class indices (int64), got {labels.dtype}")
+    per_segment = labels.dim() == 2 and spec.kind == "callable"
+    if labels.dim() != 1 and not per_segment:
+        raise ValueError(
+            f"fastshap: labels must be (B,) = ({batch},), got shape {tuple(labels.shape)}"
+            + ("" if spec.kind == "callable" else "; (B, T) labels need a callable head with (B, T, C) logits")
+        )
+    if labels.shape[0] != batch:
+        raise ValueError(f"fastshap: {labels.shape[0]} labels for a batch of {batch}")
+    if labels.device != device:
+        raise ValueError(f"fastshap: labels are on {labels.device}, the features on {device}")
+    labels = labels.long()
+    if spec.num_classes is not None and labels.numel():
+        bad = (labels < 0) | (labels >= spec.num_classes)
+        if bool(bad.any()):
+            value = labels[bad][0].item()
+            raise ValueError(f"fastshap: label {value} is outside [0, {spec.num_classes}) for a {spec.num_classes}-class head")
+    return labels
+
+
+def _check_baselines(baselines, feats) -> Optional[list]:
+    if baselines is None:
+        return None
+    if isinstance(baselines, torch.Tensor) or not isinstance(baselines, Sequence):
+        raise TypeError("fastshap: baselines must be None or a list of n tensors, (d_i,) or (B, d_i)")
+    base = list(baselines)
+    if len(base) != len(feats):
+        raise ValueError(f"fastshap: {len(base)} baselines given for {len(feats)} modalities")
+    batch = feats[0].shape[0]
+    per_sample = None
+    for i, (b, f) in enumerate(zip(base, feats)):
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(f"fastshap: baselines[{i}] is a {type(b).__name__}, not a tensor")
+        d = f.shape[1]
+        if b.shape not in ((d,), (batch, d)):
+            raise ValueError(f"fastshap: baselines[{i}] must be ({d},) or ({batch}, {d}), got {tuple(b.shape)}")
+        if b.device != f.device:
+            raise ValueError(f"fastshap: baselines[{i}] is on {b.device}, the features on {f.device}")
+        # Kernels take one layout for all modalities: broadcast shared baselines if the layouts are mixed.
+        per_sample = per_sample or b.dim() == 2
+        base[i] = b.to(f.dtype)
+    if per_sample:
+        base = [b.expand(batch, -1) if b.dim() == 1 else b for b in base]
+    return base

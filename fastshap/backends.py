@@ -1,0 +1,184 @@
+"""Backends that compute modality Shapley values, what each supports, and how one is chosen.
+
+Each backend declares why it cannot run at all here (``unavailable``) and why it declines a given call
+(``declines``). ``select("auto", call)`` takes the first backend in the device's preference order that
+does neither; an explicit name that cannot run raises :class:`BackendError` with the reason, never a
+silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from fastshap import _extension, reference
+
+_KERNEL_KINDS = ("concat", "decision", "mlp")
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot run this call (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a backend needs to know to accept a call."""
+
+    kind: str  # "concat" | "decision" | "mlp" | "callable"
+    device: torch.device
+    dtype: torch.dtype
+    n: int
+    per_segment: bool = False  # labels (B, T) with (B, T, C) logits
+
+
+@dataclass
+class HeadSpec:
+    """A head reduced to what the kernels take: its kind and parameters (or the callable itself)."""
+
+    kind: str
+    params: tuple = ()
+    fn: object = None
+    num_classes: Optional[int] = None
+
+
+class Backend:
+    name = ""
+
+    def unavailable(self) -> Optional[str]:
+        return None
+
+    def declines(self, call: Call) -> Optional[str]:
+        return None
+
+    def run(self, spec: HeadSpec, features, baselines, labels, benefit):
+        """(phi (B, n) float32, stats (3, n) float32); each subclass's _ops() holds shapley_<kind>."""
+        if spec.kind == "callable":
+            return reference.shapley_callable(features, spec.fn, labels, baselines, benefit)
+        op = getattr(self._ops(), f"shapley_{spec.kind}")
+        return op(list(features), *spec.params, list(baselines or []), labels, benefit)
+
+
+class TorchBackend(Backend):
+    """The pure-PyTorch reference: any head, any device, always available."""
+
+    name = "torch"
+
+    def _ops(self):
+        return reference
+
+
+def _kernel_declines(call: Call, device_type: str, dtypes) -> Optional[str]:
+    if call.kind not in _KERNEL_KINDS:
+        return f"it runs the fastshap heads and nn.Linear only, not a {call.kind} head"
+    if call.per_segment:
+        return "per-segment (B, T) labels need a callable head (torch backend)"
+    if call.device.type != device_type:
+        return f"it runs on {device_type} tensors, the features are on {call.device}"
+    if call.dtype not in dtypes:
+        return f"it does not take {call.dtype} features"
+    return None
+
+
+class CppBackend(Backend):
+    """The compiled CPU kernels (csrc/cpu)."""
+
+    name = "cpp"
+    dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+    def unavailable(self):
+        if not _extension.LOADED:
+            return f"the compiled extension fastshap._C did not load ({_extension.LOAD_ERROR})"
+        return None
+
+    def declines(self, call):
+        return _kernel_declines(call, "cpu", self.dtypes)
+
+    def _ops(self):
+        return torch.ops.fastshap
+
+
+class CudaBackend(Backend):
+    """The compiled CUDA kernels (csrc/cuda)."""
+
+    name = "cuda"
+    dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+    def unavailable(self):
+        if not _extension.LOADED:
+            return f"the compiled extension fastshap._C did not load ({_extension.LOAD_ERROR})"
+        if not _extension.has_kernel("shapley_concat", "CUDA"):
+            return "fastshap._C was built without its CUDA kernels (see FASTSHAP_BUILD_CUDA in the README)"
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        return None
+
+    def declines(self, call):
+        return _kernel_declines(call, "cuda", self.dtypes)
+
+    def _ops(self):
+        return torch.ops.fastshap
+
+
+class TritonBackend(Backend):
+    """The Triton kernels (fastshap/triton_shapley.py), imported on first use."""
+
+    name = "triton"
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    module = "fastshap.triton_shapley"
+
+    def unavailable(self):
+        try:
+            importlib.import_module("triton")
+        except ImportError as exc:
+            return f"Triton is not installed ({exc})"
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            return "no CUDA device (on CPU, Triton runs only with TRITON_INTERPRET=1 set before it is imported)"
+        try:
+            importlib.import_module(self.module)
+        except ImportError as exc:
+            return f"the Triton kernels did not import ({exc})"
+        return None
+
+    def declines(self, call):
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        return _kernel_declines(call, "cpu" if interpreted and call.device.type == "cpu" else "cuda", self.dtypes)
+
+    def _ops(self):
+        return importlib.import_module(self.module)
+
+
+BACKENDS = {b.name: b for b in (TorchBackend(), CppBackend(), CudaBackend(), TritonBackend())}
+
+#: Preference of backend="auto", fastest first, per device type.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
+
+
+def why_not(name: str, call: Call) -> Optional[str]:
+    backend = BACKENDS[name]
+    return backend.unavailable() or backend.declines(call)
+
+
+def select(name: str, call: Call) -> Backend:
+    if name != "auto":
+        if name not in BACKENDS:
+            raise ValueError(f"fastshap: unknown backend {name!r}; choose from 'auto', {', '.join(map(repr, BACKENDS))}")
+        reason = why_not(name, call)
+        if reason:
+            raise BackendError(f"fastshap: backend {name!r} cannot run this call: {reason}")
+        return BACKENDS[name]
+    reasons = []
+    for candidate in AUTO_ORDER.get(call.device.type, ("torch",)):
+        reason = why_not(candidate, call)
+        if reason is None:
+            return BACKENDS[candidate]
+        reasons.append(f"{candidate}: {reason}")
+    raise BackendError("fastshap: no backend can run this call:\n  " + "\n  ".join(reasons))
+
+
+def available() -> dict:
+    """{backend name: None if it works here, else why not} (for fastshap.info)."""
+    return {name: b.unavailable() for name, b in BACKENDS.items()}

@@ -1,0 +1,282 @@
+"""The pure-PyTorch backend: readable, runs anywhere torch runs, and defines the canonical computation.
+
+Canonical computation (every backend reproduces it; the compiled ones bit for bit where stated):
+
+* Compute dtype ``T``: float64 for float64 features, float32 otherwise (fp16/bf16 are upcast, so they
+  accumulate in fp32). Head parameters are cast to ``T``.
+* Partial products: ``present[i] = h_i @ W[:, cols_i].T`` and, with baselines, ``absent[i] = b_i @ W[:, cols_i].T``
+  (one GEMM per modality, ``(n, rows, K)``). Without baselines a removed modality contributes exactly zero.
+* Coalition score, summed left to right over modalities ``i = 0..n-1``:
+  ``score(S) = start + sel_0 + sel_1 + ... + sel_{n-1}``, ``sel_i = present[i] if i in S else absent[i]``.
+
+  - concat-linear: ``start = bias``; the score is the logits.
+  - decision fusion: ``present[i]``/``absent[i]`` are first turned into ``softmax(. + bias[i])``; ``start = 0``;
+    the score is the *sum* of per-modality probabilities (argmax of the mean without the rounding of /n).
+  - MLP: ``start = bias1``; logits = ``addmm(bias2, relu(score), W2.T)`` computed in chunks of
+    :func:`_mlp_chunk_samples` samples (all ``2^n`` coalitions of a sample in consecutive rows).
+
+* ``correct(S)``: the first maximal index of the score equals the label (``torch.argmax``).
+* ``v(S)``: paper ``|S| * correct`` (so ``v(empty) = 0``); accuracy ``correct``; probability
+  ``softmax(logits)[y]`` (decision fusion: ``score[y] / n``), in float64.
+* ``phi_i = (sum_S v(S) k_i(S)) / n!`` with the integer coefficients of :func:`shapley_coefficients`,
+  summed in float64 (exact for the discrete benefits), rounded once to float32.
+
+Every function returns ``(phi (B, n) float32, stats (3, n) float32)``; ``stats`` rows are the batch sum of
+phi, the count of ``phi < 1`` and the count of samples whose modality contribution was not finite.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+#: Bound on the elements materialised at once (coalition scores, batched callable inputs).
+_ELEMENT_BUDGET = 1 << 22
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@lru_cache(maxsize=None)
+def _masks_cpu(n: int) -> Tensor:
+    """(2^n, n) bool: row m is coalition m, bit i of m set iff modality i is present."""
+    m = torch.arange(1 << n).unsqueeze(1)
+    return (m >> torch.arange(n)) & 1 == 1
+
+
+def coalition_masks(n: int, device) -> Tensor:
+    return _masks_cpu(n).to(device)
+
+
+@lru_cache(maxsize=None)
+def _coefficients_cpu(n: int) -> Tensor:
+    masks = _masks_cpu(n)
+    size = masks.sum(1, keepdim=True).double()
+    fact = [float(math.factorial(k)) for k in range(n + 1)]
+    gain = torch.tensor([fact[s - 1] * fact[n - s] if s >= 1 else 0.0 for s in range(n + 1)], dtype=torch.float64)
+    loss = torch.tensor([fact[s] * fact[n - 1 - s] if s <= n - 1 else 0.0 for s in range(n + 1)], dtype=torch.float64)
+    s = size.long().squeeze(1)
+    return torch.where(masks, gain[s].unsqueeze(1), -loss[s].unsqueeze(1))
+
+
+def shapley_coefficients(n: int, device=None) -> Tensor:
+    """(2^n, n) float64 integer coefficients k_i(S): ``(|S|-1)!(n-|S|)!`` if i in S else ``-|S|!(n-1-|S|)!``."""
+    return _coefficients_cpu(n).to(device or "cpu")
+
+
+def shapley_from_values(values: Tensor) -> Tensor:
+    """values: (B, 2^n) coalition values (row order of :func:`coalition_masks`) -> phi (B, n) float32."""
+    n = int(values.shape[1]).bit_length() - 1
+    num = values.double() @ shapley_coefficients(n, values.device)
+    return (num / math.factorial(n)).float()
+
+
+def _stats(phi: Tensor, nonfinite: Tensor) -> Tensor:
+    return torch.stack([phi.sum(0), (phi < 1).sum(0).float(), nonfinite.float().to(phi.device)])
+
+
+def _count_nonfinite(partials: Tensor) -> Tensor:
+    """partials (n, rows, K) -> (n,) number of rows holding a NaN or Inf."""
+    return (~torch.isfinite(partials)).any(-1).sum(-1).float()
+
+
+def _partial_products(xs: Sequence[Tensor], weight: Tensor, ct: torch.dtype) -> Tensor:
+    """xs: n tensors (rows, d_i) or (d_i,); weight (K, sum d_i) -> (n, rows, K) in dtype ct."""
+    w = weight.to(ct)
+    rows = 1 if xs[0].dim() == 1 else xs[0].shape[0]
+    out = torch.empty(len(xs), rows, weight.shape[0], dtype=ct, device=weight.device)
+    offset = 0
+    for i, x in enumerate(xs):
+        x = x.to(ct)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        d = x.shape[1]
+        torch.mm(x, w.narrow(1, offset, d).t(), out=out[i])
+        offset += d
+    return out
+
+
+def _coalition_scores(start: Tensor, present: Tensor, absent: Optional[Tensor], rows: slice) -> Tensor:
+    """Scores (rows, 2^n, K) of every coalition of the samples in `rows`, summed left to right."""
+    n = present.shape[0]
+    masks = coalition_masks(n, present.device)
+    count = rows.stop - rows.start
+    score = start.expand(count, 1 << n, start.shape[-1])
+    for i in range(n):
+        keep = masks[:, i].view(1, -1, 1)
+        p = present[i, rows].unsqueeze(1)
+        if absent is None:
+            score = torch.where(keep, score + p, score)
+        else:
+            a = absent[i] if absent.shape[1] == 1 else absent[i, rows]  # (1 or rows, K)
+            score = score + torch.where(keep, p, a.unsqueeze(1))
+    return score
+
+
+def _values(scores: Tensor, labels: Tensor, benefit: str, mean_of: int = 0) -> Tensor:
+    """Coalition values (rows, 2^n) float64 from scores (rows, 2^n, C) and labels (rows,)."""
+    n = scores.shape[1].bit_length() - 1
+    y = labels.view(-1, 1, 1).expand(-1, scores.shape[1], 1)
+    if benefit == "probability":
+        if mean_of:
+            return scores.gather(2, y).squeeze(2).double() / mean_of
+        return torch.softmax(scores.double(), -1).gather(2, y).squeeze(2)
+    correct = (scores.argmax(-1) == labels.view(-1, 1)).double()
+    if benefit == "accuracy":
+        return correct
+    size = coalition_masks(n, scores.device).sum(1).double()
+    return correct * size
+
+
+def _sample_chunk(batch: int, n: int, width: int) -> int:
+    return max(1, min(batch, _ELEMENT_BUDGET // ((1 << n) * max(width, 1))))
+
+
+def _additive(features, start, present, absent, labels, benefit, mean_of=0):
+    batch, n = present.shape[1], present.shape[0]
+    phi = torch.empty(batch, n, dtype=torch.float32, device=present.device)
+    step = _sample_chunk(batch, n, present.shape[2])
+    for b0 in range(0, batch, step):
+        rows = slice(b0, min(batch, b0 + step))
+        scores = _coalition_scores(start, present, absent, rows)
+        phi[rows] = shapley_from_values(_values(scores, labels[rows], benefit, mean_of))
+    return phi
+
+
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
+        raise ValueError(f"fastshap: label {bad} is outside [0, {num_classes})")
+
+
+def shapley_concat(features, weight, bias, baselines, labels, benefit):
+    """Concat-linear head: logits = bias + sum_i W_i x_i. weight (C, D), bias (C)."""
+    ct = compute_dtype(features[0].dtype)
+    _check_labels(labels, weight.shape[0])
+    present = _partial_products(features, weight, ct)
+    absent = _partial_products(baselines, weight, ct) if baselines else None
+    nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
+    phi = _additive(features, bias.to(ct), present, absent, labels, benefit)
+    return phi, _stats(phi, nonfinite)
+
+
+def shapley_decision(features, weight, bias, baselines, labels, benefit):
+    """Decision fusion: classifier i = (weight[:, cols_i], bias[i]); prediction = mean_i softmax. bias (n, C)."""
+    ct = compute_dtype(features[0].dtype)
+    n, num_classes = len(features), weight.shape[0]
+    _check_labels(labels, num_classes)
+    present = _partial_products(features, weight, ct)
+    absent = _partial_products(baselines, weight, ct) if baselines else None
+    nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
+    b = bias.to(ct).unsqueeze(1)
+    present = torch.softmax(present.add(b), -1)
+    if absent is None:
+        absent = torch.zeros(n, 1, num_classes, dtype=ct, device=weight.device)
+    absent = torch.softmax(absent.add(b), -1)
+    start = torch.zeros(num_classes, dtype=ct, device=weight.device)
+    phi = _additive(features, start, present, absent, labels, benefit, mean_of=n)
+    return phi, _stats(phi, nonfinite)
+
+
+def _mlp_chunk_samples(batch: int, n: int, hidden: int) -> int:
+    """Samples per second-layer GEMM; the C++ kernel uses the same rule (equal GEMM shapes, equal bits)."""
+    return max(1, min(batch, (1 << 22) // ((1 << n) * max(hidden, 1))))
+
+
+def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
+    """MLP head: logits = W2 relu(b1 + sum_i W1_i x_i) + b2. weight1 (H, D), weight2 (C, H)."""
+    ct = compute_dtype(features[0].dtype)
+    _check_labels(labels, weight2.shape[0])
+    present = _partial_products(features, weight1, ct)
+    absent = _partial_products(baselines, weight1, ct) if baselines else None
+    nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
+    batch, n, hidden = present.shape[1], present.shape[0], present.shape[2]
+    start, w2t, b2 = bias1.to(ct), weight2.to(ct).t(), bias2.to(ct)
+    phi = torch.empty(batch, n, dtype=torch.float32, device=present.device)
+    step = _mlp_chunk_samples(batch, n, hidden)
+    for b0 in range(0, batch, step):
+        rows = slice(b0, min(batch, b0 + step))
+        z = _coalition_scores(start, present, absent, rows).relu()
+        count = rows.stop - rows.start
+        logits = torch.addmm(b2, z.reshape(count << n, hidden), w2t).view(count, 1 << n, -1)
+        phi[rows] = shapley_from_values(_values(logits, labels[rows], benefit))
+    return phi, _stats(phi, nonfinite)
+
+
+def _callable_values(logits: Tensor, labels: Tensor, benefit: str, size: Tensor) -> Tensor:
+    """logits (k, B, C) or (k, B, T, C) for k coalitions of `size` (k,) -> values (B, k) float64.
+
+    Per-segment outputs (B, T, C) with labels (B, T) are scored by the fraction of correct segments
+    (the AVE localisation benefit): v(S) = |S| * mean_t correct_t for "paper".
+    """
+    y = labels.unsqueeze(0).expand(logits.shape[0], *labels.shape).unsqueeze(-1)
+    if benefit == "probability":
+        v = torch.softmax(logits.double(), -1).gather(-1, y).squeeze(-1)
+    else:
+        v = (logits.argmax(-1) == labels.unsqueeze(0)).double()
+    if v.dim() == 3:  # (k, B, T): average over segments
+        v = v.mean(-1)
+    if benefit == "paper":
+        v = v * size.view(-1, 1)
+    return v.t()
+
+
+def shapley_callable(
+    features: Sequence[Tensor],
+    head: Callable[[list], Tensor],
+    labels: Tensor,
+    baselines: Optional[Sequence[Tensor]],
+    benefit: str,
+    element_budget: int = 1 << 24,
+):
+    """Any head: list of n (B, d_i) -> (B, C) logits (or (B, T, C) with (B, T) labels).
+
+    All 2^n coalitions are stacked along the batch and evaluated in as few calls as `element_budget`
+    (input elements per call) allows. Evaluated under no_grad; the head's train/eval mode is the caller's.
+    """
+    n, batch = len(features), features[0].shape[0]
+    device = features[0].device
+    masks = coalition_masks(n, device)
+    count = 1 << n
+    width = sum(f.shape[1] for f in features)
+    step = max(1, min(count, element_budget // max(1, batch * width)))
+    fills = [
+        (b.expand(batch, -1) if b.dim() == 1 else b) if baselines else torch.zeros_like(f)
+        for f, b in zip(features, baselines or features)
+    ]
+    nonfinite = torch.tensor([float((~torch.isfinite(f)).any(1).sum()) for f in features])
+    if baselines:
+        nonfinite += torch.tensor([float((~torch.isfinite(b)).any(-1).sum()) for b in baselines])
+    values = torch.empty(batch, count, dtype=torch.float64, device=device)
+    size = masks.sum(1).double()
+    expected = None
+    for m0 in range(0, count, step):
+        block = masks[m0 : m0 + step]
+        k = block.shape[0]
+        inputs = [
+            torch.where(block[:, i].view(k, 1, 1), f.unsqueeze(0), fill.unsqueeze(0)).reshape(k * batch, -1)
+            for i, (f, fill) in enumerate(zip(features, fills))
+        ]
+        out = head(inputs)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"fastshap: the head returned {type(out).__name__}, expected a logits tensor")
+        expected = (k * batch, *labels.shape[1:])
+        if out.dim() != labels.dim() + 1 or tuple(out.shape[:-1]) != expected:
+            raise ValueError(
+                f"fastshap: the head returned logits of shape {tuple(out.shape)} for {k * batch} stacked inputs; "
+                f"expected ({', '.join(map(str, expected))}, C) to match labels of shape {tuple(labels.shape)}"
+            )
+        if m0 == 0:
+            _check_labels(labels, out.shape[-1])
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError("fastshap: the head returned NaN or Inf logits")
+        logits = out.reshape(k, batch, *out.shape[1:])
+        values[:, m0 : m0 + k] = _callable_values(logits, labels, benefit, size[m0 : m0 + k])
+    phi = shapley_from_values(values)
+    return phi, _stats(phi, nonfinite)
