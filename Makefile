@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# They create .venv if missing, install the pinned dependencies (never another torch), build the
+# extension, then run.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+# nvcc on PATH may be a wrapper script, from which torch guesses the toolkit root wrong.
+CUDA_HOME ?= $(shell test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda)
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+export CUDA_HOME TORCH_CUDA_ARCH_LIST
+SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+
+.PHONY: all venv build test demo bench bench-gpu info clean
+
+all: test
+
+$(VENV)/.deps: requirements/constraints.txt requirements/torch.txt requirements/dev.txt requirements/nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c requirements/constraints.txt -r requirements/torch.txt
+	$(PIP) install -c requirements/constraints.txt -r requirements/dev.txt
+	$(PIP) install --no-deps -r requirements/nodeps.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+test: build
+	$(PY) -m pytest -q
+
+demo: build
+	$(PY) -m fastshap.demo
+
+bench: build
+	$(PY) -m pytest bench -q --benchmark-only
+
+info: build
+	$(PY) -m fastshap.info
+
+clean:
+	rm -rf build *.egg-info fastshap/_C*.so $(VENV)/.built

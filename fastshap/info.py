@@ -1,0 +1,52 @@
+"""``python -m fastshap.info``: versions, the build configuration and which backends work here."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import torch
+
+import fastshap
+from fastshap import _extension, backends
+
+
+def report() -> str:
+    lines = [
+        f"fastshap            {fastshap.__version__}",
+        f"python              {platform.python_version()} ({sys.executable})",
+        f"torch               {torch.__version__} (CUDA {torch.version.cuda}, {torch.get_num_threads()} threads)",
+    ]
+    try:
+        import triton
+
+        lines.append(f"triton              {triton.__version__}")
+    except ImportError:
+        lines.append("triton              not installed")
+    if torch.cuda.is_available():
+        lines.append(f"GPU                 {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()})")
+    else:
+        lines.append("GPU                 none")
+    if _extension.LOADED:
+        info = _extension.build_info()
+        cuda = "yes, for " + (info.get("cuda_arch") or "?") if info.get("cuda") == "1" else "no"
+        lines += [
+            "extension           fastshap._C loaded",
+            f"  CUDA kernels      {cuda}",
+            f"  OpenMP            {'yes' if info.get('openmp') == '1' else 'no'}",
+            f"  compiler          {info.get('compiler', '?')}",
+        ]
+    else:
+        lines.append(f"extension           not loaded: {_extension.LOAD_ERROR}")
+    lines.append("backends")
+    for name, reason in backends.available().items():
+        lines.append(f"  {name:<8}          {'available' if reason is None else 'unavailable: ' + reason}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

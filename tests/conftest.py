@@ -1,0 +1,20 @@
+"""Test configuration: Triton's interpreter on CPU machines, and GPU tests skipped without a GPU."""
+
+import os
+
+import torch
+
+# Must be set before anything imports Triton: without a GPU, Triton kernels run in its interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
