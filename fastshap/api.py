@@ -63,12 +63,25 @@ def modality_shapley(
         phi, stats = chosen.run(spec, feats, base, labels, benefit)
     bad = stats[2].tolist()
     if any(bad):
-        i = next(i for i, c in enumerate(bad) if c)
-        what = "features or baselines" if base else "features"
-        raise ValueError(
-            f"fastshap: the {what} of modality {i} hold NaN or Inf values ({int(bad[i])} samples affected)"
-        )
+        _raise_nonfinite(next(i for i, c in enumerate(bad) if c), feats, base, dtype)
     return (phi, stats[:2]) if with_stats else phi
+
+
+def _raise_nonfinite(i: int, feats, base, dtype) -> None:
+    """Modality i's contribution was not finite: say whether its inputs hold NaN/Inf or the product overflowed."""
+    for what, tensors in (("features", feats), ("baselines", base)):
+        if tensors is None:
+            continue
+        rows = (~torch.isfinite(tensors[i])).reshape(-1, tensors[i].shape[-1]).any(-1)
+        if bool(rows.any()):
+            raise ValueError(
+                f"fastshap: the {what} of modality {i} hold NaN or Inf values ({int(rows.sum())} rows affected)"
+            )
+    compute = "float64" if dtype == torch.float64 else "float32"
+    raise ValueError(
+        f"fastshap: modality {i}'s finite features (or baselines) times the head weights overflow {compute} "
+        f"(the partial logits hold Inf or NaN); rescale the features or the head"
+    )
 
 
 def _check_features(features) -> list:

@@ -253,6 +253,10 @@ def shapley_callable(
     nonfinite = torch.tensor([float((~torch.isfinite(f)).any(1).sum()) for f in features])
     if baselines:
         nonfinite += torch.tensor([float((~torch.isfinite(b)).any(-1).sum()) for b in baselines])
+    if bool(nonfinite.any()):
+        # Report the bad modality (the caller raises on stats row 2) instead of the head's NaN logits.
+        phi = torch.zeros(batch, n, dtype=torch.float32, device=device)
+        return phi, _stats(phi, nonfinite)
     values = torch.empty(batch, count, dtype=torch.float64, device=device)
     size = masks.sum(1).double()
     expected = None

@@ -1,0 +1,167 @@
+"""Callable heads through the batched torch path: values against the oracle, how few calls it makes,
+per-segment (B, T, C) logits with (B, T) labels, and clear errors for malformed outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastshap
+from fastshap import reference
+from oracle import NonlinearHead, oracle_shapley
+
+PROBABILITY_ATOL = 1e-5
+FP32_EPS = torch.finfo(torch.float32).eps
+
+
+def _case(n, batch, num_classes, seed, segments=0, baselines=None):
+    g = torch.Generator().manual_seed(seed)
+    dims = [2 + (3 * i + seed) % 6 for i in range(n)]
+    head = NonlinearHead(dims, num_classes, segments=segments, generator=g)
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    shape = (batch, segments) if segments else (batch,)
+    labels = torch.randint(0, num_classes, shape, generator=g)
+    # Half the labels are the full model's prediction, so that many coalitions are right.
+    with torch.no_grad():
+        guess = head(feats).argmax(-1)
+    labels = torch.where(torch.rand(shape, generator=g) < 0.5, guess, labels)
+    base = None
+    if baselines == "shared":
+        base = [torch.randn(d, generator=g) * 0.5 for d in dims]
+    elif baselines == "sample":
+        base = [torch.randn(batch, d, generator=g) * 0.5 for d in dims]
+    head.calls, head.rows = 0, []
+    return feats, head, labels, base
+
+
+def _check(phi, expected, atol=0.0):
+    if expected.benefit == "probability":
+        torch.testing.assert_close(phi.double(), expected.phi, atol=PROBABILITY_ATOL, rtol=0)
+        return
+    decided = expected.decided(FP32_EPS)
+    assert int((~decided).sum()) <= max(1, 0.02 * decided.numel()), "near-ties are rare"
+    want = expected.phi_float32()
+    if atol:
+        torch.testing.assert_close(phi[decided], want[decided], atol=atol, rtol=0)
+    else:
+        assert torch.equal(phi[decided], want[decided])
+
+
+@pytest.mark.parametrize("benefit", ["paper", "accuracy", "probability"])
+@pytest.mark.parametrize("n,baselines", [(1, None), (3, "shared"), (5, "sample"), (7, None)])
+def test_nonlinear_callable_matches_oracle(n, baselines, benefit):
+    feats, head, labels, base = _case(n, 200, 11, seed=n, baselines=baselines)
+    phi = fastshap.modality_shapley(feats, head, labels, baselines=base, benefit=benefit, backend="torch")
+    assert phi.shape == (200, n) and phi.dtype == torch.float32
+    _check(phi, oracle_shapley(feats, head, labels, base, benefit))
+    assert bool((phi != 0).any())
+
+
+def test_all_coalitions_in_one_call():
+    """Small enough for the element budget: one call with all 2^n coalitions stacked, B rows each,
+    each input (2^n B, d_i) in the features' dtype, without gradients."""
+    feats, head, labels, _ = _case(6, 50, 7, seed=2)
+    seen = []
+
+    def spy(xs):
+        seen.append(([tuple(x.shape) for x in xs], [x.dtype for x in xs], torch.is_grad_enabled()))
+        return head(xs)
+
+    feats = [f.requires_grad_() for f in feats]
+    phi = fastshap.modality_shapley(feats, spy, labels, benefit="paper")
+    assert len(seen) == 1
+    shapes, dtypes, grad = seen[0]
+    assert shapes == [(64 * 50, f.shape[1]) for f in feats]
+    assert dtypes == [torch.float32] * 6 and not grad
+    assert not phi.requires_grad
+
+
+def test_removed_modalities_get_their_baseline():
+    """Rows of coalition m (m-th block of B rows) hold the features of the modalities in m and the
+    baselines of the others, in the order of the bits of m."""
+    batch, dims = 3, [2, 1, 2]
+    feats = [torch.arange(batch * d, dtype=torch.float32).view(batch, d) + 1 for d in dims]
+    base = [torch.full((d,), -1.0 - i) for i, d in enumerate(dims)]
+    seen = []
+
+    def spy(xs):
+        seen.append([x.clone() for x in xs])
+        return torch.zeros(xs[0].shape[0], 2)
+
+    fastshap.modality_shapley(feats, spy, torch.zeros(batch, dtype=torch.long), baselines=base)
+    (xs,) = seen
+    # Any coalition order will do, as long as each block of B rows is one coalition and all 8 occur.
+    blocks = [[x[k * batch : (k + 1) * batch] for x in xs] for k in range(8)]
+    found = set()
+    for block in blocks:
+        present = tuple(bool(torch.equal(b, f)) for b, f in zip(block, feats))
+        absent = tuple(bool(torch.equal(b, bl.expand_as(f))) for b, bl, f in zip(block, base, feats))
+        assert all(p != a for p, a in zip(present, absent)), "each modality is either present or at its baseline"
+        found.add(present)
+    assert len(found) == 8
+
+
+@pytest.mark.parametrize("budget_coalitions", [1, 3, 5, 32])
+def test_few_calls_within_the_element_budget(budget_coalitions):
+    """With an element budget of k coalitions' inputs, the 2^n coalitions take ceil(2^n / k) calls of k
+    coalitions each (the last one may be short) and give the values of the single-call run exactly."""
+    feats, head, labels, _ = _case(5, 40, 9, seed=3)
+    width = sum(f.shape[1] for f in feats)
+    budget = budget_coalitions * 40 * width
+    phi, _ = reference.shapley_callable(feats, head, labels, None, "paper", element_budget=budget)
+    assert head.calls == math.ceil(32 / budget_coalitions)
+    assert head.rows[:-1] == [budget_coalitions * 40] * (head.calls - 1)
+    assert sum(head.rows) == 32 * 40
+    single = fastshap.modality_shapley(feats, head, labels, benefit="paper", backend="torch")
+    assert torch.equal(phi, single)
+
+
+@pytest.mark.parametrize("benefit", ["paper", "accuracy", "probability"])
+@pytest.mark.parametrize("segments", [1, 4, 10])
+def test_per_segment_logits_match_oracle(segments, benefit):
+    """(B, T, C) logits with (B, T) labels: v(S) = |S| * fraction of correct segments ("paper"), the
+    fraction ("accuracy"), the mean over segments of softmax[y_t] ("probability")."""
+    feats, head, labels, base = _case(4, 60, 7, seed=10 + segments, segments=segments, baselines="shared")
+    phi = fastshap.modality_shapley(feats, head, labels, baselines=base, benefit=benefit)
+    assert phi.shape == (60, 4)
+    expected = oracle_shapley(feats, head, labels, base, benefit)
+    # The backend averages segments in float64 before the Shapley sum: exact up to float64 rounding.
+    _check(phi, expected, atol=1e-6)
+    if segments > 1 and benefit != "probability":
+        # Not vacuous: some coalitions get a fraction of their segments right.
+        assert bool((expected.values != expected.values.round()).any())
+    assert bool((phi != 0).any())
+
+
+def test_one_segment_equals_plain_logits():
+    feats, head, labels, _ = _case(3, 30, 5, seed=4)
+    head1 = lambda xs: head(xs).unsqueeze(1)  # noqa: E731  (B, 1, C)
+    for benefit in ("paper", "accuracy", "probability"):
+        plain = fastshap.modality_shapley(feats, head, labels, benefit=benefit)
+        seg = fastshap.modality_shapley(feats, head1, labels.view(-1, 1), benefit=benefit)
+        assert torch.equal(plain, seg)
+
+
+@pytest.mark.parametrize(
+    "make_output,labels_shape,match",
+    [
+        (
+            lambda rows, c: torch.zeros(rows, c, 2),
+            (8,),
+            r"head returned logits of shape \(\d+, 5, 2\).*expected \(\d+, C\)",
+        ),
+        (lambda rows, c: torch.zeros(rows), (8,), r"head returned logits of shape \(\d+,\)"),
+        (lambda rows, c: torch.zeros(rows - 1, c), (8,), r"for \d+ stacked inputs"),
+        (lambda rows, c: torch.zeros(rows, c), (8, 3), r"expected \(\d+, 3, C\) to match labels of shape \(8, 3\)"),
+        (lambda rows, c: torch.zeros(rows, 2, c), (8, 3), r"logits of shape \(\d+, 2, 5\).*\(8, 3\)"),
+    ],
+    ids=["3d-for-plain-labels", "1d", "missing-rows", "2d-for-segment-labels", "wrong-segment-count"],
+)
+def test_wrong_output_shape_raises(make_output, labels_shape, match):
+    feats = [torch.randn(8, 3), torch.randn(8, 2)]
+    with pytest.raises(ValueError, match=match):
+        fastshap.modality_shapley(
+            feats, lambda xs: make_output(xs[0].shape[0], 5), torch.zeros(labels_shape, dtype=torch.long)
+        )
