@@ -92,8 +92,10 @@ def _extension():
         nvcc = ["-O0", "-g", "-G"] if DEBUG else ["-O3", "--use_fast_math"]
         nvcc += ["--expt-relaxed-constexpr", "-lineinfo"]
         nvcc += os.environ.get("NVCC_FLAGS", "").split()
-        macros.append(("FASTSHAP_CUDA_ARCH_LIST", f'"{arch}"'))
-        ext = CUDAExtension(sources=sources + cuda_sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **args)
+        # ";" separates build_info fields, so the list is recorded with commas.
+        macros.append(("FASTSHAP_CUDA_ARCH_LIST", '"' + arch.replace(";", ",") + '"'))
+        args["sources"] = sources + cuda_sources
+        ext = CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **args)
     else:
         ext = CppExtension(extra_compile_args={"cxx": cxx}, **args)
 

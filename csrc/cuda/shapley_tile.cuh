@@ -1,0 +1,703 @@
+// The block program of the fused CUDA kernels: one thread block takes a tile of samples and goes from their
+// features to their Shapley values in one pass.
+//
+//   1. partial products  P[src][s][k] = sum_j x_src[s][j] * W1[k][off_src + j]   (a tiled GEMM per source:
+//      the n modalities' features, then the n per-sample baselines when there are any), one fma per term
+//      in increasing j whatever the tiling, so every plan below gives the same bits;
+//   2. rows of P holding NaN/Inf are counted per modality (stats row 2); decision fusion turns each row into
+//      softmax(row + bias[i]) in place;
+//   3. the 2^n coalitions of each sample, `rows` (sample, coalition) pairs at a time, row g = s * 2^n + mask:
+//      score(S) = start + sel_0 + ... + sel_{n-1} summed left to right (sel_i = present or absent row of i),
+//      for the MLP head hidden = relu(score) and logits = W2 hidden + b2 by a second tiled GEMM; then
+//      v(S) (first-index argmax / softmax at the label in float64 / mean probability);
+//   4. Shapley numerators sum_S v(S) k_i(S) in float64 (exact integers for the discrete benefits), one
+//      thread per (sample, modality) in coalition order, divided by n! once when phi is stored.
+//
+// The program is written as a sequence of phases `ex.each(f)`: every thread runs f(thread index), then the
+// block synchronises. The CUDA kernel (shapley_cuda.cu) runs it with DeviceExec; a CPU build of the same
+// code with HostExec (shapley_emulate.cpp, tests only) runs the threads of a phase one after the other, which
+// is how the kernels' indexing and numerics are tested on machines without a GPU. Nothing a thread keeps
+// in registers outlives its phase; all state between phases lives in shared or global memory.
+//
+// Where the buffers live (shared memory, or a per-block slice of a global scratch tensor when a tile of them
+// does not fit) is decided on the host by make_plan(); the code reads them through plain pointers.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FASTSHAP_FN __device__ __forceinline__
+#define FASTSHAP_UNROLL _Pragma("unroll")
+#define FASTSHAP_NO_UNROLL _Pragma("unroll 1")
+#else
+#define FASTSHAP_FN inline
+#define FASTSHAP_UNROLL
+#define FASTSHAP_NO_UNROLL
+#endif
+
+namespace fastshap {
+namespace tile {
+
+constexpr int kThreads = 256;        // threads per block (the program assumes exactly this many)
+constexpr int kMicro = 4;            // each thread owns a kMicro x kMicro block of a GEMM's outputs
+constexpr int kMaxN = 16;            // modalities
+constexpr int kMaxSources = 2 * kMaxN;
+constexpr int kLoadsInFlight = 8;    // independent global loads per thread when staging a GEMM operand
+constexpr int kVec = 4;              // terms read per shared-memory vector load in the GEMM (16 bytes of fp32)
+
+// Feature columns staged per GEMM step: a power of two, so staging index math is shifts.
+template <typename T>
+constexpr int kDepth = sizeof(T) == 8 ? 16 : 32;
+
+enum Head : int { kConcat = 0, kDecision = 1, kMlp = 2 };
+enum BenefitCode : int { kPaper = 0, kAccuracy = 1, kProbability = 2 };  // = fastshap::Benefit
+
+// One GEMM input of the first layer: features (or per-sample baselines) of one modality.
+struct Source {
+  const void* data;     // (B, depth) in the features' dtype
+  int64_t row_stride;   // elements
+  int64_t col_stride;
+  int64_t col_offset;   // first column of this modality in weight1
+  int64_t depth;        // d_i
+};
+
+// Tile sizes and where each buffer lives. Offsets are bytes into shared memory for buffers there, elements
+// into the block's scratch slice for the others.
+struct Plan {
+  int tb = 0;         // samples per tile (16, 32, 64 or 128)
+  int td = 0;         // feature columns staged per GEMM step (= kDepth<T>)
+  int rows = 0;       // (sample, coalition) rows per chunk
+  int tx1 = 0;        // threads along the output columns of GEMM 1 (rows of GEMM 1 = tb = kMicro * kThreads / tx1)
+  int tx2 = 0;        // same for GEMM 2 (MLP logits; rows = `rows`)
+  int xs_stride = 0;  // staged A operand: xs[r * xs_stride + j] (td + kVec: 16-byte rows, no bank conflicts)
+  int ws_stride = 0;  // staged weights:   ws[k * ws_stride + j]
+  int64_t p_stride = 0, h_stride = 0, l_stride = 0;  // row strides of P, hidden, logits (odd: no bank conflicts)
+  bool p_shared = false, hl_shared = false, consts_shared = false;
+  int64_t off_num = 0, off_vals = 0, off_xs = 0, off_ws = 0, off_start = 0, off_absent = 0, off_b2 = 0;
+  int64_t off_p = 0, off_h = 0, off_l = 0;
+  int64_t smem_bytes = 0;
+  int64_t g_p = 0, g_h = 0, g_l = 0, scratch_per_block = 0;
+  int64_t num_tiles = 0, grid = 0;
+};
+
+template <typename T>
+struct Params {
+  int head = kConcat;
+  int benefit = kPaper;
+  int n = 0;
+  int n_sources = 0;    // n, or 2n with per-sample baselines (sources n..2n-1)
+  int64_t batch = 0;
+  int64_t K = 0;        // width of the first layer: C (concat, decision) or H (MLP)
+  int64_t C = 0;        // classes
+  int64_t D = 0;        // sum d_i: row stride of weight1
+  Source src[kMaxSources];
+  const T* weight1 = nullptr;   // (K, D) contiguous
+  const T* start = nullptr;     // (K): bias (concat), zeros (decision), bias1 (MLP)
+  const T* dec_bias = nullptr;  // (n, K): decision fusion's per-classifier bias
+  const T* absent = nullptr;    // shared contribution of a removed modality i: absent + i * absent_stride
+  int64_t absent_stride = 0;    // K, or 0 when one row (zeros) serves every modality
+  int absent_rows = 1;
+  const T* weight2 = nullptr;   // (C, H) contiguous (MLP)
+  const T* bias2 = nullptr;     // (C) (MLP)
+  const int64_t* labels = nullptr;
+  int64_t label_stride = 0;
+  float* phi = nullptr;                     // (B, n) contiguous
+  unsigned long long* nonfinite = nullptr;  // (n) counters, zeroed by the host
+  T* scratch = nullptr;                     // grid * plan.scratch_per_block elements, or null
+  double coef_in[kMaxN + 1] = {};           // k_i(S) = coef_in[|S|] if i in S, else -coef_out[|S|]
+  double coef_out[kMaxN + 1] = {};
+  double n_factorial = 1.0;
+  Plan plan;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Execution of phases.
+
+#if defined(__CUDACC__)
+struct DeviceExec {
+  template <class F>
+  __device__ __forceinline__ void each(F&& f) {
+    f(static_cast<int>(threadIdx.x));
+    __syncthreads();
+  }
+  __device__ __forceinline__ static void count(unsigned long long* counter) { atomicAdd(counter, 1ull); }
+};
+#else
+struct HostExec {
+  template <class F>
+  void each(F&& f) {
+    for (int t = 0; t < kThreads; ++t) f(t);
+  }
+  static void count(unsigned long long* counter) { *counter += 1; }
+};
+#endif
+
+// ---------------------------------------------------------------------------------------------------------
+// Arithmetic with the same rounding on the GPU (whatever --use_fast_math does) and in the CPU emulation.
+
+FASTSHAP_FN float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+FASTSHAP_FN double fma_rn(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __fma_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+FASTSHAP_FN float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+FASTSHAP_FN double div_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+// acc + a * b rounded twice (never contracted into an fma), as the CPU kernel computes it.
+FASTSHAP_FN double mul_add_rn(double acc, double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(acc, __dmul_rn(a, b));
+#else
+  const volatile double product = a * b;
+  return acc + product;
+#endif
+}
+// exp rounded from a float64 exp: as accurate as the library expf, and immune to fast-math intrinsics.
+FASTSHAP_FN float exp_rn(float x) { return static_cast<float>(::exp(static_cast<double>(x))); }
+FASTSHAP_FN double exp_rn(double x) { return ::exp(x); }
+
+FASTSHAP_FN uint32_t bits_of(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+FASTSHAP_FN uint64_t bits_of(double x) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(__double_as_longlong(x));
+#else
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+// Bit tests, so that no fast-math assumption about NaN/Inf can remove them.
+FASTSHAP_FN bool is_finite(float x) { return (bits_of(x) & 0x7f800000u) != 0x7f800000u; }
+FASTSHAP_FN bool is_finite(double x) { return (bits_of(x) & 0x7ff0000000000000ull) != 0x7ff0000000000000ull; }
+FASTSHAP_FN bool is_nan(float x) { return (bits_of(x) & 0x7fffffffu) > 0x7f800000u; }
+FASTSHAP_FN bool is_nan(double x) { return (bits_of(x) & 0x7fffffffffffffffull) > 0x7ff0000000000000ull; }
+
+FASTSHAP_FN int popcount(uint32_t m) {
+#if defined(__CUDA_ARCH__)
+  return __popc(m);
+#else
+  return __builtin_popcount(m);
+#endif
+}
+
+// out[0..kVec) = p[0..kVec); p is 16-byte aligned (one 128-bit shared-memory load for fp32, two for fp64).
+FASTSHAP_FN void load_vec(const float* p, float (&out)[kVec]) {
+#if defined(__CUDA_ARCH__)
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x;
+  out[1] = v.y;
+  out[2] = v.z;
+  out[3] = v.w;
+#else
+  for (int i = 0; i < kVec; ++i) out[i] = p[i];
+#endif
+}
+FASTSHAP_FN void load_vec(const double* p, double (&out)[kVec]) {
+#if defined(__CUDA_ARCH__)
+  const double2 v0 = reinterpret_cast<const double2*>(p)[0], v1 = reinterpret_cast<const double2*>(p)[1];
+  out[0] = v0.x;
+  out[1] = v0.y;
+  out[2] = v1.x;
+  out[3] = v1.y;
+#else
+  for (int i = 0; i < kVec; ++i) out[i] = p[i];
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Building blocks (each called by every thread of a phase with its index `tid`).
+
+// store(i, load(i)) for i = tid, tid + kThreads, ... < count, kLoadsInFlight loads issued before any store.
+template <typename T, class Load, class Store>
+FASTSHAP_FN void staged_copy(int tid, int count, Load&& load, Store&& store) {
+  for (int base = tid; base < count; base += kLoadsInFlight * kThreads) {
+    T v[kLoadsInFlight];
+    FASTSHAP_UNROLL
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int i = base + u * kThreads;
+      v[u] = i < count ? load(i) : T(0);
+    }
+    FASTSHAP_UNROLL
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int i = base + u * kThreads;
+      if (i < count) store(i, v[u]);
+    }
+  }
+}
+
+template <typename T>
+struct Gemm {
+  int rows;            // output rows; must equal kMicro * (kThreads / tx)
+  int tx;              // threads along the output columns
+  int64_t cols;        // output columns
+  int64_t depth;       // summed terms
+  const T* w;          // w[k * w_stride + j]
+  int64_t w_stride;
+  T* out;              // out[r * out_stride + k]
+  int64_t out_stride;
+  T* xs;               // staging, rows x xs_stride (xs_stride >= kDepth<T>, a multiple of kVec)
+  int xs_stride;
+  T* ws;               // staging, kMicro * tx x ws_stride
+  int ws_stride;
+};
+
+// out[r][k] = sum_{j < depth} A(r, j) * w[k][j] (r < rows, k < cols): the A operand (a_load) and the weights
+// go through shared memory kDepth<T> columns at a time (zero-padded past `depth`); each output is accumulated
+// with one fma per term in increasing j, read back from `out` between steps, so the result does not depend
+// on the tiling. Thread (tx_i, ty_i) owns rows ty_i + a * ty and columns cb + tx_i + b * tx (a, b < kMicro).
+template <typename T, class Exec, class ALoad>
+FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load) {
+  constexpr int td = kDepth<T>;
+  const int ty = kThreads / g.tx;      // threads along the rows
+  const int kc = kMicro * g.tx;        // output columns per pass
+  for (int64_t d0 = 0; d0 == 0 || d0 < g.depth; d0 += td) {
+    const int jn = static_cast<int>(std::min<int64_t>(td, g.depth - d0));  // 0 only when depth == 0
+    const int jv = (jn + kVec - 1) / kVec * kVec;                          // terms read (zeros past jn)
+    ex.each([&](int tid) {
+      staged_copy<T>(
+          tid, g.rows * td,
+          [&](int i) {
+            const int j = i % td;
+            return j < jn ? a_load(i / td, d0 + j) : T(0);
+          },
+          [&](int i, T v) { g.xs[(i / td) * g.xs_stride + i % td] = v; });
+    });
+    for (int64_t cb = 0; cb < g.cols; cb += kc) {
+      ex.each([&](int tid) {
+        staged_copy<T>(
+            tid, kc * td,
+            [&](int i) {
+              const int64_t k = cb + i / td;
+              const int j = i % td;
+              return k < g.cols && j < jn ? g.w[k * g.w_stride + d0 + j] : T(0);
+            },
+            [&](int i, T v) { g.ws[(i / td) * g.ws_stride + i % td] = v; });
+      });
+      ex.each([&](int tid) {
+        const int tx_i = tid % g.tx, ty_i = tid / g.tx;
+        T acc[kMicro][kMicro];
+        FASTSHAP_UNROLL
+        for (int a = 0; a < kMicro; ++a) {
+          const int r = ty_i + a * ty;
+          FASTSHAP_UNROLL
+          for (int b = 0; b < kMicro; ++b) {
+            const int64_t k = cb + tx_i + b * g.tx;
+            acc[a][b] = (d0 == 0 || r >= g.rows || k >= g.cols) ? T(0) : g.out[r * g.out_stride + k];
+          }
+        }
+        FASTSHAP_NO_UNROLL  // one step's operands live at a time: unrolling hoists loads and spills registers
+        for (int j = 0; j < jv; j += kVec) {
+          T av[kMicro][kVec];
+          FASTSHAP_UNROLL
+          for (int a = 0; a < kMicro; ++a) load_vec(g.xs + (ty_i + a * ty) * g.xs_stride + j, av[a]);
+          FASTSHAP_UNROLL
+          for (int b = 0; b < kMicro; ++b) {
+            T bv[kVec];
+            load_vec(g.ws + (tx_i + b * g.tx) * g.ws_stride + j, bv);
+            FASTSHAP_UNROLL
+            for (int v = 0; v < kVec; ++v) {
+              FASTSHAP_UNROLL
+              for (int a = 0; a < kMicro; ++a) acc[a][b] = fma_rn(av[a][v], bv[v], acc[a][b]);
+            }
+          }
+        }
+        FASTSHAP_UNROLL
+        for (int a = 0; a < kMicro; ++a) {
+          const int r = ty_i + a * ty;
+          FASTSHAP_UNROLL
+          for (int b = 0; b < kMicro; ++b) {
+            const int64_t k = cb + tx_i + b * g.tx;
+            if (r < g.rows && k < g.cols) g.out[r * g.out_stride + k] = acc[a][b];
+          }
+        }
+      });
+    }
+  }
+}
+
+// v(S) from score(c), c < C (see fastshap/reference.py). Labels outside [0, C) score 0: the Python layer
+// rejects them before any kernel runs, and a device-side check would need a synchronisation.
+template <typename T, class Score>
+FASTSHAP_FN double coalition_value(Score&& score, int64_t C, int64_t y, int size, int benefit, bool mean_probability,
+                                   int n) {
+  if (y < 0 || y >= C) return 0.0;
+  if (benefit == kProbability) {
+    if (mean_probability) return static_cast<double>(score(y)) / static_cast<double>(n);
+    double top = static_cast<double>(score(0));
+    for (int64_t c = 1; c < C; ++c) {
+      const double v = static_cast<double>(score(c));
+      top = v > top ? v : top;
+    }
+    double total = 0.0;
+    for (int64_t c = 0; c < C; ++c) total += ::exp(static_cast<double>(score(c)) - top);
+    return ::exp(static_cast<double>(score(y)) - top) / total;
+  }
+  // First maximal index; a NaN counts as the largest value (torch.argmax).
+  T best = score(0);
+  int64_t arg = 0;
+  for (int64_t c = 1; c < C; ++c) {
+    const T v = score(c);
+    if (v > best || (is_nan(v) && !is_nan(best))) {
+      best = v;
+      arg = c;
+    }
+  }
+  if (arg != y) return 0.0;
+  return benefit == kPaper ? static_cast<double>(size) : 1.0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The block program. `block` / `grid`: this block's index and the number of blocks (tiles are dealt out
+// grid-stride). `smem`: plan.smem_bytes bytes, 16-byte aligned.
+
+template <typename In, typename T, class Exec>
+FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, int64_t block, int64_t grid) {
+  const Plan& pl = p.plan;
+  const int n = p.n;
+  const int tb = pl.tb;
+  const int64_t K = p.K, C = p.C;
+  const uint32_t all = (1u << n) - 1u;
+  const bool mlp = p.head == kMlp;
+  const bool per_sample = p.n_sources == 2 * n;
+
+  double* num = reinterpret_cast<double*>(smem + pl.off_num);    // (tb, n) Shapley numerators
+  double* vals = reinterpret_cast<double*>(smem + pl.off_vals);  // (rows) coalition values of a chunk
+  T* xs = reinterpret_cast<T*>(smem + pl.off_xs);
+  T* ws = reinterpret_cast<T*>(smem + pl.off_ws);
+  T* scratch = p.scratch == nullptr ? nullptr : p.scratch + block * pl.scratch_per_block;
+  T* P = pl.p_shared ? reinterpret_cast<T*>(smem + pl.off_p) : scratch + pl.g_p;  // (n_sources, tb, p_stride)
+  T* Hs = nullptr;  // (rows, h_stride) hidden activations of a chunk (MLP)
+  T* Ls = nullptr;  // (rows, l_stride) logits before bias2 (MLP)
+  if (mlp) {
+    Hs = pl.hl_shared ? reinterpret_cast<T*>(smem + pl.off_h) : scratch + pl.g_h;
+    Ls = pl.hl_shared ? reinterpret_cast<T*>(smem + pl.off_l) : scratch + pl.g_l;
+  }
+
+  const T* start = p.start;
+  const T* absent = p.absent;
+  const T* bias2 = p.bias2;
+  if (pl.consts_shared) {
+    T* s_start = reinterpret_cast<T*>(smem + pl.off_start);
+    T* s_absent = reinterpret_cast<T*>(smem + pl.off_absent);
+    T* s_bias2 = reinterpret_cast<T*>(smem + pl.off_b2);
+    const int64_t absent_count = p.absent_rows * K;
+    ex.each([&](int tid) {
+      for (int64_t i = tid; i < K; i += kThreads) s_start[i] = p.start[i];
+      for (int64_t i = tid; i < absent_count; i += kThreads) s_absent[i] = p.absent[i];
+      if (mlp) {
+        for (int64_t i = tid; i < C; i += kThreads) s_bias2[i] = p.bias2[i];
+      }
+    });
+    start = s_start;
+    absent = s_absent;
+    if (mlp) bias2 = s_bias2;
+  }
+
+  // The row that modality i contributes to coalition `mask` of tile sample s.
+  auto row_of = [&](int i, int s, uint32_t mask) -> const T* {
+    if ((mask >> i) & 1u) return P + (static_cast<int64_t>(i) * tb + s) * pl.p_stride;
+    if (per_sample) return P + (static_cast<int64_t>(n + i) * tb + s) * pl.p_stride;
+    return absent + i * p.absent_stride;
+  };
+
+  for (int64_t tile = block; tile < pl.num_tiles; tile += grid) {
+    const int64_t tile0 = tile * tb;
+    const int count = static_cast<int>(std::min<int64_t>(tb, p.batch - tile0));  // >= 1
+
+    // 1. Partial products of every source (rows of samples past the batch are zeros).
+    for (int src = 0; src < p.n_sources; ++src) {
+      const Source& so = p.src[src];
+      const In* x = static_cast<const In*>(so.data) + tile0 * so.row_stride;
+      const Gemm<T> g{tb, pl.tx1, K, so.depth, p.weight1 + so.col_offset, p.D,
+                      P + static_cast<int64_t>(src) * tb * pl.p_stride, pl.p_stride, xs, pl.xs_stride, ws,
+                      pl.ws_stride};
+      gemm(ex, g, [&](int r, int64_t j) -> T {
+        return r < count ? static_cast<T>(x[r * so.row_stride + j * so.col_stride]) : T(0);
+      });
+    }
+
+    // 2. Count rows with NaN/Inf per modality; clear the numerators.
+    ex.each([&](int tid) {
+      const int prows = p.n_sources * count;
+      for (int i = tid; i < prows; i += kThreads) {
+        const int src = i / count, s = i % count;
+        const T* row = P + (static_cast<int64_t>(src) * tb + s) * pl.p_stride;
+        bool finite = true;
+        for (int64_t k = 0; k < K; ++k) finite &= is_finite(row[k]);
+        if (!finite) Exec::count(p.nonfinite + src % n);
+      }
+      for (int i = tid; i < tb * n; i += kThreads) num[i] = 0.0;
+    });
+
+    // Decision fusion: each classifier's softmax(row + bias[i]), in place.
+    if (p.head == kDecision) {
+      ex.each([&](int tid) {
+        const int prows = p.n_sources * count;
+        for (int i = tid; i < prows; i += kThreads) {
+          const int src = i / count, s = i % count;
+          T* row = P + (static_cast<int64_t>(src) * tb + s) * pl.p_stride;
+          const T* bias = p.dec_bias + static_cast<int64_t>(src % n) * K;
+          T top = row[0] + bias[0];
+          for (int64_t k = 1; k < K; ++k) {
+            const T v = row[k] + bias[k];
+            top = v > top ? v : top;
+          }
+          T total = T(0);
+          for (int64_t k = 0; k < K; ++k) {
+            const T e = exp_rn((row[k] + bias[k]) - top);
+            row[k] = e;
+            total += e;
+          }
+          for (int64_t k = 0; k < K; ++k) row[k] = div_rn(row[k], total);
+        }
+      });
+    }
+
+    // 3-4. Coalitions, pl.rows (sample, coalition) rows at a time.
+    const int64_t total_rows = static_cast<int64_t>(count) << n;
+    for (int64_t g0 = 0; g0 < total_rows; g0 += pl.rows) {
+      const int reff = static_cast<int>(std::min<int64_t>(pl.rows, total_rows - g0));
+      if (mlp) {
+        const int64_t H = K;
+        ex.each([&](int tid) {
+          const int64_t elems = static_cast<int64_t>(pl.rows) * H;
+          for (int64_t i = tid; i < elems; i += kThreads) {
+            const int rl = static_cast<int>(i / H);
+            const int64_t h = i % H;
+            T z = T(0);
+            if (rl < reff) {
+              const int64_t g = g0 + rl;
+              const int s = static_cast<int>(g >> n);
+              const uint32_t mask = static_cast<uint32_t>(g) & all;
+              T x = start[h];
+              for (int m = 0; m < n; ++m) x = x + row_of(m, s, mask)[h];
+              z = x > T(0) ? x : T(0);
+            }
+            Hs[rl * pl.h_stride + h] = z;
+          }
+        });
+        const Gemm<T> g{pl.rows, pl.tx2, C, H, p.weight2, H, Ls, pl.l_stride, xs, pl.xs_stride, ws, pl.ws_stride};
+        gemm(ex, g, [&](int r, int64_t j) -> T { return Hs[r * pl.h_stride + j]; });
+      }
+      ex.each([&](int tid) {
+        for (int rl = tid; rl < reff; rl += kThreads) {
+          const int64_t g = g0 + rl;
+          const int s = static_cast<int>(g >> n);
+          const uint32_t mask = static_cast<uint32_t>(g) & all;
+          double v = 0.0;
+          if (p.benefit != kPaper || mask != 0) {  // v(empty) = 0 for the paper benefit
+            const int size = popcount(mask);
+            const int64_t y = p.labels[(tile0 + s) * p.label_stride];
+            if (mlp) {
+              const T* logits = Ls + static_cast<int64_t>(rl) * pl.l_stride;
+              v = coalition_value<T>([&](int64_t c) { return logits[c] + bias2[c]; }, C, y, size, p.benefit, false, n);
+            } else {
+              const T* sel[kMaxN];
+              FASTSHAP_UNROLL
+              for (int m = 0; m < kMaxN; ++m) sel[m] = m < n ? row_of(m, s, mask) : nullptr;
+              auto score = [&](int64_t c) {
+                T x = start[c];
+                FASTSHAP_UNROLL
+                for (int m = 0; m < kMaxN; ++m) {
+                  if (m >= n) break;
+                  x = x + sel[m][c];
+                }
+                return x;
+              };
+              v = coalition_value<T>(score, C, y, size, p.benefit, p.head == kDecision, n);
+            }
+          }
+          vals[rl] = v;
+        }
+      });
+      ex.each([&](int tid) {
+        const int64_t s_lo = g0 >> n, s_hi = (g0 + reff - 1) >> n;
+        const int pairs = static_cast<int>(s_hi - s_lo + 1) * n;
+        for (int i = tid; i < pairs; i += kThreads) {
+          const int64_t s = s_lo + i / n;
+          const int m = i % n;
+          const int64_t begin = std::max<int64_t>(g0, s << n), end = std::min<int64_t>(g0 + reff, (s + 1) << n);
+          double acc = num[s * n + m];
+          for (int64_t g = begin; g < end; ++g) {
+            const double v = vals[g - g0];
+            if (v == 0.0) continue;
+            const uint32_t mask = static_cast<uint32_t>(g) & all;
+            const int size = popcount(mask);
+            acc = ((mask >> m) & 1u) ? mul_add_rn(acc, v, p.coef_in[size]) : mul_add_rn(acc, -v, p.coef_out[size]);
+          }
+          num[s * n + m] = acc;
+        }
+      });
+    }
+
+    ex.each([&](int tid) {
+      for (int i = tid; i < count * n; i += kThreads) {
+        p.phi[tile0 * n + i] = static_cast<float>(num[i] / p.n_factorial);
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Host side: the plan.
+
+struct Shape {
+  int head;
+  int n;
+  int n_sources;
+  int64_t K, C;
+  int elem;         // bytes per element of the compute type
+  int absent_rows;  // rows of the shared absent table
+  int64_t batch;
+};
+
+struct Limits {
+  int64_t soft_budget;    // shared memory a block should use (leaves room for a second block per SM)
+  int64_t hard_budget;    // shared memory a block may use
+  int64_t fallback_grid;  // blocks when buffers live in global scratch (bounds its size)
+  int64_t max_grid;
+};
+
+inline int64_t align16(int64_t x) { return (x + 15) & ~int64_t{15}; }
+
+inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_shared, bool consts_shared) {
+  const bool mlp = sh.head == kMlp;
+  const int64_t e = sh.elem;
+  Plan pl;
+  pl.tb = tb;
+  pl.td = e == 8 ? 16 : 32;
+  pl.rows = rows;
+  pl.tx1 = kMicro * kThreads / tb;
+  pl.tx2 = mlp ? kMicro * kThreads / rows : pl.tx1;
+  pl.p_stride = sh.K | 1;
+  pl.h_stride = mlp ? (sh.K | 1) : 0;
+  pl.l_stride = mlp ? (sh.C | 1) : 0;
+  pl.xs_stride = pl.td + kVec;
+  pl.ws_stride = pl.td + kVec;
+  const int xs_rows = mlp ? std::max(tb, rows) : tb;
+  const int ws_rows = kMicro * std::max(pl.tx1, pl.tx2);
+  pl.p_shared = p_shared;
+  pl.hl_shared = mlp && hl_shared;
+  pl.consts_shared = consts_shared;
+
+  int64_t at = 0;
+  auto take = [&](int64_t bytes) {
+    const int64_t offset = at;
+    at = align16(at + bytes);
+    return offset;
+  };
+  int64_t g = 0;
+  auto take_global = [&](int64_t elems) {
+    const int64_t offset = g;
+    g += (elems + 1) & ~int64_t{1};  // keeps every slice 16-byte aligned for 8-byte types too
+    return offset;
+  };
+  pl.off_num = take(int64_t{tb} * sh.n * 8);
+  pl.off_vals = take(int64_t{rows} * 8);
+  pl.off_xs = take(int64_t{xs_rows} * pl.xs_stride * e);
+  pl.off_ws = take(int64_t{ws_rows} * pl.ws_stride * e);
+  if (consts_shared) {
+    pl.off_start = take(sh.K * e);
+    pl.off_absent = take(sh.absent_rows * sh.K * e);
+    pl.off_b2 = take(mlp ? sh.C * e : 0);
+  }
+  const int64_t p_elems = int64_t{sh.n_sources} * tb * pl.p_stride;
+  if (p_shared) {
+    pl.off_p = take(p_elems * e);
+  } else {
+    pl.g_p = take_global(p_elems);
+  }
+  if (mlp) {
+    const int64_t h_elems = int64_t{rows} * pl.h_stride, l_elems = int64_t{rows} * pl.l_stride;
+    if (pl.hl_shared) {
+      pl.off_h = take(h_elems * e);
+      pl.off_l = take(l_elems * e);
+    } else {
+      pl.g_h = take_global(h_elems);
+      pl.g_l = take_global(l_elems);
+    }
+  }
+  pl.smem_bytes = at;
+  pl.scratch_per_block = g;
+  pl.num_tiles = (sh.batch + tb - 1) / tb;
+  return pl;
+}
+
+// The largest tile whose buffers all fit in shared memory (soft budget first, then the hard one); else
+// partial products in global scratch, then the MLP's hidden/logit chunks too, then the constants. The last
+// layout needs under 48 KB of shared memory, which every CUDA device has.
+inline Plan make_plan(const Shape& sh, const Limits& lim) {
+  const bool mlp = sh.head == kMlp;
+  const int kTiles[] = {128, 64, 32, 16};
+  const int kRows[] = {128, 64, 32, 16};
+  auto chunk_rows = [&](int tb) { return static_cast<int>(std::min<int64_t>(1024, int64_t{tb} << sh.n)); };
+  auto done = [&](Plan pl, int64_t max_grid) {
+    pl.grid = std::max<int64_t>(1, std::min(pl.num_tiles, max_grid));
+    return pl;
+  };
+  for (const int64_t budget : {lim.soft_budget, lim.hard_budget}) {
+    for (const int tb : kTiles) {
+      if (mlp) {
+        for (const int rows : kRows) {
+          const Plan pl = layout(sh, tb, rows, true, true, true);
+          if (pl.smem_bytes <= budget) return done(pl, lim.max_grid);
+        }
+      } else {
+        const Plan pl = layout(sh, tb, chunk_rows(tb), true, true, true);
+        if (pl.smem_bytes <= budget) return done(pl, lim.max_grid);
+      }
+    }
+  }
+  const int tb = 32;
+  for (const bool consts : {true, false}) {
+    if (mlp) {
+      for (const int rows : kRows) {
+        const Plan pl = layout(sh, tb, rows, false, true, consts);
+        if (pl.smem_bytes <= lim.hard_budget) return done(pl, lim.fallback_grid);
+      }
+      const Plan pl = layout(sh, tb, 64, false, false, consts);
+      if (pl.smem_bytes <= lim.hard_budget) return done(pl, lim.fallback_grid);
+    } else {
+      const Plan pl = layout(sh, tb, chunk_rows(tb), false, false, consts);
+      if (pl.smem_bytes <= lim.hard_budget) return done(pl, lim.fallback_grid);
+    }
+  }
+  return done(layout(sh, tb, mlp ? 64 : chunk_rows(tb), false, false, false), lim.fallback_grid);
+}
+
+}  // namespace tile
+}  // namespace fastshap
