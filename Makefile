@@ -40,6 +40,9 @@ demo: build
 bench: build
 	$(PY) -m pytest bench -q --benchmark-only
 
+bench-gpu: build
+	bash bench/gpu_check.sh
+
 info: build
 	$(PY) -m fastshap.info
 

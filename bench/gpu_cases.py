@@ -1,0 +1,266 @@
+"""GPU benchmark cases, shared by bench/test_bench_gpu.py (pytest-benchmark) and this file's standalone runner
+(for machines without pytest-benchmark). See test_bench_gpu.py for the cases, the timing and the bytes model.
+
+    python bench/gpu_cases.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import alternatives as alt  # bench/ is on sys.path: the script's own folder, or pytest's prepend import
+import harness
+
+BATCH, DIM = 65536, 512
+#: Where the cases run. --dry-run switches to the CPU with a small batch, to exercise everything but the
+#: GPU on machines without one (bench/gpu_check.sh's non-GPU parts, CI).
+RUN = {"device": "cuda", "batch": BATCH}
+ROUNDS = 10  # pytest-benchmark's synchronised rounds (the cross-check; do_bench gives the figure)
+NEAR_TIE_TOL = 1e-4  # GPU GEMMs may reorder sums (split-K); margins below this may flip argmax
+MAX_NEAR_TIE_FRACTION = 0.02
+
+
+@dataclass(frozen=True)
+class Spec:
+    head: str  # "linear" | "mlp"
+    n: int
+    classes: int
+    dtype: torch.dtype
+    hidden: Optional[int] = None
+
+    @property
+    def id(self) -> str:
+        h = f"-H{self.hidden}" if self.hidden else ""
+        return f"{self.head}{h}-n{self.n}-C{self.classes}-{str(self.dtype).replace('torch.', '')}"
+
+
+SPECS = (
+    Spec("linear", 2, 31, torch.float32),
+    Spec("linear", 2, 31, torch.bfloat16),
+    Spec("linear", 5, 101, torch.float32),
+    Spec("mlp", 2, 31, torch.float32, hidden=256),
+    Spec("mlp", 2, 31, torch.bfloat16, hidden=256),
+)
+PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "naive_batched")
+NOTES = {
+    "plain_forward": "yardstick: torch.cat + the head, one prediction",
+    "fastshap_triton": "fastshap backend='triton'",
+    "fastshap_cuda": "fastshap backend='cuda'",
+    "fastshap_torch": "fastshap backend='torch' (the reference on this GPU)",
+    "naive_batched": "2^n masked copies in one head forward (the head's dtype)",
+}
+
+
+class Unavailable(Exception):
+    """This provider cannot run here; the message says why."""
+
+
+@functools.lru_cache(maxsize=1)
+def _case(spec: Spec) -> alt.Case:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return alt.make_case(
+        spec.n,
+        RUN["batch"],
+        DIM,
+        spec.classes,
+        hidden=spec.hidden,
+        dtype=spec.dtype,
+        device=RUN["device"],
+        seed=7 * spec.n + spec.classes,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _reference(spec: Spec):
+    case = _case(spec)
+    import fastshap
+
+    phi = fastshap.modality_shapley(case.features, case.head, case.labels, backend="torch")
+    return phi, alt.near_tie_samples(case.features, case.head, case.labels, NEAR_TIE_TOL)
+
+
+def traffic_bytes(case: alt.Case) -> int:
+    feats = sum(f.numel() * f.element_size() for f in case.features)
+    params = sum(p.numel() * p.element_size() for p in case.head.parameters())
+    return feats + params + case.labels.numel() * 8 + case.batch * case.n * 4
+
+
+def head_flops(spec: Spec, case: alt.Case) -> float:
+    width = spec.n * DIM
+    if spec.hidden:  # first layer once per modality, second layer per coalition
+        return 2.0 * case.batch * (width * spec.hidden + (1 << spec.n) * spec.hidden * spec.classes)
+    return 2.0 * case.batch * width * spec.classes
+
+
+def _callable(provider: str, case: alt.Case):
+    if provider == "plain_forward":
+        return lambda: alt.plain_forward(case.features, case.head)
+    if provider == "naive_batched":
+        return lambda: alt.naive_batched(case.features, case.head, case.labels)
+    import fastshap
+
+    backend = provider.removeprefix("fastshap_")
+    return lambda: fastshap.modality_shapley(case.features, case.head, case.labels, backend=backend)
+
+
+def _first_call(run):
+    """The first (untimed) call: compiles / autotunes; a backend that cannot run raises before any work."""
+    import fastshap
+
+    try:
+        out = run()
+    except fastshap.BackendError as exc:
+        raise Unavailable(str(exc)) from exc
+    _sync()
+    return out
+
+
+def _sync():
+    if RUN["device"] == "cuda":
+        torch.cuda.synchronize()
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if RUN["device"] == "cuda" else f"cpu ({harness.cpu_model()}, dry run)"
+
+
+def _time(run) -> dict:
+    if RUN["device"] == "cuda":
+        return harness.cuda_time_ms(run)
+    times = [t * 1e3 for t in harness.wall_time(run, 3)]
+    return {"median_ms": sorted(times)[1], "min_ms": min(times), "max_ms": max(times), "timer": "wall clock (dry run)"}
+
+
+def prepare(spec: Spec, provider: str):
+    """(timed callable, extra_info, value check or None). Raises Unavailable."""
+    case = _case(spec)
+    run = _callable(provider, case)
+    info = dict(
+        suite="gpu" if RUN["device"] == "cuda" else "gpu-dry-run",
+        head=spec.head,
+        n=spec.n,
+        batch=case.batch,
+        batch_timed=case.batch,
+        dim=DIM,
+        classes=spec.classes,
+        hidden=spec.hidden,
+        dtype=str(spec.dtype).replace("torch.", ""),
+        benefit="paper",
+        provider=provider,
+        note=NOTES[provider],
+        bytes=traffic_bytes(case),
+        flops=head_flops(spec, case),
+        device=_device_name(),
+        tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+    )
+    check = None
+    with torch.no_grad():
+        out = _first_call(run)
+        comparable = provider != "plain_forward" and not (provider == "naive_batched" and spec.dtype != torch.float32)
+        if comparable:
+            ref, ties = _reference(spec)
+            check = alt.compare(out, ref, ties)
+            info.update(check, checked_against="fastshap torch")
+        del out
+        timing = _time(run)
+    info.update(
+        gpu_ms=timing["median_ms"], gpu_min_ms=timing["min_ms"], gpu_max_ms=timing["max_ms"], timer=timing["timer"]
+    )
+    info["gbs"] = info["bytes"] / (timing["median_ms"] * 1e-3) / 1e9
+    return run, info, check
+
+
+def synchronised(run):
+    def call():
+        with torch.no_grad():
+            run()
+        _sync()
+
+    return call
+
+
+# --- standalone runner (machines without pytest-benchmark) ------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="GPU benchmarks without pytest-benchmark (same cases and JSON layout)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="output file (default: bench/results/gpu-<date>-<commit>.json)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="run every case on the CPU with B = 256 (checks the code, not the GPU)"
+    )
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        RUN.update(device="cpu", batch=256)
+    elif not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark (--dry-run runs the cases on the CPU)", file=sys.stderr)
+        return 2
+    harness.mark_run_start()
+    benches, failed = [], 0
+
+    def record(name, group, info, run):
+        times = harness.wall_time(synchronised(run), ROUNDS if not args.dry_run else 2)
+        stats = {
+            "median": sorted(times)[len(times) // 2],
+            "min": min(times),
+            "mean": math.fsum(times) / len(times),
+            "rounds": len(times),
+        }
+        benches.append({"name": name, "group": group, "extra_info": info, "stats": stats})
+
+    if not args.dry_run:
+        copy = harness.copy_bandwidth()
+        src = torch.empty(1 << 28, device="cuda")
+        dst = torch.empty_like(src)
+        info = dict(copy_gbs=copy["gbs"], copy_bytes=copy["bytes"], gpu_ms=copy["median_ms"], device=_device_name())
+        record("copy_bandwidth", "gpu d2d copy", info, lambda: dst.copy_(src))
+        del src, dst
+    for spec in SPECS:
+        for provider in PROVIDERS:
+            name = f"test_gpu[{spec.id}-{provider}]"
+            try:
+                run, info, check = prepare(spec, provider)
+            except Unavailable as exc:
+                harness.UNAVAILABLE.append({"group": spec.id, "provider": provider, "reason": str(exc)})
+                print(f"{name}: unavailable: {exc}")
+                continue
+            except Exception as exc:  # keep going: one failing provider must not hide the others
+                failed += 1
+                print(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+                continue
+            record(name, f"gpu {spec.id} B={RUN['batch']}", info, run)
+            bad = check is not None and (
+                check["mismatch"] or check["near_tie_samples"] > MAX_NEAR_TIE_FRACTION * check["samples"]
+            )
+            failed += bool(bad)
+            print(
+                f"{name}: {info['gpu_ms']:.3f} ms, {info['gbs']:.0f} GB/s{'  VALUES DIFFER: ' + str(check) if bad else ''}"
+            )
+    machine = harness.machine_info()
+    out = {
+        "machine_info": {"bench": machine},
+        "commit_info": machine["git"],
+        "datetime": machine["date_utc"],
+        "benchmarks": benches,
+        "unavailable": harness.UNAVAILABLE,
+    }
+    path = args.json or harness.default_result_path("gpu-dry-run" if args.dry_run else "gpu")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

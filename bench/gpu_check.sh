@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One pass over a lent GPU machine, in under 8 minutes:
+#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> GPU tests -> GPU benchmarks (JSON) -> report.
+# Every step runs under `timeout` within a total time budget; a failing step does not stop the others;
+# the exit status is non-zero when any step failed or was skipped. Everything goes flat into $OUT:
+#   summary.txt  env.txt  build.log  tests.log  bench.log  bench.json  report.md
+#
+#   OUT=/some/dir bash bench/gpu_check.sh         # default OUT: bench/results/gpu-<UTC date>-<time>
+#
+# Knobs: PYTHON (default: python, else python3), GPU_CHECK_BUDGET (total seconds, default 460),
+# TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default: all cores), GPU_CHECK_SKIP_BUILD=1 (keep the
+# installed build). No package index is needed: pip runs with --no-index --no-deps --no-build-isolation
+# against the torch / Triton / CUDA already on the machine. Without pytest-benchmark the benchmarks run
+# through bench/gpu_cases.py, which writes the same JSON.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+OUT="${OUT:-bench/results/gpu-$(date -u +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT" || exit 2
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+BUDGET="${GPU_CHECK_BUDGET:-460}"
+RESERVE=20 # seconds kept back for the report
+START=$(date +%s)
+FAILED=0
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+
+log() { printf '%s\n' "$*" | tee -a "$SUMMARY"; }
+
+# run_step NAME LIMIT LOGFILE COMMAND...: COMMAND under `timeout`, its output appended to LOGFILE.
+run_step() {
+  local name=$1 limit=$2 logfile=$3
+  shift 3
+  local t0 left rc status
+  t0=$(date +%s)
+  left=$((BUDGET - (t0 - START)))
+  [[ $name == report ]] || left=$((left - RESERVE))
+  if ((left < 5)); then
+    log "$(printf '%-8s %-26s' "$name" 'SKIPPED (budget spent)')"
+    FAILED=1
+    return
+  fi
+  ((limit > left)) && limit=$left
+  printf '### %s (limit %ss, %s): %s\n' "$name" "$limit" "$(date -u +%FT%TZ)" "$*" >>"$logfile"
+  timeout -k 10 "$limit" "$@" >>"$logfile" 2>&1
+  rc=$?
+  if ((rc == 124 || rc == 137)); then
+    status="TIMEOUT after ${limit}s"
+  elif ((rc != 0)); then
+    status="FAILED (exit $rc)"
+  else
+    status=ok
+  fi
+  ((rc != 0)) && FAILED=1
+  log "$(printf '%-8s %-26s %4ss  %s' "$name" "$status" "$(($(date +%s) - t0))" "$(basename "$logfile")")"
+}
+
+log "fastshap gpu_check: $(date -u +%FT%TZ), $(git rev-parse --short HEAD 2>/dev/null || echo 'no git'), python: $PY, out: $OUT"
+
+# shellcheck disable=SC2016  # expanded by the inner bash, on purpose
+run_step env 20 "$OUT/env.txt" bash -c '
+  rc=0
+  nvidia-smi || rc=1
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.memory,driver_version --format=csv || rc=1
+  echo; uname -a; echo "cores: $(nproc)"; free -g
+  echo; command -v nvcc && nvcc --version
+  exit $rc'
+
+if [[ ${GPU_CHECK_SKIP_BUILD:-0} == 1 ]]; then
+  log "build    skipped (GPU_CHECK_SKIP_BUILD=1)"
+else
+  run_step build 200 "$OUT/build.log" env FASTSHAP_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-index --no-deps --no-build-isolation -v -e .
+fi
+
+run_step info 30 "$OUT/env.txt" "$PY" -m fastshap.info
+
+run_step tests 120 "$OUT/tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider
+
+if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
+  run_step bench 180 "$OUT/bench.log" "$PY" -m pytest bench/test_bench_gpu.py -q -rs --benchmark-only \
+    --benchmark-json "$OUT/bench.json" -p no:cacheprovider
+else
+  echo "pytest-benchmark is not installed: running bench/gpu_cases.py" >>"$OUT/bench.log"
+  run_step bench 180 "$OUT/bench.log" "$PY" bench/gpu_cases.py --json "$OUT/bench.json"
+fi
+
+run_step report 20 "$OUT/bench.log" "$PY" bench/report.py "$OUT/bench.json" -o "$OUT/report.md"
+
+if ((FAILED)); then
+  log "total $(($(date +%s) - START))s: SOME STEPS FAILED (logs in $OUT)"
+else
+  log "total $(($(date +%s) - START))s: all steps passed"
+fi
+exit "$FAILED"
