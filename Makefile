@@ -36,6 +36,7 @@ test: build
 
 demo: build
 	$(PY) -m fastshap.demo
+	$(PY) -m training.demo
 
 bench: build
 	$(PY) -m pytest bench -q --benchmark-only

@@ -139,8 +139,8 @@ class TritonBackend(Backend):
             return "no CUDA device (on CPU, Triton runs only with TRITON_INTERPRET=1 set before it is imported)"
         try:
             importlib.import_module(self.module)
-        except ImportError as exc:
-            return f"the Triton kernels did not import ({exc})"
+        except Exception as exc:  # e.g. an older torch whose triton_op rejects our registration
+            return f"the Triton kernels did not import ({type(exc).__name__}: {exc})"
         return None
 
     def declines(self, call):

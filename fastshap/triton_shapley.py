@@ -1,0 +1,401 @@
+"""backend="triton": the fastshap ops as Triton kernels (kernels in :mod:`fastshap._triton_kernels`).
+
+Imported lazily by :class:`fastshap.backends.TritonBackend`; importing it needs Triton, and running it a
+CUDA device, or ``TRITON_INTERPRET=1`` set before Triton is imported (CPU tensors, Triton's interpreter).
+
+Each op takes what the compiled ``fastshap::`` ops take (features: n tensors ``(B, d_i)`` of fp32, fp16 or
+bf16, any strides; the head's parameters in any float dtype; baselines ``[]`` for zeros, or n tensors all
+``(d_i,)`` or all ``(B, d_i)``; labels int64 ``(B,)``; benefit "paper" | "accuracy" | "probability") and
+returns ``(phi (B, n) float32, stats (3, n) float32)`` with the semantics of the canonical computation in
+:mod:`fastshap.reference`:
+
+* One launch per call for n <= 8 when the per-sample partial products fit on chip
+  (``n * pow2(K) <= FUSED_FLOATS``, per-sample baselines and the MLP's hidden layer counted): the fused
+  kernel reads each sample's features once. Otherwise the partials ``(n, B, K)`` come from torch GEMMs
+  with fp32 results (cuBLAS: weight tiles reused across many samples) and the streaming kernel walks the
+  coalitions from them (any n <= 16, any C or H); those partials equal the reference's bit for bit when
+  both run the same GEMMs, so this path agrees with the torch backend exactly, near-ties included.
+* Scores are summed left to right in the reference's order, the argmax takes the first maximal index, and
+  the Shapley numerators are exact float64 integers divided once by n!, so phi is exact for the discrete
+  benefits. The partial products come from ``tl.dot`` (fp32 accumulation; fp16/bf16 tensor cores when
+  features and weights share that dtype, else fp32 operands with ``input_precision`` "tf32x3" under
+  ``torch.get_float32_matmul_precision() == "highest"`` and "tf32" otherwise; 16-bit values are exact in
+  TF32), whose summation order differs from torch's GEMMs. Phi therefore equals the torch backend's
+  exactly except for samples with a coalition whose top-two score margin is within float error of a tie;
+  the probability benefit (softmax in fp32 here, float64 in the reference) agrees to ~1e-6.
+* stats: row 0 the batch sum of phi (float64 atomics, then float32), row 1 the count of phi < 1, row 2 the
+  count of samples whose partial products hold a NaN or an Inf (the Python API raises on it).
+* Labels outside [0, C) give NaN rows (no sync to check them; :func:`fastshap.modality_shapley` rejects
+  them before calling).
+
+The ops are registered as ``torch.ops.fastshap_triton.shapley_{concat,decision,mlp}`` through
+``torch.library.triton_op`` (so torch.compile sees the kernels) on a GPU, and as plain custom ops with a
+fake kernel under the interpreter, where ``wrap_triton`` cannot trace interpreted kernels.
+"""
+
+from contextlib import nullcontext as _no_guard
+from functools import lru_cache
+
+import torch
+import triton
+from triton.runtime.interpreter import InterpretedFunction
+
+from fastshap import _triton_kernels as kernels
+
+#: True when Triton runs in its interpreter (TRITON_INTERPRET=1 was set before it was imported).
+INTERPRETED = isinstance(kernels.fused_kernel, InterpretedFunction)
+
+MAX_MODALITIES = 16
+MAX_FUSED = kernels.MAX_FUSED
+#: On-chip fp32 values per sample the fused kernel may hold (partials, per-sample baselines, MLP hidden):
+#: tiles of at least 32 samples must fit in _PROGRAM_FLOATS, or every program re-reads the whole first
+#: layer from L2 for too few samples and the GEMMs of the streaming path win.
+FUSED_FLOATS = 512
+#: Registers' worth of fp32 values per program the autotuner's tiles may use.
+_PROGRAM_FLOATS = 1 << 14
+
+_HEADS = {"concat": 0, "decision": 1, "mlp": 2}
+_BENEFITS = {"paper": 0, "accuracy": 1, "probability": 2}
+_FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _pow2(x: int, low: int = 1) -> int:
+    return max(low, triton.next_power_of_2(int(x)))
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << max(0, int(x).bit_length() - 1)
+
+
+def _bucket(batch) -> int:
+    """log2 size class of the batch: an autotuning key only (0 for a symbolic batch under tracing)."""
+    return min(batch, 1 << 20).bit_length() if isinstance(batch, int) else 0
+
+
+def fp32_dot_precision() -> str:
+    """tl.dot input precision of the first layer's fp32 operands: near-IEEE "tf32x3" unless torch allows
+    TF32 matmuls (``torch.set_float32_matmul_precision("high")``), then one "tf32" pass."""
+    return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def second_layer_precision() -> str:
+    """The MLP's second layer (fp32 hidden activations): IEEE FMAs, or "tf32" when torch allows TF32.
+    Its FLOPs per sample are 2^n H C against the first layer's D H; "tf32x3" there makes ptxas spill."""
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def _check(head, features, weight, weight2, baselines, labels, benefit):
+    """Static checks only (shapes, dtypes, devices): they also run while tracing with fake tensors."""
+    n = len(features)
+    if not 1 <= n <= MAX_MODALITIES:
+        raise ValueError(f"fastshap: between 1 and {MAX_MODALITIES} modalities are supported exactly, got {n}")
+    f0 = features[0]
+    if f0.dtype not in _FEATURE_DTYPES:
+        raise TypeError(f"fastshap: the triton backend takes float32, float16 or bfloat16 features, got {f0.dtype}")
+    if f0.device.type != "cuda" and not (INTERPRETED and f0.device.type == "cpu"):
+        raise ValueError(
+            f"fastshap: the triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
+            f"got {f0.device}"
+        )
+    for i, f in enumerate(features):
+        if f.dim() != 2 or f.shape[0] != f0.shape[0] or f.dtype != f0.dtype or f.device != f0.device:
+            raise ValueError(
+                f"fastshap: features[{i}] is {tuple(f.shape)} {f.dtype} on {f.device}; expected (B, d) with "
+                f"B = {f0.shape[0]}, {f0.dtype} on {f0.device}"
+            )
+    total = sum(f.shape[1] for f in features)
+    if weight.dim() != 2 or weight.shape[1] != total:
+        raise ValueError(f"fastshap: head weight must be (K, {total}), got {tuple(weight.shape)}")
+    params = [weight] + ([weight2] if weight2 is not None else [])
+    if any(p.device != f0.device or not p.is_floating_point() for p in params):
+        raise ValueError("fastshap: head parameters must be floating point, on the features' device")
+    if labels.dim() != 1 or labels.shape[0] != f0.shape[0] or labels.dtype != torch.int64:
+        raise ValueError(f"fastshap: labels must be int64 ({f0.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+    if labels.device != f0.device:
+        raise ValueError(f"fastshap: labels are on {labels.device}, features on {f0.device}")
+    if baselines:
+        if len(baselines) != n:
+            raise ValueError(f"fastshap: {len(baselines)} baselines for {n} modalities")
+        shared = baselines[0].dim() == 1
+        for i, (b, f) in enumerate(zip(baselines, features)):
+            want = (f.shape[1],) if shared else (f.shape[0], f.shape[1])
+            if tuple(b.shape) != want or b.dtype != f0.dtype or b.device != f0.device:
+                raise ValueError(
+                    f"fastshap: baselines[{i}] must be {want} {f0.dtype} on {f0.device} like baselines[0], "
+                    f"got {tuple(b.shape)} {b.dtype} on {b.device}"
+                )
+    if benefit not in _BENEFITS:
+        raise ValueError(f"fastshap: unknown benefit {benefit!r}; expected 'paper', 'accuracy' or 'probability'")
+
+
+def _footprint(head: int, n: int, k: int, base: int) -> int:
+    """fp32 values per sample the fused kernel keeps on chip."""
+    per_modality = 2 if base == 2 else 1
+    return _pow2(k, 16) * (n * per_modality + (1 if head == 2 else 0))
+
+
+def _fused_configs(max_block_b: int, max_block_d: int, kp: int, coalitions: int, foot: int):
+    """Tiles for the autotuner: the two largest sample tiles that fit, the two largest column tiles, one
+    or several coalitions per step (score tiles of at most 4096 values), 8 warps for the larger tiles.
+
+    The limits come from compiling the kernel offline for sm_90 (ptxas -v): fp32 operands go through
+    "tf32x3", which splits them in registers, so their column tiles stay at 32-64 (see _fused_plan), and
+    bigger score tiles than these spill."""
+    sizes_b = [b for b in (16, 32, 64, 128) if b <= max_block_b][-2:]
+    sizes_d = [d for d in (32, 64, 128) if d <= max_block_d][-2:] or [16]
+    configs = []
+    for bb in sizes_b:
+        widest = max(1, min(coalitions, _pow2_floor(max(1, 4096 // (bb * kp)))))
+        warps = 8 if bb * foot >= 4096 else 4
+        for mb in sorted({1, widest}):
+            for bd in sizes_d:
+                configs.append(triton.Config({"BLOCK_B": bb, "BLOCK_D": bd, "MB": mb}, num_warps=warps, num_stages=3))
+    return configs
+
+
+_FUSED_KEY = ["B_BUCKET", "K", "C", "N", "HEAD", "BASE", "BENEFIT"] + [f"D{i}" for i in range(MAX_FUSED)]
+
+
+@lru_cache(maxsize=None)
+def _autotuned_fused(max_block_b: int, max_block_d: int, kp: int, coalitions: int):
+    """The fused kernel, autotuned over the tiles of :func:`_fused_configs`."""
+    return triton.autotune(
+        configs=_fused_configs(max_block_b, max_block_d, kp, coalitions), key=_FUSED_KEY, reset_to_zero=["STATS"]
+    )(kernels.fused_kernel)
+
+
+def _interpreter_coalitions(block_b: int, width: int, n: int) -> int:
+    """Coalitions per step under the interpreter: as many as keep a score tile near 2^17 values."""
+    return max(1, min(1 << n, _pow2_floor(max(1, (1 << 17) // (block_b * width)))))
+
+
+def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
+    """(positional args, constexpr meta, autotuning class) of a fused-kernel launch."""
+    n, batch = len(features), features[0].shape[0]
+    dims = [f.shape[1] for f in features]
+    k = weight.shape[0]
+    c = weight2.shape[0] if head == 2 else k
+    kp = _pow2(k, 16)
+    base = 0 if not baselines else (1 if baselines[0].dim() == 1 else 2)
+    dtype = features[0].dtype
+    native = not INTERPRETED and weight.dtype == dtype and dtype in _HALF
+    prec = "tf32" if dtype in _HALF and weight.dtype in _HALF else fp32_dot_precision()
+    pad = MAX_FUSED - n
+    xs = list(features) + [features[0]] * pad
+    xr = [f.stride(0) for f in features] + [0] * pad
+    xc = [f.stride(1) for f in features] + [0] * pad
+    ds = dims + [0] * pad
+    if base == 0:
+        bs, br, bc = [features[0]] * MAX_FUSED, [0] * MAX_FUSED, [0] * MAX_FUSED
+    elif base == 1:
+        bs = list(baselines) + [baselines[0]] * pad
+        br = [0] * MAX_FUSED
+        bc = [b.stride(0) for b in baselines] + [0] * pad
+    else:
+        bs = list(baselines) + [baselines[0]] * pad
+        br = [b.stride(0) for b in baselines] + [0] * pad
+        bc = [b.stride(1) for b in baselines] + [0] * pad
+    bias_rs, bias_cs = (bias.stride(0), bias.stride(1)) if bias.dim() == 2 else (0, bias.stride(0))
+    if head == 2:
+        w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
+    else:
+        w2, w2_rs, w2_cs, b2 = weight, 0, 0, bias
+    args = [*xs, *xr, *xc, *ds, *bs, *br, *bc, weight, weight.stride(0), weight.stride(1), bias, bias_rs, bias_cs,
+            w2, w2_rs, w2_cs, b2, labels, labels.stride(0), phi, stats, batch, k, c, _bucket(batch)]
+    meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), KP=kp, HEAD=head, BASE=base, BENEFIT=_BENEFITS[benefit],
+                NATIVE=native,
+                PREC=prec, BLOCK_DV=max(1, min(128, _pow2_floor(4096 // kp))))
+    foot = _footprint(head, n, k, base)
+    max_block_b = max(16, min(128, _pow2_floor(_PROGRAM_FLOATS // foot)))
+    widest = 128 if native else (64 if n * kp <= 128 else 32)
+    max_block_d = max(16, min(widest, _pow2_floor(8192 // kp), _pow2(max(dims), 16)))
+    return args, meta, (max_block_b, max_block_d, kp, 1 << n, foot)
+
+
+def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
+    args, meta, tuning = _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi,
+                                     stats)
+    batch, n, kp = features[0].shape[0], len(features), meta["KP"]
+    if INTERPRETED:
+        # Few, large programs: the interpreter pays per program and per operation, not per element.
+        block_b = max(16, min(128, _pow2(batch)))
+        dims = [f.shape[1] for f in features]
+        kernels.fused_kernel[(triton.cdiv(batch, block_b),)](
+            *args, **meta, BLOCK_B=block_b, BLOCK_D=max(16, min(256, _pow2(max(dims)))),
+            MB=_interpreter_coalitions(block_b, kp, n))
+        return
+    from torch.library import wrap_triton
+
+    kernel = _autotuned_fused(*tuning)
+    wrap_triton(kernel)[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](*args, **meta)
+
+
+def _partials(xs, weight):
+    """(n, rows, K) float32: xs[i] ((rows, d_i) or (d_i,)) times modality i's columns of weight.
+
+    fp32 GEMMs as in the reference (torch's fp32 matmul precision applies); on CUDA, fp16/bf16 inputs
+    with weights of the same dtype use the 16-bit GEMM with fp32 output (exact products, fp32 sums)."""
+    half = xs[0].is_cuda and xs[0].dtype in _HALF and weight.dtype == xs[0].dtype
+    w = weight if half else weight.float()
+    out, offset = [], 0
+    for x in xs:
+        d = x.shape[-1]
+        x2 = x if x.dim() == 2 else x.unsqueeze(0)
+        wt = w[:, offset : offset + d].t()
+        out.append(torch.mm(x2, wt, out_dtype=torch.float32) if half else x2.float() @ wt)
+        offset += d
+    return torch.stack(out)
+
+
+def _nonfinite_rows(partials):
+    return (~torch.isfinite(partials)).any(-1).sum(-1).double()
+
+
+def _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
+    """(positional args, constexpr meta, launch options, non-finite row counts) of a streaming launch;
+    computes the partial products."""
+    n, batch = len(features), features[0].shape[0]
+    k = weight.shape[0]
+    c = weight2.shape[0] if head == 2 else k
+    present = _partials(features, weight)
+    absent = _partials(baselines, weight) if baselines else None
+    nonfinite = _nonfinite_rows(present) + (_nonfinite_rows(absent) if absent is not None else 0)
+    if head == 1:
+        b = bias.float().unsqueeze(1)
+        present = torch.softmax(present + b, -1)
+        zeros = torch.zeros(n, 1, k, dtype=torch.float32, device=present.device)
+        absent = torch.softmax((absent if absent is not None else zeros) + b, -1)
+        start = torch.zeros(k, dtype=torch.float32, device=present.device)
+    else:
+        start = bias.float().contiguous()
+    present = present.contiguous()
+    has_absent = absent is not None
+    absent = absent.contiguous() if has_absent else present
+    a_bs = 0 if absent.shape[1] == 1 else absent.stride(1)
+    if head == 2:
+        w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
+    else:
+        w2, w2_rs, w2_cs, b2 = weight, 0, 0, bias
+    if INTERPRETED:
+        block_b, block_k, block_c = max(16, min(128, _pow2(batch))), min(1024, _pow2(k, 16)), min(1024, _pow2(c, 16))
+        mb = _interpreter_coalitions(block_b, max(block_k, block_c if head == 2 else 1), n)
+    else:
+        block_b, block_k, block_c = 32, min(64, _pow2(k, 16)), min(64, _pow2(c, 16))
+        mb = max(1, min(1 << n, 4096 // (block_b * max(block_k, block_c if head == 2 else 1))))
+    args = [present, present.stride(0), present.stride(1), absent, absent.stride(0), a_bs, start,
+            w2, w2_rs, w2_cs, b2, labels, labels.stride(0), phi, stats, batch, k, c]
+    meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), HEAD=head, HAS_ABSENT=has_absent, BENEFIT=_BENEFITS[benefit],
+                PREC2=second_layer_precision(), BLOCK_B=block_b, MB=mb, BLOCK_K=block_k, BLOCK_C=block_c)
+    return args, meta, dict(num_warps=4), nonfinite
+
+
+def _launch_streaming(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
+    args, meta, options, nonfinite = _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
+                                                     benefit, phi, stats)
+    launch = kernels.streaming_kernel
+    if not INTERPRETED:
+        from torch.library import wrap_triton
+
+        launch = wrap_triton(launch)
+    launch[(triton.cdiv(features[0].shape[0], meta["BLOCK_B"]),)](*args, **meta, **options)
+    stats[2] += nonfinite
+
+
+def uses_fused_kernel(head: str, n: int, width: int, per_sample_baselines: bool) -> bool:
+    """Whether a call takes the one-pass fused kernel (width: C, or H for the MLP head)."""
+    return n <= MAX_FUSED and _footprint(_HEADS[head], n, width, 2 if per_sample_baselines else 0) <= FUSED_FLOATS
+
+
+def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefit):
+    head = _HEADS[kind]
+    _check(head, features, weight, weight2, baselines, labels, benefit)
+    n, batch = len(features), features[0].shape[0]
+    device = features[0].device
+    phi = torch.empty(batch, n, dtype=torch.float32, device=device)
+    stats = torch.zeros(3, n, dtype=torch.float64, device=device)
+    if batch > 0:
+        per_sample = bool(baselines) and baselines[0].dim() == 2
+        fused = uses_fused_kernel(kind, n, weight.shape[0], per_sample)
+        launch = _launch_fused if fused else _launch_streaming
+        # Triton launches on the current CUDA device: make it the features' one.
+        with torch.cuda.device(device) if device.type == "cuda" else _no_guard():
+            launch(head, list(features), weight, bias, weight2, bias2, list(baselines), labels, benefit, phi, stats)
+    return phi, stats.float()
+
+
+def _concat_impl(features, weight, bias, baselines, labels, benefit):
+    return _run("concat", features, weight, bias, None, None, baselines, labels, benefit)
+
+
+def _decision_impl(features, weight, bias, baselines, labels, benefit):
+    return _run("decision", features, weight, bias, None, None, baselines, labels, benefit)
+
+
+def _mlp_impl(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
+    return _run("mlp", features, weight1, bias1, weight2, bias2, baselines, labels, benefit)
+
+
+def _fake(kind):
+    def fake(features, *args):
+        weight2 = args[2] if kind == "mlp" else None
+        baselines, labels, benefit = args[-3:]
+        _check(_HEADS[kind], features, args[0], weight2, baselines, labels, benefit)
+        n, batch = len(features), features[0].shape[0]
+        f = features[0]
+        return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((3, n), dtype=torch.float32)
+
+    return fake
+
+
+_SCHEMAS = {
+    "concat": "(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, str benefit)",
+    "decision": "(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, str benefit)",
+    "mlp": "(Tensor[] features, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2, Tensor[] baselines, "
+    "Tensor labels, str benefit)",
+}
+
+
+def _register(kind, impl):
+    name, schema = f"fastshap_triton::shapley_{kind}", _SCHEMAS[kind] + " -> (Tensor, Tensor)"
+    if INTERPRETED:
+        op = torch.library.custom_op(name, impl, mutates_args=(), schema=schema)
+        op.register_fake(_fake(kind))
+        return op
+    return torch.library.triton_op(name, impl, mutates_args=(), schema=schema)
+
+
+_concat_op = _register("concat", _concat_impl)
+_decision_op = _register("decision", _decision_impl)
+_mlp_op = _register("mlp", _mlp_impl)
+
+
+def shapley_concat(features, weight, bias, baselines, labels, benefit):
+    """Concat-linear head: logits(S) = bias + sum_i (i in S ? W_i h_i : W_i b_i). weight (C, D), bias (C,)."""
+    return _concat_op(list(features), weight, bias, list(baselines), labels, benefit)
+
+
+def shapley_decision(features, weight, bias, baselines, labels, benefit):
+    """Decision fusion: classifier i = (weight[:, cols_i], bias[i]); score = sum_i softmax. bias (n, C)."""
+    return _decision_op(list(features), weight, bias, list(baselines), labels, benefit)
+
+
+def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
+    """MLP head: logits(S) = W2 relu(b1 + sum_i (i in S ? W1_i h_i : W1_i b_i)) + b2."""
+    return _mlp_op(list(features), weight1, bias1, weight2, bias2, list(baselines), labels, benefit)
+
+
+def bytes_moved(features, weight, baselines=(), weight2=None) -> int:
+    """Bytes the fused kernel must read and write at least (features, baselines, parameters, phi): the
+    denominator of its bandwidth figure."""
+    total = sum(f.numel() * f.element_size() for f in features)
+    total += sum(b.numel() * b.element_size() for b in baselines or ())
+    total += weight.numel() * weight.element_size()
+    if weight2 is not None:
+        total += weight2.numel() * weight2.element_size()
+    n, batch = len(features), features[0].shape[0]
+    return total + batch * (n * 4 + 8)
+
+
+__all__ = ["shapley_concat", "shapley_decision", "shapley_mlp", "uses_fused_kernel", "fp32_dot_precision",
+           "bytes_moved", "INTERPRETED"]

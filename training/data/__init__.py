@@ -1,0 +1,118 @@
+"""Dataset registry: ``build_dataset(name, root, split, **options)``.
+
+An item is a dict: one tensor per modality (keys ``audio``, ``visual``, ``flow``, ``rgb_diff``, ``text``,
+``view0``..``view5``, ...), ``label`` (int64 scalar, or ``(T,)`` for per-segment tasks) and ``index``
+(int64 position in the split). Datasets subclass :class:`MultimodalDataset`, which also says which
+encoder suits each modality.
+
+A new dataset is one new file in this package::
+
+    @register_dataset("my-data", options=[Option("my_flag", 1, "what it does")], help="one line")
+    def build(root, split, augment=False, my_flag=1):
+        return MyDataset(...)
+
+The builder receives ``root`` (None: the dataset's default), ``split`` ("train" | "test" | "val"),
+``augment`` (training transforms) and its declared options (from the config).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from training.config import Option, register_options
+from training.data.base import (  # noqa: F401
+    DataFileError,
+    MultimodalDataset,
+    Plan,
+    PlanDataset,
+    keep_bits,
+)
+
+
+@dataclass
+class DatasetEntry:
+    name: str
+    builder: Callable
+    options: tuple = ()  # option names the builder takes (its own and shared ones it uses)
+    help: str = ""
+    splits: tuple = ("train", "test")
+    extra: dict = field(default_factory=dict)
+
+
+_DATASETS: dict = {}
+
+# Options several datasets share (each lists the ones it takes in `uses`).
+register_options(
+    "data",
+    [
+        Option("views", [], "feature views to use, by name or number, comma-separated (multi-view datasets; "
+               "empty: the dataset's default)"),
+        Option("split_seed", 0, "seed of the fixed train/test split of datasets without an official one"),
+        Option("test_ratio", 0.2, "test share of datasets without an official split",
+               check=lambda x: None if 0 < x < 1 else "must be in (0, 1)"),
+    ],
+    title="data",
+)
+
+
+def register_dataset(
+    name: str, *, options: Sequence[Option] = (), uses: Sequence[str] = (), help: str = "", splits=("train", "test")
+):
+    """Decorator registering a dataset builder, its own options and the shared ones it `uses` (``views``,
+    ``split_seed``, ``test_ratio``)."""
+
+    def deco(builder):
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        if options:
+            register_options(f"data:{name}", options, title=f"dataset {name}")
+        names = tuple(uses) + tuple(o.name for o in options)
+        _DATASETS[name] = DatasetEntry(name, builder, names, help, tuple(splits))
+        return builder
+
+    return deco
+
+
+def dataset_names() -> list:
+    return sorted(_DATASETS)
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    if name not in _DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
+    return _DATASETS[name]
+
+
+def build_dataset(name: str, root: Optional[str], split: str, augment: bool = False, **options) -> MultimodalDataset:
+    """Build split `split` of dataset `name`. Options not given take their declared defaults."""
+    entry = dataset_entry(name)
+    if split not in entry.splits:
+        raise ValueError(f"dataset {name!r} has splits {', '.join(entry.splits)}, not {split!r}")
+    from training.config import options as all_options
+
+    known = all_options()
+    unknown = set(options) - set(entry.options)
+    if unknown:
+        raise TypeError(f"dataset {name!r} takes options {', '.join(entry.options) or '(none)'}, "
+                        f"not {', '.join(sorted(unknown))}")
+    kwargs = {k: known[k].default for k in entry.options}
+    kwargs.update(options)
+    return entry.builder(root=root, split=split, augment=augment, **kwargs)
+
+
+def dataset_options(cfg, name: Optional[str] = None) -> dict:
+    """The options of dataset `name` (default cfg.dataset) taken from a Config."""
+    entry = dataset_entry(name or cfg.dataset)
+    return {k: cfg[k] for k in entry.options}
+
+
+def _import_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()

@@ -1,0 +1,443 @@
+"""The training loop: plain PyTorch, one epoch at a time, with valuation, re-sampling and exact resume.
+
+``Trainer(cfg).fit()`` runs ``cfg.epochs`` epochs (see :mod:`training.methods` for the hooks and
+:mod:`training.outputs` for the files). Reproducibility: a run is seeded (``--seed``); every random draw
+of the data plan (shuffling, subsets, copies, masks) uses a generator derived from (seed, purpose, epoch),
+and the global RNG states (torch, CUDA, numpy, random; per rank) are saved in the checkpoint, so on the
+CPU a run of 4 epochs equals a run of 2 epochs resumed to 4, metric for metric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import random
+import time
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from training import distributed
+from training.config import Config, resume_path
+from training.data import build_dataset, dataset_options
+from training.data.base import Plan, PlanDataset, Subset, keep_bits
+from training.methods import build_method
+from training.outputs import RunOutputs, load_checkpoint, save_checkpoint
+from training.valuation import Valuator
+
+# Options that may differ between a run and its resumption without breaking exactness.
+_RESUME_FREE = {"epochs", "resume", "out", "progress", "device", "workers", "threads", "tensorboard", "plots",
+                "save_phi", "checkpoint", "eval_every"}
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def derived_seed(seed: int, *parts) -> int:
+    """A 63-bit seed from the run seed and a purpose (stable across processes and Python versions)."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def _rng_state(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    """Builds data, model, method and optimiser from a Config; ``fit()`` trains and writes the outputs."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.dist = distributed.setup(cfg.device)
+        self.device = self.dist.device
+        self._configure_runtime()
+        seed_all(cfg.seed)
+
+        opts = dataset_options(cfg)
+        self.train_set = build_dataset(cfg.dataset, cfg.data_root, "train", augment=True, **opts)
+        self.value_set = self.train_set.with_augment(cfg.valuation_augment)
+        self.test_set = build_dataset(cfg.dataset, cfg.data_root, "test", augment=False, **opts)
+        self.modalities = tuple(self.train_set.modalities)
+        self.n = len(self.modalities)
+        if cfg.batch_size % self.dist.world:
+            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {self.dist.world} processes")
+        self.per_rank_batch = cfg.batch_size // self.dist.world
+
+        self.epoch = 0  # the epoch being trained (or the next one)
+        self.step = 0  # step within the epoch
+        self.global_step = 0
+        self.method = build_method(cfg, self)
+        self.core = self.method.build_model(self.train_set).to(self.device)
+        self.model = self.core
+        if self.dist.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.core, device_ids=ids)
+        self.optimizer = self._build_optimizer()
+        step = cfg.lr_step if cfg.lr_step > 0 else 10**9
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=cfg.lr_gamma)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.valuator = Valuator(self)
+
+        self.train_indices = torch.as_tensor(self.method.train_indices(len(self.train_set)), dtype=torch.long)
+        self.plan: Plan = self.method.first_plan()
+        self.history: list = []
+        self.best = {"test_acc": -math.inf, "epoch": -1}
+        self.last_phi: Optional[np.ndarray] = None  # the most recent full phi table (N, n), NaN = not valued
+        self.outputs = RunOutputs(cfg.out, self.dist.is_main, cfg.tensorboard, cfg.save_phi)
+        self.method.setup()
+
+        path = resume_path(cfg)
+        if path is not None:
+            self.load(path)
+        self.outputs.write_config(cfg)
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _configure_runtime(self) -> None:
+        cfg = self.cfg
+        # Process-wide settings, restored by close() (tests and notebooks run several trainers).
+        self._saved_runtime = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        deterministic = cfg.deterministic == "on" or (cfg.deterministic == "auto" and self.device.type == "cpu")
+        if deterministic:
+            if self.device.type == "cuda":
+                import os
+
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def _build_optimizer(self):
+        cfg = self.cfg
+        params = [p for p in self.core.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _amp_dtype(self) -> Optional[torch.dtype]:
+        if self.device.type != "cuda" or self.cfg.amp == "off":
+            return None
+        if self.cfg.amp == "fp16":
+            return torch.float16
+        if self.cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def generator(self, purpose: str, *parts) -> torch.Generator:
+        """A CPU generator for one random draw of the data plan, the same on every rank and on resume."""
+        return torch.Generator().manual_seed(derived_seed(self.cfg.seed, purpose, *parts))
+
+    def progress(self, iterable, desc: str):
+        if not (self.cfg.progress and self.dist.is_main):
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=f"epoch {self.epoch} {desc}", leave=False, disable=None, dynamic_ncols=True)
+
+    def inputs_to_device(self, batch: dict) -> dict:
+        return {m: batch[m].to(self.device, non_blocking=True) for m in self.modalities}
+
+    # -- one epoch ------------------------------------------------------------------------------------
+    def train_loader(self, plan: Plan) -> DataLoader:
+        data = PlanDataset(self.train_set, plan)
+        sampler = DistributedSampler(
+            data, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True, seed=self.cfg.seed, drop_last=False
+        )
+        sampler.set_epoch(self.epoch)
+        return DataLoader(
+            data,
+            batch_size=self.per_rank_batch,
+            sampler=sampler,
+            num_workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            # Worker seeds come from this generator, not from the global RNG.
+            generator=self.generator("loader", self.epoch),
+        )
+
+    def train_epoch(self) -> dict:
+        cfg, online = self.cfg, self.cfg.valuation == "online"
+        self.model.train()
+        if online:
+            self.valuator.online_start(len(self.train_set))
+        # loss * rows, correct label elements, label elements, rows: device sums, no per-step sync
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        params = [p for p in self.core.parameters() if p.requires_grad]
+        for self.step, batch in enumerate(self.progress(self.train_loader(self.plan), "train")):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            batch["keep_bits"] = keep_bits(batch["keep"], self.n)
+            batch = self.method.on_batch(batch)
+            with self.autocast():
+                out = self.model(self.inputs_to_device(batch), batch["keep_bits"])
+                loss = self.method.loss(out, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(self.optimizer)
+            self.method.after_backward(out, batch)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if online:
+                self.valuator.online_update(out, batch)
+            with torch.no_grad():
+                labels = batch["label"]
+                sums[0] += loss.detach().double() * labels.shape[0]
+                sums[1] += _correct(out.logits, labels)
+                sums[2] += labels.numel()
+                sums[3] += labels.shape[0]
+            self.global_step += 1
+        sums = distributed.all_reduce_sum(sums, self.dist)
+        return {"train_loss": float(sums[0] / sums[3].clamp_min(1)), "train_acc": float(sums[1] / sums[2].clamp_min(1))}
+
+    @torch.no_grad()
+    def evaluate(self, dataset=None) -> dict:
+        """Test loss and accuracy (every label element counts: per-segment tasks average over segments)."""
+        dataset = dataset or self.test_set
+        local = list(range(self.dist.rank, len(dataset), self.dist.world))
+        loader = DataLoader(Subset(dataset, local), batch_size=self.cfg.valuation_batch_size or 2 * self.per_rank_batch,
+                            shuffle=False, num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+        was_training = self.core.training
+        self.core.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for batch in self.progress(loader, "test"):
+            labels = batch["label"].to(self.device, non_blocking=True)
+            with self.autocast():
+                logits = self.core(self.inputs_to_device(batch)).logits
+            sums[0] += F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="sum").double()
+            sums[1] += _correct(logits, labels)
+            sums[2] += labels.numel()
+        self.core.train(was_training)
+        sums = distributed.all_reduce_sum(sums, self.dist)
+        count = max(1.0, float(sums[2]))
+        return {"test_loss": float(sums[0]) / count, "test_acc": float(sums[1]) / count}
+
+    def value(self, indices: torch.Tensor):
+        if self.cfg.valuation == "online":
+            return self.valuator.online_finish(indices)
+        return self.valuator.run_pass(indices)
+
+    # -- the run --------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        start_epoch = self.epoch
+        run_start = time.perf_counter()
+        for epoch in range(start_epoch, cfg.epochs):
+            self.epoch = epoch
+            self.valuator.reset_epoch()
+            row = {"epoch": epoch}
+            plan = self.plan
+            lr = self.optimizer.param_groups[0]["lr"]
+
+            t0 = time.perf_counter()
+            row.update(self.train_epoch())
+            online_s = self.valuator.seconds
+            train_s = time.perf_counter() - t0 - online_s
+            self.scheduler.step()
+
+            indices = self.method.valuation_indices(epoch)
+            values = None
+            if indices is not None:
+                values = self.value(torch.as_tensor(indices, dtype=torch.long))
+            elif cfg.valuation == "online":
+                self.valuator.table = None
+            valuation_s = self.valuator.seconds
+            self.plan = self.method.next_plan(epoch, values)
+
+            t1 = time.perf_counter()
+            last = epoch == cfg.epochs - 1
+            if (epoch + 1) % cfg.eval_every == 0 or last:
+                row.update(self.evaluate())
+            else:
+                row.update({"test_loss": math.nan, "test_acc": math.nan})
+            eval_s = time.perf_counter() - t1
+
+            row["lr"] = lr
+            phi_table = self._phi_table(values)
+            for i, m in enumerate(self.modalities):
+                col = values.phi[:, i] if values is not None else torch.zeros(0)
+                ok = col[~torch.isnan(col)]
+                row[f"phi_mean_{m}"] = float(ok.mean()) if ok.numel() else math.nan
+            row["valued"] = int((~torch.isnan(values.phi).any(1)).sum()) if values is not None else 0
+            row["resampled"] = plan.resampled
+            row["train_rows"] = len(plan)
+            row.update(self.method.epoch_metrics())
+            row.update({"train_s": train_s, "valuation_s": valuation_s, "epoch_s": train_s + valuation_s,
+                        "eval_s": eval_s})
+            self.history.append(row)
+            if phi_table is not None:
+                self.last_phi = phi_table
+            self._write_epoch(epoch, row, phi_table)
+        results = self._results(time.perf_counter() - run_start)
+        if self.dist.is_main:
+            self.outputs.write_results(results)
+            if cfg.plots:
+                from training.plots import run_plots
+
+                labels = {m: _short(self.train_set, m) for m in self.modalities}
+                run_plots(cfg.out, self.history, self.modalities, self.last_phi, labels)
+        self.outputs.close()
+        return results
+
+    def _phi_table(self, values) -> Optional[np.ndarray]:
+        if values is None:
+            return None
+        table = torch.full((len(self.train_set), self.n), math.nan)
+        table[values.index] = values.phi
+        return table.numpy()
+
+    def _write_epoch(self, epoch: int, row: dict, phi_table) -> None:
+        improved = not math.isnan(row["test_acc"]) and row["test_acc"] > self.best["test_acc"]
+        if improved:
+            self.best = {"test_acc": row["test_acc"], "epoch": epoch}
+        self.epoch = epoch + 1
+        state = self.state_dict() if self.cfg.checkpoint else None  # collective under DDP: every rank
+        if not self.dist.is_main:
+            return
+        self.outputs.write_metrics(self.history)
+        labels = self.train_set.labels
+        if phi_table is not None:
+            self.outputs.write_phi(epoch, phi_table, labels.numpy() if labels is not None else None, self.modalities)
+        self.outputs.log_scalars(epoch, row, phi_table, self.modalities)
+        if state is not None:
+            save_checkpoint(self.outputs.dir / "last.pt", state)
+            if improved:
+                save_checkpoint(self.outputs.dir / "best.pt", state)
+
+    def _results(self, seconds: float) -> dict:
+        final = self.history[-1] if self.history else {}
+        total_epoch = sum(r["epoch_s"] for r in self.history)
+        total_val = sum(r["valuation_s"] for r in self.history)
+        return {
+            "dataset": self.cfg.dataset,
+            "method": self.cfg.method,
+            "modalities": list(self.modalities),
+            "epochs": len(self.history),
+            "best_test_acc": self.best["test_acc"] if self.best["epoch"] >= 0 else None,
+            "best_epoch": self.best["epoch"],
+            "final_test_acc": final.get("test_acc"),
+            "final_phi_mean": {m: final.get(f"phi_mean_{m}") for m in self.modalities},
+            "valuation_share": total_val / total_epoch if total_epoch > 0 else 0.0,
+            "seconds": seconds,
+            "world_size": self.dist.world,
+            "device": str(self.device),
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        rng = distributed.all_gather_object(_rng_state(self.device), self.dist)
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "config": self.cfg.to_dict(),
+            "model": self.core.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method": self.method.state_dict(),
+            "plan": self.plan.state_dict(),
+            "train_indices": self.train_indices,
+            "history": self.history,
+            "best": dict(self.best),
+            "last_phi": torch.from_numpy(self.last_phi) if self.last_phi is not None else None,
+            "rng": rng,
+            "world_size": self.dist.world,
+        }
+
+    def load(self, path) -> None:
+        state = load_checkpoint(path)
+        try:
+            self._load_state(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            from training.outputs import CheckpointError
+
+            raise CheckpointError(f"checkpoint {path} does not fit this run: {type(exc).__name__}: {exc}") from None
+
+    def _load_state(self, state: dict) -> None:
+        old = state["config"]
+        changed = sorted(k for k in old if k not in _RESUME_FREE and old.get(k) != self.cfg.to_dict().get(k))
+        if changed and self.dist.is_main:
+            warnings.warn(f"resuming with changed options {', '.join(changed)}: the run will not match an "
+                          f"uninterrupted one", stacklevel=3)
+        self.core.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method"])
+        self.plan = Plan.from_state(state["plan"])
+        self.train_indices = state["train_indices"].long()
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+        self.last_phi = state["last_phi"].numpy() if state.get("last_phi") is not None else None
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        rng = state["rng"]
+        if len(rng) == self.dist.world:
+            _set_rng_state(rng[self.dist.rank], self.device)
+        else:
+            if self.dist.is_main:
+                warnings.warn(f"the checkpoint was written by {len(rng)} processes, this run has {self.dist.world}: "
+                              "random states are re-seeded, not restored", stacklevel=3)
+            seed_all(derived_seed(self.cfg.seed, "resume", self.epoch, self.dist.rank))
+        if self.epoch >= self.cfg.epochs and self.dist.is_main:
+            warnings.warn(f"the checkpoint has already trained {self.epoch} epochs (--epochs {self.cfg.epochs}): "
+                          "nothing left to train", stacklevel=3)
+
+    def close(self) -> None:
+        self.outputs.close()
+        distributed.cleanup(self.dist)
+        threads, deterministic = self._saved_runtime
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(-1) == labels).sum().double()
+
+
+def _short(dataset, modality: str) -> str:
+    fn = getattr(dataset, "short_name", None)
+    return fn(modality) if fn else modality
+
+
+def train(cfg: Config) -> dict:
+    """Train with `cfg` and return results.json's content."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -1,0 +1,33 @@
+"""From raw media to the arrays and frame folders the dataset loaders read (SPEC section 3).
+
+* audio (:mod:`training.preprocess.audio`, SciPy): wav -> ``(1024, 128)`` log-mel for Kinetics-Sounds and
+  MELD (:func:`ks_logmel`); wav -> ``(257, 1003)`` log spectrogram for MM-Debiased (:func:`mmd_spectrogram`).
+* video (:mod:`training.preprocess.video`, the ffmpeg program): video -> 1-fps ``frame_0000<k>.jpg``
+  frames (:func:`extract_frames`), video -> 16 kHz mono wav (:func:`extract_audio`).
+
+Command line: ``python -m training.preprocess {logmel,spectrogram,frames,audio} INPUT... --out DIR``.
+"""
+
+from training.preprocess.audio import (  # noqa: F401
+    AudioFileError,
+    fit_frames,
+    ks_logmel,
+    log_mel,
+    log_spectrogram,
+    mel_filterbank,
+    mmd_spectrogram,
+    read_wav,
+    resample,
+)
+from training.preprocess.video import (  # noqa: F401
+    FFmpegError,
+    FFmpegNotFound,
+    extract_audio,
+    extract_frames,
+    find_ffmpeg,
+)
+
+__all__ = [
+    "AudioFileError", "FFmpegError", "FFmpegNotFound", "extract_audio", "extract_frames", "find_ffmpeg", "fit_frames",
+    "ks_logmel", "log_mel", "log_spectrogram", "mel_filterbank", "mmd_spectrogram", "read_wav", "resample",
+]
