@@ -165,7 +165,11 @@ def prepare(spec: Spec, provider: str):
     )
     check = None
     with torch.no_grad():
+        tuned_before = _autotuning_log()
         out = _first_call(run)
+        tuned = [entry for entry in _autotuning_log() if entry not in tuned_before]
+        if tuned:
+            info["autotuning"] = tuned
         comparable = provider != "plain_forward" and not (provider == "naive_batched" and spec.dtype != torch.float32)
         if comparable:
             ref, ties = _reference(spec)
@@ -178,6 +182,22 @@ def prepare(spec: Spec, provider: str):
     )
     info["gbs"] = info["bytes"] / (timing["median_ms"] * 1e-3) / 1e9
     return run, info, check
+
+
+def _autotuning_log() -> list:
+    """[{candidate config: ms}, chosen] of every Triton autotuning run so far (fastshap.triton_shapley)."""
+    module = sys.modules.get("fastshap.triton_shapley")
+    if module is None:
+        return []
+    log = []
+    for tuner in module.AUTOTUNERS:
+        timings = getattr(tuner, "configs_timings", None) or {}
+        log.append({
+            "candidates": {str(c): [round(float(t), 5) for t in (v if isinstance(v, (list, tuple)) else [v])]
+                           for c, v in timings.items()},
+            "chosen": str(getattr(tuner, "best_config", "")),
+        })
+    return log
 
 
 def synchronised(run):

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One pass over a lent GPU machine, in under 8 minutes:
-#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> GPU tests -> GPU benchmarks (JSON) -> report.
+#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> GPU tests -> GPU benchmarks (JSON) ->
+#   training benchmarks on the GPU (JSON) -> report.
 # Every step runs under `timeout` within a total time budget; a failing step does not stop the others;
 # the exit status is non-zero when any step failed or was skipped. Everything goes flat into $OUT:
-#   summary.txt  env.txt  build.log  tests.log  bench.log  bench.json  report.md
+#   summary.txt  env.txt  build.log  tests.log  bench.log  bench.json  training.json  report.md
+# (eight files: the most a lent machine's $OUT hands back). The summary and the report are printed last.
 #
 #   OUT=/some/dir bash bench/gpu_check.sh         # default OUT: bench/results/gpu-<UTC date>-<time>
 #
@@ -18,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 OUT="${OUT:-bench/results/gpu-$(date -u +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT" || exit 2
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-BUDGET="${GPU_CHECK_BUDGET:-460}"
+BUDGET="${GPU_CHECK_BUDGET:-470}"
 RESERVE=20 # seconds kept back for the report
 START=$(date +%s)
 FAILED=0
@@ -75,7 +77,11 @@ fi
 
 run_step info 30 "$OUT/env.txt" "$PY" -m fastshap.info
 
-run_step tests 120 "$OUT/tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider
+# Tests in parallel processes when pytest-xdist is there: most of their time is Triton compiling kernels.
+XDIST=()
+"$PY" -c 'import xdist' 2>/dev/null && XDIST=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
+run_step tests 150 "$OUT/tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider "${XDIST[@]}" \
+  --durations=15
 
 if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
   run_step bench 180 "$OUT/bench.log" "$PY" -m pytest bench/test_bench_gpu.py -q -rs --benchmark-only \
@@ -85,8 +91,24 @@ else
   run_step bench 180 "$OUT/bench.log" "$PY" bench/gpu_cases.py --json "$OUT/bench.json"
 fi
 
-run_step report 20 "$OUT/bench.log" "$PY" bench/report.py "$OUT/bench.json" -o "$OUT/report.md"
+# Valuation inside training on this GPU (online overhead, epoch-mode pass against an eval forward), at a
+# size where the GPU has work to do: 64x64 inputs, 1,024 samples, batches of 64.
+if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
+  run_step training 90 "$OUT/bench.log" env BENCH_TRAIN_SAMPLES="${BENCH_TRAIN_SAMPLES:-1024}" \
+    BENCH_TRAIN_SIZE="${BENCH_TRAIN_SIZE:-64}" BENCH_TRAIN_BATCH="${BENCH_TRAIN_BATCH:-64}" \
+    BENCH_TRAIN_ROUNDS="${BENCH_TRAIN_ROUNDS:-5}" BENCH_TRAIN_THREADS="${BENCH_TRAIN_THREADS:-0}" \
+    "$PY" -m pytest bench/test_bench_training.py -q -rs --benchmark-only --benchmark-json "$OUT/training.json" \
+    -p no:cacheprovider
+fi
 
+RESULTS=()
+for f in "$OUT/bench.json" "$OUT/training.json"; do [[ -f $f ]] && RESULTS+=("$f"); done
+run_step report 20 "$OUT/bench.log" "$PY" bench/report.py "${RESULTS[@]}" -o "$OUT/report.md"
+
+# What a caller sees first: the report, the tests' failures and skips, then the summary.
+[[ -f $OUT/report.md ]] && cat "$OUT/report.md"
+grep -E '^(FAILED|ERROR|SKIPPED)|passed|failed' "$OUT/tests.log" 2>/dev/null | tail -40
+cat "$SUMMARY"
 if ((FAILED)); then
   log "total $(($(date +%s) - START))s: SOME STEPS FAILED (logs in $OUT)"
 else

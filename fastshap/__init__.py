@@ -7,7 +7,8 @@ from fastshap import _extension, _ops  # noqa: F401  (loads the compiled ops and
 from fastshap import heads
 from fastshap.api import BENEFITS, MAX_MODALITIES, modality_shapley
 from fastshap.backends import BackendError
+from fastshap.checks import DeferredChecks
 
 __version__ = "0.1.0"
 
-__all__ = ["modality_shapley", "heads", "BackendError", "BENEFITS", "MAX_MODALITIES", "__version__"]
+__all__ = ["modality_shapley", "heads", "BackendError", "DeferredChecks", "BENEFITS", "MAX_MODALITIES", "__version__"]

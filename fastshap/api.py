@@ -9,6 +9,7 @@ from torch import nn
 
 from fastshap import backends, heads
 from fastshap.backends import Call, HeadSpec
+from fastshap.checks import DeferredChecks
 
 MAX_MODALITIES = 16
 BENEFITS = ("paper", "accuracy", "probability")
@@ -26,6 +27,7 @@ def modality_shapley(
     benefit: str = "paper",
     backend: str = "auto",
     with_stats: bool = False,
+    defer_checks: Optional[DeferredChecks] = None,
 ):
     """Exact per-sample Shapley value of each modality.
 
@@ -38,6 +40,11 @@ def modality_shapley(
         benefit: ``"paper"`` v(S) = |S| 1[correct]; ``"accuracy"`` 1[correct]; ``"probability"`` p(y | S).
         backend: ``"auto"``, ``"torch"``, ``"cpp"``, ``"cuda"`` or ``"triton"``.
         with_stats: also return ``(2, n)`` float32: per-modality batch sum of phi and count of phi < 1.
+        defer_checks: a :class:`fastshap.DeferredChecks`: the checks that read values back from the device
+            (labels in range, finite head parameters, finite partial logits) are added to its counters
+            instead, so that the call never waits on the device (no host-device synchronisation on a GPU,
+            for calls inside a training step); ``defer_checks.raise_if_any()`` raises later. Rows with
+            out-of-range labels come back NaN. Callable heads still check their logits on the host.
 
     Returns:
         phi ``(B, n)`` float32 on the features' device (and the stats when ``with_stats``).
@@ -47,8 +54,8 @@ def modality_shapley(
     n, batch = len(feats), feats[0].shape[0]
     dims = [f.shape[1] for f in feats]
     device, dtype = feats[0].device, feats[0].dtype
-    spec = _head_spec(head, dims, device)
-    labels = _check_labels(labels, batch, device, spec)
+    spec = _head_spec(head, dims, device, defer_checks)
+    labels, bad_labels = _check_labels(labels, batch, device, spec, defer_checks)
     base = _check_baselines(baselines, feats)
     if benefit not in BENEFITS:
         raise ValueError(f"fastshap: unknown benefit {benefit!r}; choose from {', '.join(map(repr, BENEFITS))}")
@@ -61,6 +68,12 @@ def modality_shapley(
         return (phi, torch.zeros(2, n, device=device)) if with_stats else phi
     with torch.no_grad():
         phi, stats = chosen.run(spec, feats, base, labels, benefit)
+    if defer_checks is not None:
+        defer_checks.calls += 1
+        defer_checks.add_nonfinite(stats[2])
+        if bad_labels is not None:
+            phi = phi.masked_fill(bad_labels.unsqueeze(1), float("nan"))
+        return (phi, stats[:2]) if with_stats else phi
     bad = stats[2].tolist()
     if any(bad):
         _raise_nonfinite(next(i for i, c in enumerate(bad) if c), feats, base, dtype)
@@ -115,13 +128,18 @@ def _check_features(features) -> list:
     return feats
 
 
-def _check_params(params, device, what: str) -> None:
+def _check_params(params, device, what: str, deferred: Optional[DeferredChecks]) -> None:
     for p in params:
         if p.device != device:
             raise ValueError(f"fastshap: the {what} parameters are on {p.device}, the features on {device}")
         if not p.is_floating_point():
             raise TypeError(f"fastshap: the {what} parameters must be floating point, got {p.dtype}")
-    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+    if not params:
+        return
+    finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+    if deferred is not None:
+        deferred.add_params(finite)
+    elif not bool(finite):
         raise ValueError(f"fastshap: the {what} parameters hold NaN or Inf values")
 
 
@@ -130,7 +148,7 @@ def _check_dims(head, dims, what: str) -> None:
         raise ValueError(f"fastshap: the {what} was built for feature widths {list(head.dims)}, got {list(dims)}")
 
 
-def _head_spec(head, dims, device) -> HeadSpec:
+def _head_spec(head, dims, device, deferred: Optional[DeferredChecks]) -> HeadSpec:
     total = sum(dims)
     with torch.no_grad():
         if isinstance(head, (nn.Linear, heads.ConcatLinear)):
@@ -143,24 +161,25 @@ def _head_spec(head, dims, device) -> HeadSpec:
                 )
             bias = fc.bias.detach() if fc.bias is not None else fc.weight.new_zeros(fc.out_features)
             params = (fc.weight.detach(), bias)
-            _check_params(params, device, "head")
+            _check_params(params, device, "head", deferred)
             return HeadSpec("concat", params, num_classes=fc.out_features)
         if isinstance(head, heads.DecisionFusion):
             _check_dims(head, dims, "DecisionFusion head")
             params = tuple(p.detach() for p in head.packed())
-            _check_params(params, device, "DecisionFusion head")
+            _check_params(params, device, "DecisionFusion head", deferred)
             return HeadSpec("decision", params, num_classes=params[0].shape[0])
         if isinstance(head, heads.ConcatMLP):
             _check_dims(head, dims, "ConcatMLP head")
             params = tuple(p.detach() for p in (head.fc1.weight, head.fc1.bias, head.fc2.weight, head.fc2.bias))
-            _check_params(params, device, "ConcatMLP head")
+            _check_params(params, device, "ConcatMLP head", deferred)
             return HeadSpec("mlp", params, num_classes=head.fc2.out_features)
     if not callable(head):
         raise TypeError(f"fastshap: head must be nn.Linear, a fastshap.heads module or a callable, got {type(head).__name__}")
     return HeadSpec("callable", fn=head)
 
 
-def _check_labels(labels, batch, device, spec: HeadSpec) -> torch.Tensor:
+def _check_labels(labels, batch, device, spec: HeadSpec, deferred: Optional[DeferredChecks]):
+    """(labels as int64, mask of out-of-range labels when the check is deferred, else None)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"fastshap: labels must be an integer tensor, got {type(labels).__name__}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
@@ -176,12 +195,16 @@ def _check_labels(labels, batch, device, spec: HeadSpec) -> torch.Tensor:
     if labels.device != device:
         raise ValueError(f"fastshap: labels are on {labels.device}, the features on {device}")
     labels = labels.long()
-    if spec.num_classes is not None and labels.numel():
-        bad = (labels < 0) | (labels >= spec.num_classes)
-        if bool(bad.any()):
-            value = labels[bad][0].item()
-            raise ValueError(f"fastshap: label {value} is outside [0, {spec.num_classes}) for a {spec.num_classes}-class head")
-    return labels
+    if spec.num_classes is None or not labels.numel():
+        return labels, None
+    bad = (labels < 0) | (labels >= spec.num_classes)
+    if deferred is not None:
+        deferred.add_labels(bad, spec.num_classes)
+        return labels.masked_fill(bad, 0), bad
+    if bool(bad.any()):
+        value = labels[bad][0].item()
+        raise ValueError(f"fastshap: label {value} is outside [0, {spec.num_classes}) for a {spec.num_classes}-class head")
+    return labels, None
 
 
 def _check_baselines(baselines, feats) -> Optional[list]:

@@ -150,19 +150,31 @@ def _additive(features, start, present, absent, labels, benefit, mean_of=0):
 
 
 def _check_labels(labels: Tensor, num_classes: int) -> None:
+    """For the callable path, which learns C from the head's output (a host check is cheap next to it)."""
     if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
         bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
         raise ValueError(f"fastshap: label {bad} is outside [0, {num_classes})")
 
 
+def _safe_labels(labels: Tensor, num_classes: int):
+    """(labels with out-of-range entries replaced by 0, mask of those entries): the kernels' contract,
+    phi rows of such samples are NaN, without a host-device synchronisation (the API rejects them first)."""
+    bad = (labels < 0) | (labels >= num_classes)
+    return labels.masked_fill(bad, 0), bad
+
+
+def _nan_rows(phi: Tensor, bad: Tensor) -> Tensor:
+    return phi.masked_fill(bad.unsqueeze(1), float("nan"))
+
+
 def shapley_concat(features, weight, bias, baselines, labels, benefit):
     """Concat-linear head: logits = bias + sum_i W_i x_i. weight (C, D), bias (C)."""
     ct = compute_dtype(features[0].dtype)
-    _check_labels(labels, weight.shape[0])
+    labels, bad = _safe_labels(labels, weight.shape[0])
     present = _partial_products(features, weight, ct)
     absent = _partial_products(baselines, weight, ct) if baselines else None
     nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
-    phi = _additive(features, bias.to(ct), present, absent, labels, benefit)
+    phi = _nan_rows(_additive(features, bias.to(ct), present, absent, labels, benefit), bad)
     return phi, _stats(phi, nonfinite)
 
 
@@ -170,7 +182,7 @@ def shapley_decision(features, weight, bias, baselines, labels, benefit):
     """Decision fusion: classifier i = (weight[:, cols_i], bias[i]); prediction = mean_i softmax. bias (n, C)."""
     ct = compute_dtype(features[0].dtype)
     n, num_classes = len(features), weight.shape[0]
-    _check_labels(labels, num_classes)
+    labels, bad = _safe_labels(labels, num_classes)
     present = _partial_products(features, weight, ct)
     absent = _partial_products(baselines, weight, ct) if baselines else None
     nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
@@ -180,7 +192,7 @@ def shapley_decision(features, weight, bias, baselines, labels, benefit):
         absent = torch.zeros(n, 1, num_classes, dtype=ct, device=weight.device)
     absent = torch.softmax(absent.add(b), -1)
     start = torch.zeros(num_classes, dtype=ct, device=weight.device)
-    phi = _additive(features, start, present, absent, labels, benefit, mean_of=n)
+    phi = _nan_rows(_additive(features, start, present, absent, labels, benefit, mean_of=n), bad)
     return phi, _stats(phi, nonfinite)
 
 
@@ -192,7 +204,7 @@ def _mlp_chunk_samples(batch: int, n: int, hidden: int) -> int:
 def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
     """MLP head: logits = W2 relu(b1 + sum_i W1_i x_i) + b2. weight1 (H, D), weight2 (C, H)."""
     ct = compute_dtype(features[0].dtype)
-    _check_labels(labels, weight2.shape[0])
+    labels, bad = _safe_labels(labels, weight2.shape[0])
     present = _partial_products(features, weight1, ct)
     absent = _partial_products(baselines, weight1, ct) if baselines else None
     nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
@@ -206,6 +218,7 @@ def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, ben
         count = rows.stop - rows.start
         logits = torch.addmm(b2, z.reshape(count << n, hidden), w2t).view(count, 1 << n, -1)
         phi[rows] = shapley_from_values(_values(logits, labels[rows], benefit))
+    phi = _nan_rows(phi, bad)
     return phi, _stats(phi, nonfinite)
 
 

@@ -33,8 +33,10 @@ The ops are registered as ``torch.ops.fastshap_triton.shapley_{concat,decision,m
 fake kernel under the interpreter, where ``wrap_triton`` cannot trace interpreted kernels.
 """
 
+import os
 from contextlib import nullcontext as _no_guard
 from functools import lru_cache
+from typing import List, Tuple
 
 import torch
 import triton
@@ -53,6 +55,11 @@ MAX_FUSED = kernels.MAX_FUSED
 FUSED_FLOATS = 512
 #: Registers' worth of fp32 values per program the autotuner's tiles may use.
 _PROGRAM_FLOATS = 1 << 14
+
+#: FASTSHAP_TRITON_AUTOTUNE=0 launches the fused kernel with one fixed tile (:func:`_default_config`)
+#: instead of timing every candidate on a shape's first call: for test suites, which compile many shapes
+#: and care about values, not speed.
+AUTOTUNE = os.environ.get("FASTSHAP_TRITON_AUTOTUNE", "1") != "0"
 
 _HEADS = {"concat": 0, "decision": 1, "mlp": 2}
 _BENEFITS = {"paper": 0, "accuracy": 1, "probability": 2}
@@ -157,12 +164,25 @@ def _fused_configs(max_block_b: int, max_block_d: int, kp: int, coalitions: int,
 _FUSED_KEY = ["B_BUCKET", "K", "C", "N", "HEAD", "BASE", "BENEFIT"] + [f"D{i}" for i in range(MAX_FUSED)]
 
 
+#: Every autotuner made so far: their ``cache`` (key -> chosen config) and ``configs_timings`` (the last
+#: tuning's candidates and times, in ms) are what the benchmarks record.
+AUTOTUNERS = []
+
+
 @lru_cache(maxsize=None)
-def _autotuned_fused(max_block_b: int, max_block_d: int, kp: int, coalitions: int):
+def _autotuned_fused(max_block_b: int, max_block_d: int, kp: int, coalitions: int, foot: int):
     """The fused kernel, autotuned over the tiles of :func:`_fused_configs`."""
-    return triton.autotune(
-        configs=_fused_configs(max_block_b, max_block_d, kp, coalitions), key=_FUSED_KEY, reset_to_zero=["STATS"]
+    tuner = triton.autotune(
+        configs=_fused_configs(max_block_b, max_block_d, kp, coalitions, foot), key=_FUSED_KEY,
+        reset_to_zero=["STATS"],
     )(kernels.fused_kernel)
+    AUTOTUNERS.append(tuner)
+    return tuner
+
+
+def _default_config(configs):
+    """The tile used without autotuning: the largest sample and column tiles, one coalition per step."""
+    return max(configs, key=lambda c: (c.kwargs["BLOCK_B"], -c.kwargs["MB"], c.kwargs["BLOCK_D"]))
 
 
 def _interpreter_coalitions(block_b: int, width: int, n: int) -> int:
@@ -213,7 +233,8 @@ def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
     return args, meta, (max_block_b, max_block_d, kp, 1 << n, foot)
 
 
-def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
+def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats, config=None):
+    """One fused-kernel launch: autotuned, or with `config` (a triton.Config of _fused_configs)."""
     args, meta, tuning = _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi,
                                      stats)
     batch, n, kp = features[0].shape[0], len(features), meta["KP"]
@@ -227,8 +248,13 @@ def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, label
         return
     from torch.library import wrap_triton
 
-    kernel = _autotuned_fused(*tuning)
-    wrap_triton(kernel)[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](*args, **meta)
+    if config is None and AUTOTUNE:
+        kernel = _autotuned_fused(*tuning)
+        wrap_triton(kernel)[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](*args, **meta)
+        return
+    config = config or _default_config(_fused_configs(*tuning))
+    wrap_triton(kernels.fused_kernel)[(triton.cdiv(batch, config.kwargs["BLOCK_B"]),)](
+        *args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def _partials(xs, weight):
@@ -324,15 +350,35 @@ def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefi
     return phi, stats.float()
 
 
-def _concat_impl(features, weight, bias, baselines, labels, benefit):
+# The op functions carry type annotations because torch.library.triton_op infers the schema from them:
+# torch 2.11's triton_op ignores its schema= argument (seen on an H200), so annotations are the one
+# declaration that works on every supported torch. _SCHEMAS below states the same, and a test keeps the
+# two in agreement.
+Tensor = torch.Tensor
+
+
+def _concat_impl(
+    features: List[Tensor], weight: Tensor, bias: Tensor, baselines: List[Tensor], labels: Tensor, benefit: str
+) -> Tuple[Tensor, Tensor]:
     return _run("concat", features, weight, bias, None, None, baselines, labels, benefit)
 
 
-def _decision_impl(features, weight, bias, baselines, labels, benefit):
+def _decision_impl(
+    features: List[Tensor], weight: Tensor, bias: Tensor, baselines: List[Tensor], labels: Tensor, benefit: str
+) -> Tuple[Tensor, Tensor]:
     return _run("decision", features, weight, bias, None, None, baselines, labels, benefit)
 
 
-def _mlp_impl(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
+def _mlp_impl(
+    features: List[Tensor],
+    weight1: Tensor,
+    bias1: Tensor,
+    weight2: Tensor,
+    bias2: Tensor,
+    baselines: List[Tensor],
+    labels: Tensor,
+    benefit: str,
+) -> Tuple[Tensor, Tensor]:
     return _run("mlp", features, weight1, bias1, weight2, bias2, baselines, labels, benefit)
 
 
@@ -357,12 +403,12 @@ _SCHEMAS = {
 
 
 def _register(kind, impl):
-    name, schema = f"fastshap_triton::shapley_{kind}", _SCHEMAS[kind] + " -> (Tensor, Tensor)"
+    name = f"fastshap_triton::shapley_{kind}"
     if INTERPRETED:
-        op = torch.library.custom_op(name, impl, mutates_args=(), schema=schema)
+        op = torch.library.custom_op(name, impl, mutates_args=())
         op.register_fake(_fake(kind))
         return op
-    return torch.library.triton_op(name, impl, mutates_args=(), schema=schema)
+    return torch.library.triton_op(name, impl, mutates_args=())
 
 
 _concat_op = _register("concat", _concat_impl)

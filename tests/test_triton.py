@@ -467,6 +467,42 @@ def test_import_is_lazy_and_safe():
     assert done.returncode == 0, done.stderr
 
 
+def _registered_schemas():
+    return {kind: str(getattr(torch.ops.fastshap_triton, f"shapley_{kind}").default._schema)
+            for kind in triton_shapley._SCHEMAS}
+
+
+def test_registered_schemas_match_the_declared_ones():
+    """Both registrations (custom_op under the interpreter, triton_op for GPUs) infer the schema from the
+    op functions' annotations (torch 2.11's triton_op ignores schema=): they must say what _SCHEMAS says."""
+    want = {kind: f"fastshap_triton::shapley_{kind}{sig} -> (Tensor, Tensor)"
+            for kind, sig in triton_shapley._SCHEMAS.items()}
+    assert _registered_schemas() == want
+    code = (
+        "import torch\n"
+        "from fastshap import triton_shapley as t\n"
+        "assert not t.INTERPRETED\n"
+        "for kind, sig in t._SCHEMAS.items():\n"
+        "    got = str(getattr(torch.ops.fastshap_triton, 'shapley_' + kind).default._schema)\n"
+        "    assert got == f'fastshap_triton::shapley_{kind}{sig} -> (Tensor, Tensor)', got\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+
+
+def test_gpu_launch_path_binds_every_kernel_argument():
+    """The host code of GPU launches (autotuner, fixed tiles, grids, wrap_triton) on CPU tensors, with the
+    launches recorded and bound like Triton binds them instead of run (tests/triton_launch_check.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    here = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, os.path.join(here, "triton_launch_check.py")], capture_output=True,
+                          text=True, env=env, cwd=os.path.dirname(here), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fused_kernel" in done.stdout and "streaming_kernel" in done.stdout
+
+
 # --- the compiled kernels, without a GPU: Triton compiles them for sm_90 offline -------------------------
 
 #: Launches compiled by ``python tests/test_triton.py --compile`` (kernel, case, MLP hidden width).
@@ -597,6 +633,27 @@ def test_gpu_matches_oracle_and_torch(case: Case, hidden: int):
     reference = fastshap.modality_shapley(feats, head, labels, baselines=baselines, benefit=case.benefit,
                                           backend="torch")
     assert_matches(phi, reference, oracle_for(feats, head, labels, baselines, case.benefit), GPU_EPS, case.id)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_gpu_every_autotuning_config_agrees(dtype):
+    """The suite runs with FASTSHAP_TRITON_AUTOTUNE=0 (one tile per shape); the autotuner may pick any of
+    the candidates, so each one's phi and stats must equal the torch backend's."""
+    case = Case(2, 31, 3000, "concat", dtype, "contig", "none", "paper", weights="same" if dtype == "bf16" else "fp32")
+    feats, head, labels, _ = make_inputs(case, "cuda")
+    params = _params("concat", head) + [None, None]
+    reference = fastshap.modality_shapley(feats, head, labels, backend="torch")
+    expected = oracle_for(feats, head, labels, None, "paper")
+    _, _, tuning = triton_shapley._fused_plan(0, feats, *params, [], labels, "paper", None, None)
+    configs = triton_shapley._fused_configs(*tuning)
+    assert len(configs) > 1
+    for config in configs:
+        phi = torch.full((case.B, 2), float("nan"), device="cuda")
+        stats = torch.zeros(3, 2, dtype=torch.float64, device="cuda")
+        triton_shapley._launch_fused(0, feats, *params, [], labels, "paper", phi, stats, config=config)
+        assert_matches(phi, reference, expected, GPU_EPS, f"{case.id} {config}")
+        torch.testing.assert_close(stats[0].cpu(), phi.double().sum(0).cpu(), rtol=1e-9, atol=1e-6)
 
 
 @pytest.mark.gpu

@@ -10,6 +10,9 @@
   Only unmodified original rows are recorded (re-sampled copies and masked rows are not), so each sample
   is valued once per epoch. With ``--removal input`` the baselines Enc_i(0) are computed once at the
   start of each epoch, in eval mode.
+
+Both modes pass a :class:`fastshap.DeferredChecks` to the op, so that no call waits on the GPU for its
+value checks; the checks are read once, where the pass or the epoch ends (a sync point anyway).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Valuator:
         self.seconds = 0.0  # time spent valuing in the current epoch
         self.calls = 0  # op calls in the current epoch
         self.op_seconds = 0.0  # time inside those calls (host time; asynchronous on a GPU)
+        self.checks = fastshap.DeferredChecks()
 
     # -- shared -------------------------------------------------------------------------------------
     def compute_baselines(self) -> Optional[list]:
@@ -66,6 +70,7 @@ class Valuator:
                 baselines=baselines,
                 benefit=self.t.cfg.benefit,
                 backend=self.t.cfg.backend,
+                defer_checks=self.checks,
             )
         self.op_seconds += time.perf_counter() - start
         return phi
@@ -98,6 +103,7 @@ class Valuator:
                 out_phi.append(self.value_batch(feats, labels, base))
                 out_index.append(batch["index"])
         core.train(was_training)
+        self.checks.raise_if_any()
         index = torch.cat(out_index) if out_index else torch.zeros(0, dtype=torch.long)
         phi = torch.cat(out_phi).float().cpu() if out_phi else torch.zeros(0, t.n)
         index, phi = distributed.gather_rows(index, phi, dist)
@@ -127,6 +133,7 @@ class Valuator:
         """The epoch's table gathered over ranks, restricted to `indices`."""
         start = time.perf_counter()
         table = self.table[:-1].float().cpu()
+        self.checks.raise_if_any()
         seen = ~torch.isnan(table).any(1)
         index, phi = distributed.gather_rows(seen.nonzero().flatten(), table[seen], self.t.dist)
         self.table = None

@@ -1,0 +1,112 @@
+"""defer_checks: the value checks of many calls collected on the device and raised at one sync point.
+
+Same valid call as test_errors (n = 2, widths [3, 4], B = 6, C = 5); each bad value must come out of
+raise_if_any with a message naming it, good calls must equal the checked call bit for bit, and on a GPU the
+deferred call must not synchronise with the host at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fastshap
+from test_errors import BATCH, CLASSES, DIMS, _huge_head, _nan_head, valid_call
+
+
+def _run(call, checks, backend="auto"):
+    return fastshap.modality_shapley(
+        call["features"], call["head"], call["labels"], baselines=call["baselines"], backend=backend,
+        defer_checks=checks,
+    )
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_good_calls_equal_the_checked_call_and_raise_nothing(backend):
+    checks = fastshap.DeferredChecks()
+    call = valid_call()
+    for _ in range(3):
+        phi = _run(call, checks, backend)
+    expected = fastshap.modality_shapley(call["features"], call["head"], call["labels"], backend=backend)
+    assert torch.equal(phi, expected)
+    assert checks.calls == 3
+    checks.raise_if_any()
+    assert checks.calls == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_bad_labels_give_nan_rows_then_an_error(backend):
+    checks = fastshap.DeferredChecks()
+    call = valid_call()
+    call["labels"] = call["labels"].index_fill(0, torch.tensor([1, 4]), CLASSES)
+    phi = _run(call, checks, backend)  # no error yet
+    assert torch.isnan(phi[[1, 4]]).all() and not torch.isnan(phi[[0, 2, 3, 5]]).any()
+    good = valid_call()
+    _run(good, checks, backend)
+    with pytest.raises(ValueError, match=r"over 2 calls.*2 labels outside \[0, 5\)"):
+        checks.raise_if_any()
+    checks.raise_if_any()  # the error reset the counters
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"head": _nan_head}, r"head parameters held NaN or Inf values in 1 calls"),
+        (
+            {"features": lambda c: [c["features"][0], c["features"][1].index_fill(0, torch.tensor([2, 3]), math.nan)]},
+            r"modality 1's partial logits held NaN or Inf in 2 rows",
+        ),
+        (
+            {"features": lambda c: [c["features"][0], c["features"][1] * 1e30], "head": _huge_head},
+            r"modality 1's partial logits held NaN or Inf in \d+ rows",
+        ),
+    ],
+    ids=["nan-head", "nan-features", "overflow"],
+)
+def test_bad_values_are_reported_later(change, match):
+    checks = fastshap.DeferredChecks()
+    call = valid_call()
+    for key, fn in change.items():
+        call[key] = fn(call)
+    _run(call, checks, "torch")
+    with pytest.raises(ValueError, match=match):
+        checks.raise_if_any()
+
+
+def test_shape_errors_are_still_raised_at_once():
+    checks = fastshap.DeferredChecks()
+    call = valid_call()
+    with pytest.raises(ValueError, match="5 labels for a batch of 6"):
+        fastshap.modality_shapley(call["features"], call["head"], call["labels"][:5], defer_checks=checks)
+
+
+def test_one_collector_one_device():
+    checks = fastshap.DeferredChecks()
+    checks.add_labels(torch.zeros(3, dtype=torch.bool), CLASSES)
+    with pytest.raises(ValueError, match="one device"):
+        checks.add_labels(torch.zeros(3, dtype=torch.bool, device="meta"), CLASSES)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "cuda", "triton"])
+def test_deferred_call_does_not_synchronise_on_gpu(backend):
+    call = valid_call()
+    feats = [f.cuda() for f in call["features"]]
+    head = nn.Linear(sum(DIMS), CLASSES).cuda()
+    labels = call["labels"].cuda()
+    checks = fastshap.DeferredChecks()
+    try:
+        fastshap.modality_shapley(feats, head, labels, backend=backend, defer_checks=checks)  # warm-up, builds
+    except fastshap.BackendError as exc:
+        pytest.skip(str(exc))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        phi = fastshap.modality_shapley(feats, head, labels, backend=backend, defer_checks=checks)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    checks.raise_if_any()
+    assert phi.shape == (BATCH, 2)
