@@ -49,5 +49,6 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 def pytest_terminal_summary(terminalreporter, config):
     path = getattr(config.option, "benchmark_json", None)
+    path = getattr(path, "name", path)  # an open file in pytest-benchmark < 5.3, a path after
     if path and os.path.exists(path):
         terminalreporter.write_line(f"bench results: {path}  (tables: python bench/report.py {path})")

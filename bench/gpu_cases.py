@@ -50,12 +50,14 @@ SPECS = (
     Spec("mlp", 2, 31, torch.float32, hidden=256),
     Spec("mlp", 2, 31, torch.bfloat16, hidden=256),
 )
-PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "naive_batched")
+PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "fastshap_triton_checked",
+             "naive_batched")
 NOTES = {
     "plain_forward": "yardstick: torch.cat + the head, one prediction",
-    "fastshap_triton": "fastshap backend='triton'",
-    "fastshap_cuda": "fastshap backend='cuda'",
-    "fastshap_torch": "fastshap backend='torch' (the reference on this GPU)",
+    "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
+    "fastshap_cuda": "fastshap backend='cuda', defer_checks",
+    "fastshap_torch": "fastshap backend='torch' (the reference on this GPU), defer_checks",
+    "fastshap_triton_checked": "fastshap backend='triton' with immediate value checks (two host syncs per call)",
     "naive_batched": "2^n masked copies in one head forward (the head's dtype)",
 }
 
@@ -109,8 +111,18 @@ def _callable(provider: str, case: alt.Case):
         return lambda: alt.naive_batched(case.features, case.head, case.labels)
     import fastshap
 
-    backend = provider.removeprefix("fastshap_")
-    return lambda: fastshap.modality_shapley(case.features, case.head, case.labels, backend=backend)
+    backend = provider.removeprefix("fastshap_").removesuffix("_checked")
+    if provider.endswith("_checked"):
+        return lambda: fastshap.modality_shapley(case.features, case.head, case.labels, backend=backend)
+    checks = fastshap.DeferredChecks()
+
+    def run():
+        phi = fastshap.modality_shapley(case.features, case.head, case.labels, backend=backend, defer_checks=checks)
+        if checks.calls >= 1000:  # read now and then: the counters must say nothing was wrong
+            checks.raise_if_any()
+        return phi
+
+    return run
 
 
 def _first_call(run):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One pass over a lent GPU machine, in under 8 minutes:
-#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> GPU tests -> GPU benchmarks (JSON) ->
-#   training benchmarks on the GPU (JSON) -> report.
+#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> GPU benchmarks (JSON) -> training
+#   benchmarks on the GPU (JSON) -> GPU tests -> report.
 # Every step runs under `timeout` within a total time budget; a failing step does not stop the others;
 # the exit status is non-zero when any step failed or was skipped. Everything goes flat into $OUT:
 #   summary.txt  env.txt  build.log  tests.log  bench.log  bench.json  training.json  report.md
@@ -77,12 +77,6 @@ fi
 
 run_step info 30 "$OUT/env.txt" "$PY" -m fastshap.info
 
-# Tests in parallel processes when pytest-xdist is there: most of their time is Triton compiling kernels.
-XDIST=()
-"$PY" -c 'import xdist' 2>/dev/null && XDIST=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
-run_step tests 150 "$OUT/tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider "${XDIST[@]}" \
-  --durations=15
-
 if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
   run_step bench 180 "$OUT/bench.log" "$PY" -m pytest bench/test_bench_gpu.py -q -rs --benchmark-only \
     --benchmark-json "$OUT/bench.json" -p no:cacheprovider
@@ -94,12 +88,19 @@ fi
 # Valuation inside training on this GPU (online overhead, epoch-mode pass against an eval forward), at a
 # size where the GPU has work to do: 64x64 inputs, 1,024 samples, batches of 64.
 if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
-  run_step training 90 "$OUT/bench.log" env BENCH_TRAIN_SAMPLES="${BENCH_TRAIN_SAMPLES:-1024}" \
+  run_step training 120 "$OUT/bench.log" env BENCH_TRAIN_SAMPLES="${BENCH_TRAIN_SAMPLES:-1024}" \
     BENCH_TRAIN_SIZE="${BENCH_TRAIN_SIZE:-64}" BENCH_TRAIN_BATCH="${BENCH_TRAIN_BATCH:-64}" \
-    BENCH_TRAIN_ROUNDS="${BENCH_TRAIN_ROUNDS:-5}" BENCH_TRAIN_THREADS="${BENCH_TRAIN_THREADS:-0}" \
+    BENCH_TRAIN_ROUNDS="${BENCH_TRAIN_ROUNDS:-7}" BENCH_TRAIN_THREADS="${BENCH_TRAIN_THREADS:-0}" \
     "$PY" -m pytest bench/test_bench_training.py -q -rs --benchmark-only --benchmark-json "$OUT/training.json" \
     -p no:cacheprovider
 fi
+
+# Tests last: their parallel workers load every core, which would disturb the timings above.
+# Tests in parallel processes when pytest-xdist is there: most of their time is Triton compiling kernels.
+XDIST=()
+"$PY" -c 'import xdist' 2>/dev/null && XDIST=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
+run_step tests 150 "$OUT/tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider "${XDIST[@]}" \
+  --durations=15
 
 RESULTS=()
 for f in "$OUT/bench.json" "$OUT/training.json"; do [[ -f $f ]] && RESULTS+=("$f"); done

@@ -26,6 +26,7 @@ PROVIDER_ORDER = (
     "fastshap_cpp",
     "fastshap_torch",
     "fastshap_triton",
+    "fastshap_triton_checked",
     "fastshap_cuda",
     "naive_batched",
     "authors_loop",
@@ -39,6 +40,7 @@ LABELS = {
     "fastshap_cpp": "fastshap cpp",
     "fastshap_torch": "fastshap torch",
     "fastshap_triton": "fastshap triton",
+    "fastshap_triton_checked": "fastshap triton, checked",
     "fastshap_cuda": "fastshap cuda",
     "naive_batched": "naive batched",
     "authors_loop": "authors' loop",
@@ -216,6 +218,11 @@ def cpu_targets(benches: list) -> list:
     return lines
 
 
+def case_label(info: dict) -> str:
+    _, head, dtype, n, classes, hidden, dim, batch = case_key(info)
+    return f"{head}{f' H={hidden}' if hidden else ''} n={n} C={classes} d={dim} B={batch} {dtype}"
+
+
 def gpu_table(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[float]) -> list:
     lines = [
         "| case | provider | median | GB/s | % of data-sheet peak | % of measured copy "
@@ -228,8 +235,7 @@ def gpu_table(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[float
     for key in sorted(cases, key=lambda k: (k[1], k[3], k[2])):
         row = cases[key]
         torch_t = seconds(row["fastshap_torch"]) if "fastshap_torch" in row else None
-        suite, head, dtype, n, classes, hidden, dim, batch = key
-        label = f"{head}{f' H={hidden}' if hidden else ''} n={n} C={classes} d={dim} B={batch} {dtype}"
+        label = case_label(row[next(iter(row))]["extra_info"])
         for p in sorted(row, key=provider_rank):
             b = row[p]
             info, t = b["extra_info"], seconds(b)
@@ -264,6 +270,29 @@ def checks(benches: list) -> list:
             f"- ⚠ {b['name']}: {b['extra_info']['mismatch']} samples differ ({b['extra_info'].get('checked_against', '?')})"
         )
     return lines
+
+
+def autotuning(benches: list, copy_gbs: Optional[float]) -> list:
+    """The Triton kernel alone: the autotuner's own timing of each candidate tile (do_bench medians of the
+    kernel launch, no host work between launches), against the same bytes as the op's row."""
+    rows = []
+    for b in benches:
+        info = b.get("extra_info", {})
+        for tuning in info.get("autotuning") or []:
+            chosen = tuning.get("chosen", "")
+            times = tuning.get("candidates", {}).get(chosen)
+            if not times:
+                continue
+            ms = times[0]
+            gbs = info.get("bytes", 0) / (ms * 1e-3) / 1e9
+            share = f"{gbs / copy_gbs:.0%}" if copy_gbs else "-"
+            tile = ", ".join(part for part in chosen.split(", ") if not part.endswith("None") and "num_ctas" not in part)
+            rows.append(f"| {case_label(info)} | {tile} | {ms * 1e3:.0f} µs | {gbs:.0f} | {share} | {len(tuning['candidates'])} |")
+    if not rows:
+        return []
+    return ["## Triton kernel alone (autotuner timings)", "",
+            "| case | chosen tile | kernel median | GB/s | % of measured copy | candidates |", "|---|---|---|---|---|---|",
+            *rows, ""]
 
 
 def report(path: Path) -> str:
@@ -322,6 +351,7 @@ def report(path: Path) -> str:
             + [f"- **{LABELS.get(p, p)}**: {note}" for p, note in notes if note]
             + [""]
         )
+    out += autotuning(benches, copy_gbs)
     out += checks(benches)
     unavailable: dict = {}
     for u in data.get("unavailable") or []:

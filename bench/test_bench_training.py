@@ -28,10 +28,8 @@ import time
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from training.config import Config
-from training.data.base import Subset
 from training.engine import Trainer
 from training.testing import tiny_config
 
@@ -91,10 +89,9 @@ def valuation_pass(trainer: Trainer) -> float:
 
 @torch.no_grad()
 def eval_forward(trainer: Trainer) -> float:
-    """The yardstick of the pass: the same loader, eval mode, encoders + head, no valuation."""
-    loader = DataLoader(
-        Subset(trainer.value_set, trainer.train_indices.tolist()), batch_size=2 * trainer.per_rank_batch, shuffle=False
-    )
+    """The yardstick of the pass: the pass's own loader (same batches, workers, pinned memory), eval mode,
+    encoders + head, no valuation."""
+    loader = trainer.valuator.pass_loader(trainer.train_indices)
     start = time.perf_counter()
     trainer.core.eval()
     for batch in loader:

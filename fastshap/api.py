@@ -6,6 +6,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from fastshap import backends, heads
 from fastshap.backends import Call, HeadSpec
@@ -128,19 +129,30 @@ def _check_features(features) -> list:
     return feats
 
 
-def _check_params(params, device, what: str, deferred: Optional[DeferredChecks]) -> None:
+# Head parameters found finite, with the version they had then (in-place updates such as an optimizer
+# step bump a tensor's version). An evaluation pass calls the op many times with unchanged parameters;
+# reading them again each call would cost device reductions and, without defer_checks, a host-device
+# synchronisation per call. Deferred checks keep their own record (see DeferredChecks.verified).
+_FINITE = WeakIdKeyDictionary()  # by identity: tensors compare elementwise
+
+
+def _check_params(params, device, what: str, deferred: Optional[DeferredChecks], module: nn.Module) -> None:
     for p in params:
         if p.device != device:
             raise ValueError(f"fastshap: the {what} parameters are on {p.device}, the features on {device}")
         if not p.is_floating_point():
             raise TypeError(f"fastshap: the {what} parameters must be floating point, got {p.dtype}")
-    if not params:
+    record = _FINITE if deferred is None else deferred.verified
+    stale = [p for p in module.parameters() if record.get(p) != p._version]
+    if not stale:
         return
-    finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+    finite = torch.stack([torch.isfinite(p).all() for p in stale]).all()
     if deferred is not None:
-        deferred.add_params(finite)
+        deferred.add_params(finite)  # counted now, raised later: no need to look at these versions again
     elif not bool(finite):
         raise ValueError(f"fastshap: the {what} parameters hold NaN or Inf values")
+    for p in stale:
+        record[p] = p._version
 
 
 def _check_dims(head, dims, what: str) -> None:
@@ -161,17 +173,17 @@ def _head_spec(head, dims, device, deferred: Optional[DeferredChecks]) -> HeadSp
                 )
             bias = fc.bias.detach() if fc.bias is not None else fc.weight.new_zeros(fc.out_features)
             params = (fc.weight.detach(), bias)
-            _check_params(params, device, "head", deferred)
+            _check_params(params, device, "head", deferred, fc)
             return HeadSpec("concat", params, num_classes=fc.out_features)
         if isinstance(head, heads.DecisionFusion):
             _check_dims(head, dims, "DecisionFusion head")
             params = tuple(p.detach() for p in head.packed())
-            _check_params(params, device, "DecisionFusion head", deferred)
+            _check_params(params, device, "DecisionFusion head", deferred, head)
             return HeadSpec("decision", params, num_classes=params[0].shape[0])
         if isinstance(head, heads.ConcatMLP):
             _check_dims(head, dims, "ConcatMLP head")
             params = tuple(p.detach() for p in (head.fc1.weight, head.fc1.bias, head.fc2.weight, head.fc2.bias))
-            _check_params(params, device, "ConcatMLP head", deferred)
+            _check_params(params, device, "ConcatMLP head", deferred, head)
             return HeadSpec("mlp", params, num_classes=head.fc2.out_features)
     if not callable(head):
         raise TypeError(f"fastshap: head must be nn.Linear, a fastshap.heads module or a callable, got {type(head).__name__}")

@@ -50,8 +50,22 @@ def _masks_cpu(n: int) -> Tensor:
     return (m >> torch.arange(n)) & 1 == 1
 
 
+@lru_cache(maxsize=None)
+def _on_device(table: str, n: int, device: torch.device) -> Tensor:
+    """A per-device copy of a constant table, made once: a host-to-device copy from pageable memory
+    synchronises with the GPU, which must not happen in every call."""
+    return (_masks_cpu if table == "masks" else _coefficients_cpu)(n).to(device)
+
+
+def _device_key(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def coalition_masks(n: int, device) -> Tensor:
-    return _masks_cpu(n).to(device)
+    return _on_device("masks", n, _device_key(device))
 
 
 @lru_cache(maxsize=None)
@@ -67,7 +81,7 @@ def _coefficients_cpu(n: int) -> Tensor:
 
 def shapley_coefficients(n: int, device=None) -> Tensor:
     """(2^n, n) float64 integer coefficients k_i(S): ``(|S|-1)!(n-|S|)!`` if i in S else ``-|S|!(n-1-|S|)!``."""
-    return _coefficients_cpu(n).to(device or "cpu")
+    return _on_device("coefficients", n, _device_key(device or "cpu"))
 
 
 def shapley_from_values(values: Tensor) -> Tensor:

@@ -426,7 +426,7 @@ def _small_gpu_inputs(kind, device="cuda", batch=33, dtype=torch.float32):
             "mlp": lambda: heads.ConcatMLP(dims, 16, classes)}[kind]()
     feats = [torch.randn(batch, d, generator=g).to(device, dtype) for d in dims]
     labels = torch.randint(0, classes, (batch,), generator=g).to(device)
-    spec = _head_spec(head.to(device), dims, torch.device(device), None)
+    spec = _head_spec(head.to(device), dims, feats[0].device, None)
     return feats, spec.params, labels
 
 

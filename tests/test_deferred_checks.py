@@ -110,3 +110,23 @@ def test_deferred_call_does_not_synchronise_on_gpu(backend):
         torch.cuda.set_sync_debug_mode("default")
     checks.raise_if_any()
     assert phi.shape == (BATCH, 2)
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_parameters_changed_in_place_are_checked_again(deferred):
+    """Finite parameters are remembered by version (an evaluation pass need not re-read them each call);
+    an in-place change, like an optimizer step, must be checked again."""
+    call = valid_call()
+    head = call["head"]
+    checks = fastshap.DeferredChecks() if deferred else None
+    for _ in range(2):
+        fastshap.modality_shapley(call["features"], head, call["labels"], defer_checks=checks)
+    with torch.no_grad():
+        head.weight[0, 0] = math.nan
+    if deferred:
+        fastshap.modality_shapley(call["features"], head, call["labels"], defer_checks=checks)
+        with pytest.raises(ValueError, match="head parameters held NaN"):
+            checks.raise_if_any()
+    else:
+        with pytest.raises(ValueError, match="head parameters hold NaN"):
+            fastshap.modality_shapley(call["features"], head, call["labels"])

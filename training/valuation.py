@@ -76,19 +76,22 @@ class Valuator:
         return phi
 
     # -- epoch mode ---------------------------------------------------------------------------------
-    def run_pass(self, indices: torch.Tensor) -> Values:
+    def pass_loader(self, indices: torch.Tensor) -> DataLoader:
+        """This rank's share of `indices` (every world-th), unshuffled, eval transforms, valuation batches."""
         t = self.t
-        start = time.perf_counter()
-        dist = t.dist
-        local = indices[dist.rank :: dist.world]
-        batch_size = t.cfg.valuation_batch_size or 2 * t.per_rank_batch
-        loader = DataLoader(
+        local = indices[t.dist.rank :: t.dist.world]
+        return DataLoader(
             Subset(t.value_set, local.tolist()),
-            batch_size=batch_size,
+            batch_size=t.cfg.valuation_batch_size or 2 * t.per_rank_batch,
             shuffle=False,
             num_workers=t.cfg.workers,
             pin_memory=t.device.type == "cuda",
         )
+
+    def run_pass(self, indices: torch.Tensor) -> Values:
+        t = self.t
+        start = time.perf_counter()
+        loader = self.pass_loader(indices)
         core = t.core
         was_training = core.training
         core.eval()
@@ -106,7 +109,7 @@ class Valuator:
         self.checks.raise_if_any()
         index = torch.cat(out_index) if out_index else torch.zeros(0, dtype=torch.long)
         phi = torch.cat(out_phi).float().cpu() if out_phi else torch.zeros(0, t.n)
-        index, phi = distributed.gather_rows(index, phi, dist)
+        index, phi = distributed.gather_rows(index, phi, t.dist)
         self.seconds += time.perf_counter() - start
         return _in_order(indices, index, phi, len(t.train_set))
 
