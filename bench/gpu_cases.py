@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -51,13 +52,15 @@ SPECS = (
     Spec("mlp", 2, 31, torch.bfloat16, hidden=256),
 )
 PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "fastshap_triton_checked",
-             "naive_batched")
+             "fastshap_triton_graph", "naive_batched")
 NOTES = {
     "plain_forward": "yardstick: torch.cat + the head, one prediction",
     "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
     "fastshap_cuda": "fastshap backend='cuda', defer_checks",
     "fastshap_torch": "fastshap backend='torch' (the reference on this GPU), defer_checks",
     "fastshap_triton_checked": "fastshap backend='triton' with immediate value checks (two host syncs per call)",
+    "fastshap_triton_graph": "the fastshap_triton call captured once in a CUDA graph and replayed: the GPU's "
+    "time without the host's (Python, launches)",
     "naive_batched": "2^n masked copies in one head forward (the head's dtype)",
 }
 
@@ -111,7 +114,7 @@ def _callable(provider: str, case: alt.Case):
         return lambda: alt.naive_batched(case.features, case.head, case.labels)
     import fastshap
 
-    backend = provider.removeprefix("fastshap_").removesuffix("_checked")
+    backend = provider.removeprefix("fastshap_").removesuffix("_checked").removesuffix("_graph")
     if provider.endswith("_checked"):
         return lambda: fastshap.modality_shapley(case.features, case.head, case.labels, backend=backend)
     checks = fastshap.DeferredChecks()
@@ -122,7 +125,48 @@ def _callable(provider: str, case: alt.Case):
             checks.raise_if_any()
         return phi
 
+    if provider.endswith("_graph"):
+        return _graphed(run, checks)
     return run
+
+
+def _graphed(run, checks):
+    """run() captured in a CUDA graph (after warm-up calls on a side stream, which also autotune), and a
+    callable that replays it and returns the captured output."""
+    if RUN["device"] != "cuda":
+        raise Unavailable("CUDA graphs need a GPU")
+    import fastshap
+
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        checks.raise_if_any()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+    except fastshap.BackendError as exc:
+        raise Unavailable(str(exc)) from exc
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
+def host_time_us(run, calls: int = 20) -> float:
+    """Host time of one call, not waiting for the GPU (after a synchronisation; `calls` calls in a row)."""
+    _sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    elapsed = time.perf_counter() - start
+    _sync()
+    return elapsed / calls * 1e6
 
 
 def _first_call(run):
@@ -189,6 +233,7 @@ def prepare(spec: Spec, provider: str):
             info.update(check, checked_against="fastshap torch")
         del out
         timing = _time(run)
+        info["host_us"] = round(host_time_us(run), 1)
     info.update(
         gpu_ms=timing["median_ms"], gpu_min_ms=timing["min_ms"], gpu_max_ms=timing["max_ms"], timer=timing["timer"]
     )

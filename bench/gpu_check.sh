@@ -11,7 +11,7 @@
 #
 # Knobs: PYTHON (default: python, else python3), GPU_CHECK_BUDGET (total seconds, default 460),
 # TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default: all cores), GPU_CHECK_SKIP_BUILD=1 (keep the
-# installed build). No package index is needed: pip runs with --no-index --no-deps --no-build-isolation
+# installed build), GPU_CHECK_ONLY=bench,training (run only these steps; env and report always run). No package index is needed: pip runs with --no-index --no-deps --no-build-isolation
 # against the torch / Triton / CUDA already on the machine. Without pytest-benchmark the benchmarks run
 # through bench/gpu_cases.py, which writes the same JSON.
 set -uo pipefail
@@ -34,6 +34,10 @@ run_step() {
   local name=$1 limit=$2 logfile=$3
   shift 3
   local t0 left rc status
+  if [[ -n ${GPU_CHECK_ONLY:-} && ",$GPU_CHECK_ONLY,report,env," != *",$name,"* ]]; then
+    log "$(printf '%-8s %-26s' "$name" 'not asked for (GPU_CHECK_ONLY)')"
+    return
+  fi
   t0=$(date +%s)
   left=$((BUDGET - (t0 - START)))
   [[ $name == report ]] || left=$((left - RESERVE))

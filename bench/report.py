@@ -27,6 +27,7 @@ PROVIDER_ORDER = (
     "fastshap_torch",
     "fastshap_triton",
     "fastshap_triton_checked",
+    "fastshap_triton_graph",
     "fastshap_cuda",
     "naive_batched",
     "authors_loop",
@@ -41,6 +42,7 @@ LABELS = {
     "fastshap_torch": "fastshap torch",
     "fastshap_triton": "fastshap triton",
     "fastshap_triton_checked": "fastshap triton, checked",
+    "fastshap_triton_graph": "fastshap triton, CUDA graph",
     "fastshap_cuda": "fastshap cuda",
     "naive_batched": "naive batched",
     "authors_loop": "authors' loop",
@@ -226,8 +228,8 @@ def case_label(info: dict) -> str:
 def gpu_table(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[float]) -> list:
     lines = [
         "| case | provider | median | GB/s | % of data-sheet peak | % of measured copy "
-        "| speed-up vs fastshap torch | check |",
-        "|---|---|---|---|---|---|---|---|",
+        "| speed-up vs fastshap torch | host time / call | check |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     cases: dict = {}
     for b in benches:
@@ -248,9 +250,10 @@ def gpu_table(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[float
             )
             if info.get("near_tie_samples"):
                 check += f" ({info['near_tie_samples']} near ties)"
+            host = fmt_time(info["host_us"] * 1e-6) if info.get("host_us") is not None else "-"
             lines.append(
                 f"| {label} | {LABELS.get(p, p)} | {fmt_time(t)} | {f'{gbs:.0f}' if gbs else '-'} "
-                f"| {pct_peak} | {pct_copy} | {speed} | {check} |"
+                f"| {pct_peak} | {pct_copy} | {speed} | {host} | {check} |"
             )
     return lines
 
