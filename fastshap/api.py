@@ -72,7 +72,9 @@ def modality_shapley(
     if defer_checks is not None:
         defer_checks.calls += 1
         defer_checks.add_nonfinite(stats[2])
-        if bad_labels is not None:
+        # Labels were replaced above on the CPU, and the CUDA kernels give such rows 0: NaN them here (the
+        # torch and triton backends write NaN rows themselves).
+        if bad_labels is not None and (device.type == "cpu" or chosen.name == "cuda"):
             phi = phi.masked_fill(bad_labels.unsqueeze(1), float("nan"))
         return (phi, stats[:2]) if with_stats else phi
     bad = stats[2].tolist()
@@ -212,7 +214,9 @@ def _check_labels(labels, batch, device, spec: HeadSpec, deferred: Optional[Defe
     bad = (labels < 0) | (labels >= spec.num_classes)
     if deferred is not None:
         deferred.add_labels(bad, spec.num_classes)
-        return labels.masked_fill(bad, 0), bad
+        # The torch, triton and cuda backends give such rows NaN; the CPU kernels reject the labels, so they
+        # get valid ones here and the rows are set NaN after the call (CPU: no launch cost to speak of).
+        return (labels.masked_fill(bad, 0) if device.type == "cpu" else labels), bad
     if bool(bad.any()):
         value = labels[bad][0].item()
         raise ValueError(f"fastshap: label {value} is outside [0, {spec.num_classes}) for a {spec.num_classes}-class head")

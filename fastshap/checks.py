@@ -50,16 +50,17 @@ class DeferredChecks:
     def add_labels(self, bad: torch.Tensor, num_classes: int) -> None:
         """bad: boolean mask of the call's out-of-range labels."""
         self.num_classes = num_classes
-        self._slot(bad.device)[_LABELS] += bad.sum()
+        # In-place adds into views: one kernel each (indexed `+=` costs a copy more), and on a GPU each
+        # launch costs the host tens of microseconds.
+        self._slot(bad.device).narrow(0, _LABELS, 1).add_(bad.sum())
 
     def add_params(self, finite: torch.Tensor) -> None:
         """finite: 0-d boolean, True when every head parameter is finite."""
-        self._slot(finite.device)[_PARAMS] += (~finite).double()
+        self._slot(finite.device).narrow(0, _PARAMS, 1).add_(finite.logical_not())
 
     def add_nonfinite(self, per_modality: torch.Tensor) -> None:
         """per_modality: (n,) counts of rows whose partial logits held NaN or Inf."""
-        counts = self._slot(per_modality.device)
-        counts[_MODALITY0 : _MODALITY0 + per_modality.numel()] += per_modality.to(counts.dtype)
+        self._slot(per_modality.device).narrow(0, _MODALITY0, per_modality.numel()).add_(per_modality)
 
     def reset(self) -> None:
         self._counts = None

@@ -130,3 +130,20 @@ def test_parameters_changed_in_place_are_checked_again(deferred):
     else:
         with pytest.raises(ValueError, match="head parameters hold NaN"):
             fastshap.modality_shapley(call["features"], head, call["labels"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "cuda", "triton"])
+def test_bad_labels_give_nan_rows_on_gpu(backend):
+    call = valid_call()
+    feats = [f.cuda() for f in call["features"]]
+    labels = call["labels"].index_fill(0, torch.tensor([1, 4]), CLASSES).cuda()
+    checks = fastshap.DeferredChecks()
+    try:
+        phi = fastshap.modality_shapley(feats, call["head"].cuda(), labels, backend=backend, defer_checks=checks)
+    except fastshap.BackendError as exc:
+        pytest.skip(str(exc))
+    phi = phi.cpu()
+    assert torch.isnan(phi[[1, 4]]).all() and not torch.isnan(phi[[0, 2, 3, 5]]).any()
+    with pytest.raises(ValueError, match=r"2 labels outside \[0, 5\)"):
+        checks.raise_if_any()
