@@ -447,6 +447,14 @@ def test_torch_compile_fullgraph(device):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def _without_interpreter(args, timeout=600):
+    """Runs `python args...` from the repository root in a process where TRITON_INTERPRET is unset (the GPU
+    code paths: triton_op registration, launches, offline compilation); returns the finished process."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=root, timeout=timeout)
+
+
 def test_import_is_lazy_and_safe():
     """`import fastshap` imports neither Triton nor the kernels, and works when Triton is missing."""
     code = (
@@ -462,9 +470,7 @@ def test_import_is_lazy_and_safe():
         "phi = fastshap.modality_shapley([torch.ones(2, 3)], torch.nn.Linear(3, 2), torch.zeros(2, dtype=torch.long))\n"
         "assert phi.shape == (2, 1)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = _without_interpreter(["-c", code])
     assert done.returncode == 0, done.stderr
 
 
@@ -487,19 +493,14 @@ def test_registered_schemas_match_the_declared_ones():
         "    got = str(getattr(torch.ops.fastshap_triton, 'shapley_' + kind).default._schema)\n"
         "    assert got == f'fastshap_triton::shapley_{kind}{sig} -> (Tensor, Tensor)', got\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = _without_interpreter(["-c", code])
     assert done.returncode == 0, done.stderr
 
 
 def test_gpu_launch_path_binds_every_kernel_argument():
     """The host code of GPU launches (autotuner, fixed tiles, grids, wrap_triton) on CPU tensors, with the
     launches recorded and bound like Triton binds them instead of run (tests/triton_launch_check.py)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    here = os.path.dirname(os.path.abspath(__file__))
-    done = subprocess.run([sys.executable, os.path.join(here, "triton_launch_check.py")], capture_output=True,
-                          text=True, env=env, cwd=os.path.dirname(here), timeout=600)
+    done = _without_interpreter([os.path.join("tests", "triton_launch_check.py")])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "fused_kernel" in done.stdout and "streaming_kernel" in done.stdout
 
@@ -598,9 +599,7 @@ def test_kernels_compile_for_sm90_without_heavy_spills():
 
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
         pytest.skip("this Triton has no bundled ptxas")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--compile"], capture_output=True, text=True,
-                          env=env, cwd=os.path.dirname(os.path.abspath(__file__)), timeout=600)
+    done = _without_interpreter([os.path.abspath(__file__), "--compile"])
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line.rsplit(" ", 2) for line in done.stdout.strip().splitlines()]
     assert len(rows) >= len(COMPILE_CASES)

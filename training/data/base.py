@@ -65,6 +65,38 @@ class MultimodalDataset(Dataset):
         return torch.zeros_like(self[0][modality])
 
 
+class FeatureViews(MultimodalDataset):
+    """Multi-view feature vectors held in memory (UCI multiple features, Caltech101-20): the views of one
+    split of the rows, each standardised with its training rows' mean and std. An MLP encodes each view."""
+
+    def _load_views(self, views: dict, labels, train_rows, rows, modalities) -> None:
+        """views: modality source key -> (N, d) float array of all rows, in the order of `modalities`."""
+        self.modalities = tuple(modalities)
+        self.source_rows = torch.from_numpy(rows)
+        self._labels = torch.from_numpy(labels[rows]).long()
+        self._x = {}
+        for key, x in zip(self.modalities, views.values()):
+            mean, std = x[train_rows].mean(0), x[train_rows].std(0)
+            std[std < 1e-8] = 1.0  # constant features stay zero rather than blowing up
+            self._x[key] = torch.from_numpy((x[rows] - mean) / std).float()
+
+    def __len__(self):
+        return int(self._labels.numel())
+
+    def __getitem__(self, i):
+        item = {m: self._x[m][int(i)] for m in self.modalities}
+        item["label"] = self._labels[int(i)]
+        item["index"] = torch.tensor(int(i), dtype=torch.long)
+        return item
+
+    @property
+    def labels(self):
+        return self._labels
+
+    def encoder_spec(self, modality):
+        return {"kind": "mlp", "in_dim": int(self._x[modality].shape[1])}
+
+
 def keep_bits(keep: Tensor, n: int) -> Tensor:
     """keep bitmask (B,) int64 -> (B, n) bool, column i = modality i kept."""
     shifts = torch.arange(n, device=keep.device)

@@ -33,7 +33,7 @@ import torch
 from training.config import Option
 from training.data import register_dataset
 from training.data._media import require_file, require_root
-from training.data.base import DataFileError, MultimodalDataset
+from training.data.base import DataFileError, FeatureViews
 from training.data.uci_mfeat import stratified_split
 
 VIEWS = ("gabor", "wm", "centrist", "hog", "gist", "lbp")
@@ -125,7 +125,7 @@ def _read(path_str: str, mtime: float) -> tuple:
     return views, labels
 
 
-class Caltech101_20(MultimodalDataset):
+class Caltech101_20(FeatureViews):
     name = "caltech101-20"
     num_classes = NUM_CLASSES
 
@@ -138,32 +138,8 @@ class Caltech101_20(MultimodalDataset):
         feats, labels = _read(str(path), os.path.getmtime(path))
         train_idx, test_idx = stratified_split(labels, test_ratio, split_seed)
         rows = train_idx if split == "train" else test_idx
-        self.modalities = tuple(f"view{k}" for k in self.views)
-        self.source_rows = torch.from_numpy(rows)
-        self._labels = torch.from_numpy(labels[rows]).long()
-        self._x = {}
-        for key, k in zip(self.modalities, self.views):
-            x = feats[k]
-            mean, std = x[train_idx].mean(0), x[train_idx].std(0)
-            std[std < 1e-8] = 1.0
-            self._x[key] = torch.from_numpy((x[rows] - mean) / std).float()
-
-    def __len__(self):
-        return int(self._labels.numel())
-
-    def __getitem__(self, i):
-        i = int(i)
-        item = {m: self._x[m][i] for m in self.modalities}
-        item["label"] = self._labels[i]
-        item["index"] = torch.tensor(i, dtype=torch.long)
-        return item
-
-    @property
-    def labels(self):
-        return self._labels
-
-    def encoder_spec(self, modality):
-        return {"kind": "mlp", "in_dim": int(self._x[modality].shape[1])}
+        self._load_views({k: feats[k] for k in self.views}, labels, train_idx, rows,
+                         (f"view{k}" for k in self.views))
 
     def display_name(self, modality):
         k = int(modality[4:])

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from training.data import register_dataset
-from training.data.base import DataFileError, MultimodalDataset
+from training.data.base import DataFileError, FeatureViews
 
 VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 WIDTHS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
@@ -150,7 +150,7 @@ def stratified_split(labels: np.ndarray, test_ratio: float, seed: int) -> tuple:
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-class UCIMultiFeature(MultimodalDataset):
+class UCIMultiFeature(FeatureViews):
     name = "uci-mfeat"
     num_classes = CLASSES
 
@@ -160,32 +160,9 @@ class UCIMultiFeature(MultimodalDataset):
         train_idx, test_idx = stratified_split(labels, test_ratio, split_seed)
         rows = train_idx if split == "train" else test_idx
         self.views = names
-        self.modalities = tuple(f"view{VIEWS.index(v)}" for v in names)
         self.augment = augment
-        self.source_rows = torch.from_numpy(rows)
-        self._labels = torch.from_numpy(labels[rows]).long()
-        self._x = {}
-        for key, view in zip(self.modalities, names):
-            x = feats[view]
-            mean, std = x[train_idx].mean(0), x[train_idx].std(0)
-            std[std < 1e-8] = 1.0  # constant features stay zero rather than blowing up
-            self._x[key] = torch.from_numpy((x[rows] - mean) / std).float()
-
-    def __len__(self):
-        return len(self._labels)
-
-    def __getitem__(self, i):
-        item = {m: self._x[m][i] for m in self.modalities}
-        item["label"] = self._labels[i]
-        item["index"] = torch.tensor(i, dtype=torch.long)
-        return item
-
-    @property
-    def labels(self):
-        return self._labels
-
-    def encoder_spec(self, modality):
-        return {"kind": "mlp", "in_dim": int(self._x[modality].shape[1])}
+        self._load_views({v: feats[v] for v in names}, labels, train_idx, rows,
+                         (f"view{VIEWS.index(v)}" for v in names))
 
     def display_name(self, modality):
         view = VIEWS[int(modality[4:])]
