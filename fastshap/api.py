@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from fastshap import backends, heads
 from fastshap.backends import Call, HeadSpec
@@ -131,30 +131,41 @@ def _check_features(features) -> list:
     return feats
 
 
-# Head parameters found finite, with the version they had then (in-place updates such as an optimizer
-# step bump a tensor's version). An evaluation pass calls the op many times with unchanged parameters;
-# reading them again each call would cost device reductions and, without defer_checks, a host-device
-# synchronisation per call. Deferred checks keep their own record (see DeferredChecks.verified).
-_FINITE = WeakIdKeyDictionary()  # by identity: tensors compare elementwise
+# Head parameters found finite, by (storage address, version) of each: an evaluation pass calls the op
+# many times with unchanged parameters, and reading them again each call would cost device reductions and,
+# without defer_checks, a host-device synchronisation per call. An in-place update (an optimizer step)
+# bumps the version, a replaced parameter has another address: either is checked again. Keyed by
+# id(module) with a weak reference to tell a reused id; deferred checks keep their own record
+# (DeferredChecks.verified).
+_FINITE: dict = {}
+_MAX_RECORDED = 256
 
 
-def _check_params(params, device, what: str, deferred: Optional[DeferredChecks], module: nn.Module) -> None:
+def _check_params(params, device, what: str, deferred: Optional[DeferredChecks], module: nn.Module,
+                  sources=None) -> None:
+    """params: what the kernels take; sources: the module's own parameters they come from (detached), whose
+    finiteness is checked (default: params)."""
     for p in params:
         if p.device != device:
             raise ValueError(f"fastshap: the {what} parameters are on {p.device}, the features on {device}")
         if not p.is_floating_point():
             raise TypeError(f"fastshap: the {what} parameters must be floating point, got {p.dtype}")
-    record = _FINITE if deferred is None else deferred.verified
-    stale = [p for p in module.parameters() if record.get(p) != p._version]
-    if not stale:
+    sources = params if sources is None else sources
+    if not sources:
         return
-    finite = torch.stack([torch.isfinite(p).all() for p in stale]).all()
+    record = _FINITE if deferred is None else deferred.verified
+    signature = tuple((p.data_ptr(), p._version) for p in sources)
+    entry = record.get(id(module))
+    if entry is not None and entry[0]() is module and entry[1] == signature:
+        return
+    finite = torch.stack([torch.isfinite(p).all() for p in sources]).all()
     if deferred is not None:
         deferred.add_params(finite)  # counted now, raised later: no need to look at these versions again
     elif not bool(finite):
         raise ValueError(f"fastshap: the {what} parameters hold NaN or Inf values")
-    for p in stale:
-        record[p] = p._version
+    if len(record) >= _MAX_RECORDED:
+        record.clear()
+    record[id(module)] = (weakref.ref(module), signature)
 
 
 def _check_dims(head, dims, what: str) -> None:
@@ -173,14 +184,16 @@ def _head_spec(head, dims, device, deferred: Optional[DeferredChecks]) -> HeadSp
                 raise ValueError(
                     f"fastshap: the Linear head takes {fc.in_features} inputs, the features have {total} in all"
                 )
+            weight = fc.weight.detach()
             bias = fc.bias.detach() if fc.bias is not None else fc.weight.new_zeros(fc.out_features)
-            params = (fc.weight.detach(), bias)
-            _check_params(params, device, "head", deferred, fc)
+            params = (weight, bias)
+            _check_params(params, device, "head", deferred, fc, (weight,) if fc.bias is None else params)
             return HeadSpec("concat", params, num_classes=fc.out_features)
         if isinstance(head, heads.DecisionFusion):
             _check_dims(head, dims, "DecisionFusion head")
             params = tuple(p.detach() for p in head.packed())
-            _check_params(params, device, "DecisionFusion head", deferred, head)
+            sources = tuple(p.detach() for p in head.parameters())
+            _check_params(params, device, "DecisionFusion head", deferred, head, sources)
             return HeadSpec("decision", params, num_classes=params[0].shape[0])
         if isinstance(head, heads.ConcatMLP):
             _check_dims(head, dims, "ConcatMLP head")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 # Counter slots: calls that had out-of-range labels (count of labels), head parameters with NaN/Inf
 # (count of calls), then one slot per modality: rows whose partial logits held NaN/Inf.
@@ -34,8 +33,8 @@ class DeferredChecks:
         self._counts: Optional[torch.Tensor] = None
         self.calls = 0
         self.num_classes: Optional[int] = None
-        #: head parameter -> version already counted in this collection (cleared when the counters are read)
-        self.verified = WeakIdKeyDictionary()
+        #: heads whose parameters were already counted in this collection, by version (fastshap.api)
+        self.verified: dict = {}
 
     def _slot(self, device: torch.device) -> torch.Tensor:
         if self._counts is None:
@@ -65,7 +64,7 @@ class DeferredChecks:
     def reset(self) -> None:
         self._counts = None
         self.calls = 0
-        self.verified = WeakIdKeyDictionary()
+        self.verified = {}
 
     def raise_if_any(self) -> None:
         """Reads the counters (one synchronisation), resets them and raises ValueError if any is non-zero."""

@@ -147,3 +147,14 @@ def test_bad_labels_give_nan_rows_on_gpu(backend):
     assert torch.isnan(phi[[1, 4]]).all() and not torch.isnan(phi[[0, 2, 3, 5]]).any()
     with pytest.raises(ValueError, match=r"2 labels outside \[0, 5\)"):
         checks.raise_if_any()
+
+
+def test_a_replaced_parameter_is_checked_again():
+    call = valid_call()
+    head = call["head"]
+    fastshap.modality_shapley(call["features"], head, call["labels"])
+    bad = head.weight.detach().clone()
+    bad[2, 1] = math.inf
+    head.weight = nn.Parameter(bad)  # a new tensor: new storage, its own version counter
+    with pytest.raises(ValueError, match="head parameters hold NaN or Inf"):
+        fastshap.modality_shapley(call["features"], head, call["labels"])
