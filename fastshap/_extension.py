@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
-try:
-    from fastshap import _C  # noqa: F401  (loading it registers the fastshap:: ops and their kernels)
-
-    LOADED = True
-    LOAD_ERROR = None
-except (ImportError, OSError) as exc:  # not built, or built against another torch
+if importlib.util.find_spec("fastshap._C") is None:
+    # Said plainly: Python's own message for a missing submodule talks of a "circular import".
     LOADED = False
-    LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    LOAD_ERROR = "it is not built (pip install --no-build-isolation -e . builds it; see the README)"
+else:
+    try:
+        from fastshap import _C  # noqa: F401  (loading it registers the fastshap:: ops and their kernels)
+
+        LOADED = True
+        LOAD_ERROR = None
+    except (ImportError, OSError) as exc:  # built against another torch, or a library is missing
+        LOADED = False
+        LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
