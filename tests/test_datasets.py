@@ -239,7 +239,7 @@ def test_meld_text_audio_visual(roots):
 
 
 def test_meld_weighted_f1():
-    from training.data.meld import weighted_f1
+    from training.metrics import weighted_f1
 
     # class 0: F1 2/3 (support 2), class 1: 2/3 (support 1), class 2: 1 (support 1); class 3 absent.
     assert weighted_f1([0, 1, 1, 2], [0, 0, 1, 2], num_classes=4) == pytest.approx(0.5 * 2 / 3 + 0.25 * 2 / 3 + 0.25)
@@ -512,3 +512,16 @@ def test_one_epoch_through_the_cli(roots, tmp_path, name):
     if name == "ave":  # per-segment benefit: multiples of 1 / (2 x 10 segments); the plan re-sampled
         assert np.allclose(phi * 20, np.round(phi * 20), atol=1e-4)
         assert sum(v for k, v in rows[0].items() if k.startswith("copies_")) > 0
+
+
+def test_engine_f1_from_its_confusion_matrix_matches_the_direct_count():
+    from training.metrics import confusion_update, weighted_f1, weighted_f1_from_confusion
+
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 40, 6, generator=g)  # per-segment outputs: (B, T, C) with (B, T) labels
+    labels = torch.randint(0, 6, (3, 40), generator=g)
+    confusion = torch.zeros(6, 6, dtype=torch.float64)
+    for b in range(3):  # batch by batch, as the engine adds them
+        confusion_update(confusion, logits[b : b + 1], labels[b : b + 1])
+    assert confusion.sum() == labels.numel()
+    assert weighted_f1_from_confusion(confusion) == pytest.approx(weighted_f1(logits.argmax(-1), labels, 6))

@@ -43,6 +43,7 @@ def test_cli_run_writes_every_output(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["final_test_acc"] == rows[-1]["test_acc"]
     assert results["best_test_acc"] == max(r["test_acc"] for r in rows)
+    assert results["final_test_f1"] == rows[-1]["test_f1"] and 0.0 <= rows[-1]["test_f1"] <= 1.0
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
     assert not list(out.glob(".*.tmp*")), "temporary checkpoint files left behind"
     cfg = resolve_config({}, [out / "config.yaml"])  # the resolved config runs again as a config file

@@ -27,6 +27,7 @@ from training.config import Config, resume_path
 from training.data import build_dataset, dataset_options
 from training.data.base import Plan, PlanDataset, Subset, keep_bits
 from training.methods import build_method
+from training.metrics import confusion_update, weighted_f1_from_confusion
 from training.outputs import RunOutputs, load_checkpoint, save_checkpoint
 from training.valuation import Valuator
 
@@ -226,7 +227,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, dataset=None) -> dict:
-        """Test loss and accuracy (every label element counts: per-segment tasks average over segments)."""
+        """Test loss, accuracy and weighted F1 (every label element counts: per-segment tasks average over
+        segments)."""
         dataset = dataset or self.test_set
         local = list(range(self.dist.rank, len(dataset), self.dist.world))
         loader = DataLoader(Subset(dataset, local), batch_size=self.cfg.valuation_batch_size or 2 * self.per_rank_batch,
@@ -234,6 +236,8 @@ class Trainer:
         was_training = self.core.training
         self.core.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        classes = self.train_set.num_classes
+        confusion = torch.zeros(classes, classes, dtype=torch.float64, device=self.device)
         for batch in self.progress(loader, "test"):
             labels = batch["label"].to(self.device, non_blocking=True)
             with self.autocast():
@@ -241,10 +245,13 @@ class Trainer:
             sums[0] += F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="sum").double()
             sums[1] += _correct(logits, labels)
             sums[2] += labels.numel()
+            confusion_update(confusion, logits, labels)
         self.core.train(was_training)
         sums = distributed.all_reduce_sum(sums, self.dist)
+        confusion = distributed.all_reduce_sum(confusion, self.dist)
         count = max(1.0, float(sums[2]))
-        return {"test_loss": float(sums[0]) / count, "test_acc": float(sums[1]) / count}
+        return {"test_loss": float(sums[0]) / count, "test_acc": float(sums[1]) / count,
+                "test_f1": weighted_f1_from_confusion(confusion)}
 
     def value(self, indices: torch.Tensor):
         if self.cfg.valuation == "online":
@@ -283,7 +290,7 @@ class Trainer:
             if (epoch + 1) % cfg.eval_every == 0 or last:
                 row.update(self.evaluate())
             else:
-                row.update({"test_loss": math.nan, "test_acc": math.nan})
+                row.update({"test_loss": math.nan, "test_acc": math.nan, "test_f1": math.nan})
             eval_s = time.perf_counter() - t1
 
             row["lr"] = lr
@@ -350,6 +357,7 @@ class Trainer:
             "best_test_acc": self.best["test_acc"] if self.best["epoch"] >= 0 else None,
             "best_epoch": self.best["epoch"],
             "final_test_acc": final.get("test_acc"),
+            "final_test_f1": final.get("test_f1"),
             "final_phi_mean": {m: final.get(f"phi_mean_{m}") for m in self.modalities},
             "valuation_share": total_val / total_epoch if total_epoch > 0 else 0.0,
             "seconds": seconds,

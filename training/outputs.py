@@ -9,7 +9,7 @@
     OUT/results.json          best and final test accuracy, times
     OUT/last.pt, OUT/best.pt  checkpoints, written atomically (temporary file + os.replace)
 
-metrics.csv columns: ``epoch, train_loss, train_acc, test_loss, test_acc, lr, phi_mean_<modality>...,
+metrics.csv columns: ``epoch, train_loss, train_acc, test_loss, test_acc, test_f1, lr, phi_mean_<modality>...,
 valued, resampled, train_rows, train_s, valuation_s, epoch_s, eval_s`` and the method's own columns.
 ``epoch_s`` = ``train_s + valuation_s`` (the epoch's training work); ``eval_s`` is the test pass.
 """

