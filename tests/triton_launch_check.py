@@ -11,7 +11,6 @@ import sys
 
 import torch
 import torch.library
-import triton
 from triton.runtime.autotuner import Autotuner
 
 from fastshap import heads

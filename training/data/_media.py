@@ -272,6 +272,30 @@ class MediaDataset(MultimodalDataset):
     def labels(self):
         return self._labels
 
+    def _require_dirs(self, folders, title: str, expected: str) -> None:
+        for folder in folders:
+            if not folder.is_dir():
+                raise DataFileError(folder, f"is not a directory: --data-root must be the {title} folder holding "
+                                    f"{expected}")
+
+    def _scan(self, entries, verify, skip_bad: bool, data_check: str) -> list:
+        """Keeps the entries ``(sample id, label, *extra)`` whose files pass ``verify(check, sample id)``,
+        which returns the sample's frame names; sets ids, frame_names, labels and skipped, and returns the
+        kept entries' extras. Raises at the first bad sample, or with skip_bad drops and counts them."""
+        check = SampleCheck(self.name, self.split, skip_bad, data_check == "full")
+        self.ids, self.frame_names, labels, extras = [], [], [], []
+        for sample, label, *extra in entries:
+            found = []
+            if check.keep(sample, lambda: found.append(verify(check, sample))):
+                self.ids.append(sample)
+                self.frame_names.append(found[0])
+                labels.append(label)
+                extras.append(extra)
+        check.report(len(self.ids))
+        self.skipped = check.skipped
+        self._labels = torch.tensor(labels, dtype=torch.long)
+        return extras
+
     def _item(self, i: int, tensors: dict) -> dict:
         tensors["label"] = self._labels[i]
         tensors["index"] = torch.tensor(i, dtype=torch.long)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from training.config import Option
 from training.data import register_dataset

@@ -29,7 +29,7 @@ import torch
 from training.config import Option
 from training.data import register_dataset
 from training.data._media import (
-    MEDIA_OPTIONS, MediaDataset, SampleCheck, fit_length, load_array, require_file, require_root,
+    MEDIA_OPTIONS, MediaDataset, fit_length, load_array, require_file, require_root,
 )
 from training.data.base import DataFileError
 
@@ -85,26 +85,13 @@ class KineticsSounds(MediaDataset):
         list_path = require_file(base / ks_list.format(split=split), "Kinetics-Sounds", EXPECTED)
         self.audio_dir = base / ks_audio_dir.format(split=split)
         self.visual_dir = base / ks_visual_dir.format(split=split)
-        for folder in (self.audio_dir, self.visual_dir):
-            if not folder.is_dir():
-                raise DataFileError(folder, f"is not a directory: --data-root must be the Kinetics-Sounds folder "
-                                    f"holding {EXPECTED}")
-        check = SampleCheck(self.name, split, skip_bad, data_check == "full")
-        self.ids, self.frame_names, labels = [], [], []
-        for sample, label in read_list(list_path):
-            names = []
+        self._require_dirs((self.audio_dir, self.visual_dir), "Kinetics-Sounds", EXPECTED)
 
-            def verify(sample=sample, names=names):
-                check.array(self.audio_dir / f"{sample}.npy", ndim=2, width=MEL_BINS)
-                names.extend(check.frames(self.visual_dir / sample))
+        def verify(check, sample):
+            check.array(self.audio_dir / f"{sample}.npy", ndim=2, width=MEL_BINS)
+            return check.frames(self.visual_dir / sample)
 
-            if check.keep(sample, verify):
-                self.ids.append(sample)
-                self.frame_names.append(names)
-                labels.append(label)
-        check.report(len(self.ids))
-        self.skipped = check.skipped
-        self._labels = torch.tensor(labels, dtype=torch.long)
+        self._scan(read_list(list_path), verify, skip_bad, data_check)
 
     def __getitem__(self, i):
         i = int(i)

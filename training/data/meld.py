@@ -29,7 +29,7 @@ import torch
 from training.config import Option
 from training.data import register_dataset
 from training.data._media import (
-    MEDIA_OPTIONS, MediaDataset, SampleCheck, fit_length, load_array, require_file, require_root,
+    MEDIA_OPTIONS, MediaDataset, fit_length, load_array, require_file, require_root,
 )
 from training.data.base import DataFileError
 
@@ -94,27 +94,14 @@ class MELD(MediaDataset):
         annotations = require_file(base / meld_csv.format(split=name), "MELD", EXPECTED)
         self.audio_dir = base / meld_audio_dir.format(split=name)
         self.visual_dir = base / meld_visual_dir.format(split=name)
-        for folder in (self.audio_dir, self.visual_dir):
-            if not folder.is_dir():
-                raise DataFileError(folder, "is not a directory: --data-root must be the MELD folder holding "
-                                    + EXPECTED)
-        check = SampleCheck(self.name, split, skip_bad, data_check == "full")
-        self.ids, self.frame_names, texts, labels = [], [], [], []
-        for clip, text, label in read_annotations(annotations):
-            names = []
+        self._require_dirs((self.audio_dir, self.visual_dir), "MELD", EXPECTED)
 
-            def verify(clip=clip, names=names):
-                check.array(self.audio_dir / f"{clip}.npy", ndim=2, width=MEL_BINS)
-                names.extend(check.frames(self.visual_dir / clip))
+        def verify(check, clip):
+            check.array(self.audio_dir / f"{clip}.npy", ndim=2, width=MEL_BINS)
+            return check.frames(self.visual_dir / clip)
 
-            if check.keep(clip, verify):
-                self.ids.append(clip)
-                self.frame_names.append(names)
-                texts.append(text)
-                labels.append(label)
-        check.report(len(self.ids))
-        self.skipped = check.skipped
-        self._labels = torch.tensor(labels, dtype=torch.long)
+        entries = ((clip, label, text) for clip, text, label in read_annotations(annotations))
+        texts = [text for (text,) in self._scan(entries, verify, skip_bad, data_check)]
         self.texts = texts
 
         from training.models.encoders import load_tokenizer, tokenize

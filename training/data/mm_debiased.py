@@ -24,7 +24,7 @@ import torch
 from training.config import Option
 from training.data import register_dataset
 from training.data._media import (
-    MEDIA_OPTIONS, MediaDataset, SampleCheck, fit_length, load_array, require_file, require_root,
+    MEDIA_OPTIONS, MediaDataset, fit_length, load_array, require_file, require_root,
 )
 from training.data.base import DataFileError
 
@@ -81,26 +81,13 @@ class MMDebiased(MediaDataset):
         self.audio_frames = int(audio_frames) or AUDIO_FRAMES
         annotations = require_file(base / mmd_json, "MM-Debiased", EXPECTED)
         self.audio_dir, self.visual_dir = base / mmd_audio_dir, base / mmd_visual_dir
-        for folder in (self.audio_dir, self.visual_dir):
-            if not folder.is_dir():
-                raise DataFileError(folder, f"is not a directory: --data-root must be the MM-Debiased folder holding "
-                                    f"{EXPECTED}")
-        check = SampleCheck(self.name, split, skip_bad, data_check == "full")
-        self.ids, self.frame_names, labels = [], [], []
-        for sample, label in read_annotations(annotations, SUBSETS[split]):
-            names = []
+        self._require_dirs((self.audio_dir, self.visual_dir), "MM-Debiased", EXPECTED)
 
-            def verify(sample=sample, names=names):
-                check.array(self.audio_dir / f"{sample}.npy", ndim=2, width=FREQ_BINS, width_axis=0)
-                names.extend(check.frames(self.visual_dir / sample))
+        def verify(check, sample):
+            check.array(self.audio_dir / f"{sample}.npy", ndim=2, width=FREQ_BINS, width_axis=0)
+            return check.frames(self.visual_dir / sample)
 
-            if check.keep(sample, verify):
-                self.ids.append(sample)
-                self.frame_names.append(names)
-                labels.append(label)
-        check.report(len(self.ids))
-        self.skipped = check.skipped
-        self._labels = torch.tensor(labels, dtype=torch.long)
+        self._scan(read_annotations(annotations, SUBSETS[split]), verify, skip_bad, data_check)
 
     def __getitem__(self, i):
         i = int(i)

@@ -29,7 +29,7 @@ import torch
 from training.config import Option
 from training.data import register_dataset
 from training.data._media import (
-    MEDIA_OPTIONS, FrameTransform, MediaDataset, SampleCheck, frame_positions, load_image, normalize_rgb,
+    MEDIA_OPTIONS, FrameTransform, MediaDataset, frame_positions, load_image, normalize_rgb,
     require_file, require_root,
 )
 from training.data.base import DataFileError
@@ -114,29 +114,16 @@ class UCF101(MediaDataset):
         entries = read_split(require_file(lists / f"{kind}list0{paths['ucf_split']}.txt", "UCF-101", EXPECTED), classes)
         self.dirs = {"rgb": base / paths["ucf_rgb_dir"], "u": base / paths["ucf_flow_u_dir"],
                      "v": base / paths["ucf_flow_v_dir"]}
-        for folder in self.dirs.values():
-            if not folder.is_dir():
-                raise DataFileError(folder, "is not a directory: --data-root must be the UCF-101 folder holding "
-                                    + EXPECTED)
-        check = SampleCheck(self.name, split, skip_bad, data_check == "full")
-        self.ids, self.frame_names, labels = [], [], []
-        for video, label in entries:
-            names = {}
+        self._require_dirs(self.dirs.values(), "UCF-101", EXPECTED)
 
-            def verify(video=video, names=names):
-                for key in ("rgb", "u", "v"):
-                    names[key] = check.frames(self.dirs[key] / video)
-                if len(names["u"]) != len(names["v"]):
-                    raise DataFileError(self.dirs["v"] / video, f"has {len(names['v'])} frames, "
-                                        f"{self.dirs['u'] / video} has {len(names['u'])}")
+        def verify(check, video):
+            names = {key: check.frames(self.dirs[key] / video) for key in ("rgb", "u", "v")}
+            if len(names["u"]) != len(names["v"]):
+                raise DataFileError(self.dirs["v"] / video, f"has {len(names['v'])} frames, "
+                                    f"{self.dirs['u'] / video} has {len(names['u'])}")
+            return names
 
-            if check.keep(video, verify):
-                self.ids.append(video)
-                self.frame_names.append(names)
-                labels.append(label)
-        check.report(len(self.ids))
-        self.skipped = check.skipped
-        self._labels = torch.tensor(labels, dtype=torch.long)
+        self._scan(entries, verify, skip_bad, data_check)
 
     def __getitem__(self, i):
         i = int(i)

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from training.data import register_dataset
 from training.data.base import DataFileError, FeatureViews
