@@ -20,7 +20,8 @@ from torch import nn
 
 import fastshap
 from fastshap import heads
-from oracle import NonlinearHead, dyadic, oracle_shapley, shapley_from_value_function
+from cases import draw_baselines, draw_labels, layout, make_head
+from oracle import dyadic, oracle_shapley, shapley_from_value_function
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 HEAD_KINDS = ("linear", "concat", "decision", "mlp", "callable")
@@ -104,36 +105,6 @@ def backends_for(head_kind: str):
     return ("torch",) if head_kind == "callable" else ("torch", "cpp")
 
 
-def _layout(values: torch.Tensor, layout: str) -> torch.Tensor:
-    """values (B, d) float32 -> the same values in the case's layout (cast first, so the view survives)."""
-    if layout == "contig":
-        return values.clone()
-    if layout == "T":
-        return values.t().contiguous().t()
-    batch, d = values.shape
-    wide = torch.zeros(batch, 2 * d + 1, dtype=values.dtype)
-    wide[:, 1::2] = values
-    return wide[:, 1::2]
-
-
-def make_head(kind: str, dims, num_classes: int, g: torch.Generator):
-    """A head of `kind` with parameters drawn from `g` (nn.Linear-like scale, biases of a similar size)."""
-    total = sum(dims)
-    if kind == "callable":
-        return NonlinearHead(dims, num_classes, generator=g)
-    head = {
-        "linear": lambda: nn.Linear(total, num_classes),
-        "concat": lambda: heads.ConcatLinear(dims, num_classes),
-        "decision": lambda: heads.DecisionFusion(dims, num_classes),
-        "mlp": lambda: heads.ConcatMLP(dims, 24, num_classes),
-    }[kind]()
-    with torch.no_grad():
-        for name, p in head.named_parameters():
-            fan_in = p.shape[1] if p.dim() == 2 else 4
-            p.copy_(torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(fan_in)))
-    return head
-
-
 def make_inputs(case: Case):
     """(features, head, labels, baselines) of a case, reproducible from its id."""
     g = torch.Generator().manual_seed(case.seed)
@@ -141,26 +112,13 @@ def make_inputs(case: Case):
     dims = [int(d) for d in torch.randint(1, 13, (case.n,), generator=g)]
     if case.n > 1 and len(set(dims)) == 1:
         dims[-1] += 1
-    feats = [_layout(torch.randn(case.B, d, generator=g).to(dtype), case.layout) for d in dims]
+    feats = [layout(torch.randn(case.B, d, generator=g).to(dtype), case.layout) for d in dims]
     head = make_head(case.head, dims, case.C, g)
-    # Half the labels are the full model's prediction, so that coalitions are often right and values vary.
     with torch.no_grad():
         as32 = [f.float() for f in feats]
         logits = head(torch.cat(as32, 1)) if isinstance(head, nn.Linear) else head(as32)
-    labels = torch.randint(0, case.C, (case.B,), generator=g)
-    guess = torch.rand(case.B, generator=g) < 0.5
-    labels = torch.where(guess, logits.float().argmax(-1), labels) if case.B else labels
-    if case.layout == "strided":
-        wide = torch.zeros(2 * case.B, dtype=torch.int64)
-        wide[::2] = labels
-        labels = wide[::2]
-    baselines = None
-    if case.baselines != "none":
-        baselines = []
-        for i, d in enumerate(dims):
-            shared = case.baselines == "shared" or (case.baselines == "mixed" and i % 2 == 0)
-            b = torch.randn(d if shared else (case.B, d), generator=g) * 0.5
-            baselines.append(b.to(dtype) if shared else _layout(b.to(dtype), case.layout))
+    labels = draw_labels(logits, case.C, g, case.layout)
+    baselines = draw_baselines(case.baselines, dims, case.B, dtype, case.layout, g)
     return feats, head, labels, baselines
 
 

@@ -14,7 +14,6 @@ to 1e-5.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ pytest.importorskip("triton")
 
 import fastshap  # noqa: E402
 from fastshap import heads  # noqa: E402
+from cases import draw_baselines, draw_labels, layout, make_head  # noqa: E402
 from oracle import dyadic, oracle_shapley  # noqa: E402
 
 triton_shapley = pytest.importorskip("fastshap.triton_shapley")
@@ -109,38 +109,12 @@ CASES = [
 ]
 
 
-def _layout(values: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "contig":
-        return values.clone()
-    if layout == "T":
-        return values.t().contiguous().t()
-    batch, d = values.shape
-    wide = torch.zeros(batch, 2 * d + 1, dtype=values.dtype)
-    wide[:, 1::2] = values
-    return wide[:, 1::2]
-
-
-def make_head(kind: str, dims, num_classes: int, g: torch.Generator, hidden: int = 24):
-    total = sum(dims)
-    head = {
-        "linear": lambda: nn.Linear(total, num_classes),
-        "concat": lambda: heads.ConcatLinear(dims, num_classes),
-        "decision": lambda: heads.DecisionFusion(dims, num_classes),
-        "mlp": lambda: heads.ConcatMLP(dims, hidden, num_classes),
-    }[kind]()
-    with torch.no_grad():
-        for p in head.parameters():
-            fan_in = p.shape[1] if p.dim() == 2 else 4
-            p.copy_(torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(fan_in)))
-    return head
-
-
 def make_inputs(case: Case, device, hidden: int = 24):
     """(features, head, labels, baselines) on `device`, reproducible from the case id."""
     g = torch.Generator().manual_seed(case.seed)
     dtype = DTYPES[case.dtype]
     dims = [int(d) for d in torch.randint(1, 21, (case.n,), generator=g)]
-    feats = [_layout(torch.randn(case.B, d, generator=g).to(dtype), case.layout) for d in dims]
+    feats = [layout(torch.randn(case.B, d, generator=g).to(dtype), case.layout) for d in dims]
     head = make_head(case.head, dims, case.C, g, hidden)
     if case.weights == "same":
         head = head.to(dtype).float()  # parameters rounded to the features' dtype
@@ -149,19 +123,8 @@ def make_inputs(case: Case, device, hidden: int = 24):
         logits = head(torch.cat(as32, 1)) if isinstance(head, nn.Linear) else head(as32)
     if case.weights == "same":
         head = head.to(dtype)
-    labels = torch.randint(0, case.C, (case.B,), generator=g)
-    labels = torch.where(torch.rand(case.B, generator=g) < 0.5, logits.argmax(-1), labels)
-    if case.layout == "strided":
-        wide = torch.zeros(2 * case.B, dtype=torch.int64)
-        wide[::2] = labels
-        labels = wide[::2]
-    baselines = None
-    if case.baselines != "none":
-        baselines = []
-        for i, d in enumerate(dims):
-            shared = case.baselines == "shared" or (case.baselines == "mixed" and i % 2 == 0)
-            b = torch.randn(d if shared else (case.B, d), generator=g) * 0.5
-            baselines.append(b.to(dtype) if shared else _layout(b.to(dtype), case.layout))
+    labels = draw_labels(logits, case.C, g, case.layout)
+    baselines = draw_baselines(case.baselines, dims, case.B, dtype, case.layout, g)
     if str(device) != "cpu":  # .to() keeps the strides of these layouts
         feats = [f.to(device) for f in feats]
         labels = labels.to(device)
