@@ -51,7 +51,8 @@ def bits(mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Enhance(_Resampling):
-    prob_option = ""
+    prob_option = ""  # the option holding the probability of altering a selected sample
+    metric = ""  # metrics.csv column: how many samples were altered this epoch
 
     def __init__(self, cfg, trainer):
         super().__init__(cfg, trainer)
@@ -72,37 +73,39 @@ class _Enhance(_Resampling):
     def epoch_metrics(self):
         return dict(self._metrics)
 
-
-@register_method("modality-drop")
-class ModalityDrop(_Enhance):
-    help = "remove a sample's stronger modalities with probability --drop-prob when one of its modalities is weak"
-    prob_option = "drop_prob"
-
     def next_plan(self, epoch, values):
+        """The originals, with the selected samples altered by :meth:`alter` (from the warmup on)."""
         plan = self.first_plan()
         self._metrics = {}
         if values is None or not self.resampling_epoch(epoch):
             return plan
         pos, stronger = self.selected(epoch, values)
-        plan.keep[pos] = plan.full & ~bits(stronger)
-        self._metrics = {"dropped": int(pos.numel())}
+        self.alter(plan, pos, bits(stronger))
+        self._metrics = {self.metric: int(pos.numel())}
         return plan
+
+    def alter(self, plan, pos, stronger_bits) -> None:
+        raise NotImplementedError
+
+
+@register_method("modality-drop")
+class ModalityDrop(_Enhance):
+    help = "remove a sample's stronger modalities with probability --drop-prob when one of its modalities is weak"
+    prob_option = "drop_prob"
+    metric = "dropped"
+
+    def alter(self, plan, pos, stronger_bits):
+        plan.keep[pos] = plan.full & ~stronger_bits
 
 
 @register_method("data-mask")
 class DataMask(_Enhance):
     help = "mask parts of a sample's stronger modalities' inputs with probability --mask-prob"
     prob_option = "mask_prob"
+    metric = "masked"
 
-    def next_plan(self, epoch, values):
-        plan = self.first_plan()
-        self._metrics = {}
-        if values is None or not self.resampling_epoch(epoch):
-            return plan
-        pos, stronger = self.selected(epoch, values)
-        plan.mask[pos] = bits(stronger)
-        self._metrics = {"masked": int(pos.numel())}
-        return plan
+    def alter(self, plan, pos, stronger_bits):
+        plan.mask[pos] = stronger_bits
 
     def on_batch(self, batch):
         mask = batch.get("mask")
