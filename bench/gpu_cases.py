@@ -52,7 +52,7 @@ SPECS = (
     Spec("mlp", 2, 31, torch.bfloat16, hidden=256),
 )
 PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "fastshap_triton_checked",
-             "fastshap_triton_graph", "naive_batched")
+             "fastshap_triton_graph", "triton_op", "naive_batched")
 NOTES = {
     "plain_forward": "yardstick: torch.cat + the head, one prediction",
     "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
@@ -61,6 +61,8 @@ NOTES = {
     "fastshap_triton_checked": "fastshap backend='triton' with immediate value checks (two host syncs per call)",
     "fastshap_triton_graph": "the fastshap_triton call captured once in a CUDA graph and replayed: the GPU's "
     "time without the host's (Python, launches)",
+    "triton_op": "the registered op torch.ops.fastshap_triton.shapley_<head> called directly: the Triton "
+    "path without modality_shapley's checks (host time: the launch's own share)",
     "naive_batched": "2^n masked copies in one head forward (the head's dtype)",
 }
 
@@ -114,6 +116,8 @@ def _callable(provider: str, case: alt.Case):
         return lambda: alt.naive_batched(case.features, case.head, case.labels)
     import fastshap
 
+    if provider == "triton_op":
+        return _registered_op(case)
     backend = provider.removeprefix("fastshap_").removesuffix("_checked").removesuffix("_graph")
     if provider.endswith("_checked"):
         return lambda: fastshap.modality_shapley(case.features, case.head, case.labels, backend=backend)
@@ -128,6 +132,24 @@ def _callable(provider: str, case: alt.Case):
     if provider.endswith("_graph"):
         return _graphed(run, checks)
     return run
+
+
+def _registered_op(case: alt.Case):
+    """The Triton op itself, on the parameters modality_shapley would hand it."""
+    import fastshap
+    from fastshap import backends
+    from fastshap.api import _head_spec
+
+    reason = backends.why_not("triton", backends.Call("concat", case.features[0].device, case.features[0].dtype,
+                                                      case.n))
+    if reason:
+        raise Unavailable(reason)
+    import fastshap.triton_shapley  # noqa: F401  (registers torch.ops.fastshap_triton)
+
+    dims = [f.shape[1] for f in case.features]
+    spec = _head_spec(case.head, dims, case.features[0].device, fastshap.DeferredChecks())
+    op = getattr(torch.ops.fastshap_triton, f"shapley_{spec.kind}")
+    return lambda: op(list(case.features), *spec.params, [], case.labels, "paper")[0]
 
 
 def _graphed(run, checks):
