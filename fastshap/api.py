@@ -77,9 +77,14 @@ def modality_shapley(
         if bad_labels is not None and (device.type == "cpu" or chosen.name == "cuda"):
             phi = phi.masked_fill(bad_labels.unsqueeze(1), float("nan"))
         return (phi, stats[:2]) if with_stats else phi
-    bad = stats[2].tolist()
-    if any(bad):
-        _raise_nonfinite(next(i for i, c in enumerate(bad) if c), feats, base, dtype)
+    flags = stats[2]
+    if bad_labels is not None:  # a GPU call: its label check rides on this read-back
+        flags = torch.cat([flags, bad_labels.sum(dtype=flags.dtype).unsqueeze(0)])
+    flags = flags.tolist()
+    if bad_labels is not None and flags.pop():
+        _raise_label(labels, bad_labels, spec.num_classes)
+    if any(flags):
+        _raise_nonfinite(next(i for i, c in enumerate(flags) if c), feats, base, dtype)
     return (phi, stats[:2]) if with_stats else phi
 
 
@@ -206,7 +211,7 @@ def _head_spec(head, dims, device, deferred: Optional[DeferredChecks]) -> HeadSp
 
 
 def _check_labels(labels, batch, device, spec: HeadSpec, deferred: Optional[DeferredChecks]):
-    """(labels as int64, mask of out-of-range labels when the check is deferred, else None)."""
+    """(labels as int64, mask of out-of-range labels when they are checked after the call, else None)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"fastshap: labels must be an integer tensor, got {type(labels).__name__}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
@@ -230,10 +235,18 @@ def _check_labels(labels, batch, device, spec: HeadSpec, deferred: Optional[Defe
         # The torch, triton and cuda backends give such rows NaN; the CPU kernels reject the labels, so they
         # get valid ones here and the rows are set NaN after the call (CPU: no launch cost to speak of).
         return (labels.masked_fill(bad, 0) if device.type == "cpu" else labels), bad
+    if device.type != "cpu":
+        # Checked after the call, in the one read-back of the call's checks (the GPU kernels tolerate such
+        # labels): one host-device synchronisation per call instead of two.
+        return labels, bad
     if bool(bad.any()):
-        value = labels[bad][0].item()
-        raise ValueError(f"fastshap: label {value} is outside [0, {spec.num_classes}) for a {spec.num_classes}-class head")
+        _raise_label(labels, bad, spec.num_classes)
     return labels, None
+
+
+def _raise_label(labels, bad, num_classes: int) -> None:
+    value = labels[bad][0].item()
+    raise ValueError(f"fastshap: label {value} is outside [0, {num_classes}) for a {num_classes}-class head")
 
 
 def _check_baselines(baselines, feats) -> Optional[list]:

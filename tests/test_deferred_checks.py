@@ -158,3 +158,31 @@ def test_a_replaced_parameter_is_checked_again():
     head.weight = nn.Parameter(bad)  # a new tensor: new storage, its own version counter
     with pytest.raises(ValueError, match="head parameters hold NaN or Inf"):
         fastshap.modality_shapley(call["features"], head, call["labels"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "cuda", "triton"])
+def test_checked_gpu_call_synchronises_once_and_rejects_bad_labels(backend):
+    import warnings
+
+    call = valid_call()
+    feats = [f.cuda() for f in call["features"]]
+    head = call["head"].cuda()
+    labels = call["labels"].cuda()
+    try:
+        fastshap.modality_shapley(feats, head, labels, backend=backend)  # warm-up: builds, checks the head once
+    except fastshap.BackendError as exc:
+        pytest.skip(str(exc))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fastshap.modality_shapley(feats, head, labels, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    bad = labels.index_fill(0, torch.tensor([3], device="cuda"), CLASSES + 2)
+    with pytest.raises(ValueError, match=r"label 7 is outside \[0, 5\)"):
+        fastshap.modality_shapley(feats, head, bad, backend=backend)
