@@ -72,9 +72,8 @@ def modality_shapley(
     if defer_checks is not None:
         defer_checks.calls += 1
         defer_checks.add_nonfinite(stats[2])
-        # Labels were replaced above on the CPU, and the CUDA kernels give such rows 0: NaN them here (the
-        # torch and triton backends write NaN rows themselves).
-        if bad_labels is not None and (device.type == "cpu" or chosen.name == "cuda"):
+        # Labels were replaced above on the CPU: NaN their rows here (the GPU backends write NaN rows).
+        if bad_labels is not None and device.type == "cpu":
             phi = phi.masked_fill(bad_labels.unsqueeze(1), float("nan"))
         return (phi, stats[:2]) if with_stats else phi
     flags = stats[2]

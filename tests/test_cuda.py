@@ -279,6 +279,22 @@ def test_emulation_odd_sizes_match_cpp(emu, kind, batch):
                 assert torch.equal(stats, want[1])
 
 
+@pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
+def test_emulation_labels_outside_the_classes_give_nan_rows(emu, kind):
+    """Like the torch and triton backends (the Python API rejects such labels before any kernel runs)."""
+    g = torch.Generator().manual_seed(11)
+    dims, classes = [3, 5], 4
+    head = {"concat": lambda: heads.ConcatLinear(dims, classes), "decision": lambda: heads.DecisionFusion(dims, classes),
+            "mlp": lambda: heads.ConcatMLP(dims, 6, classes)}[kind]()
+    feats = [torch.randn(6, d, generator=g) for d in dims]
+    labels = torch.tensor([0, 4, 1, -1, 3, 2])
+    phi, _ = emulate(emu, feats, head, labels, None, "paper")
+    assert torch.isnan(phi[[1, 3]]).all() and not torch.isnan(phi[[0, 2, 4, 5]]).any()
+    good = labels.clamp(0, classes - 1)
+    want, _ = emulate(emu, feats, head, good, None, "paper")
+    assert torch.equal(phi[[0, 2, 4, 5]], want[[0, 2, 4, 5]])
+
+
 def test_emulation_sixteen_modalities(emu):
     """n = 16 (65,536 coalitions, chunked) against the CPU kernel, exact with dyadic inputs."""
     g = torch.Generator().manual_seed(16)

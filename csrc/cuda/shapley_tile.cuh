@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #if defined(__CUDACC__)
 #define FASTSHAP_FN __device__ __forceinline__
@@ -566,7 +567,10 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
 
     ex.each([&](int tid) {
       for (int i = tid; i < count * n; i += kThreads) {
-        p.phi[tile0 * n + i] = static_cast<float>(num[i] / p.n_factorial);
+        // A label outside [0, C) (the Python API rejects them first) gives a NaN row, as in the other backends.
+        const int64_t y = p.labels[(tile0 + i / n) * p.label_stride];
+        const float value = static_cast<float>(num[i] / p.n_factorial);
+        p.phi[tile0 * n + i] = (y >= 0 && y < p.C) ? value : std::numeric_limits<float>::quiet_NaN();
       }
     });
   }
