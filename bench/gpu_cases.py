@@ -58,7 +58,7 @@ NOTES = {
     "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
     "fastshap_cuda": "fastshap backend='cuda', defer_checks",
     "fastshap_torch": "fastshap backend='torch' (the reference on this GPU), defer_checks",
-    "fastshap_triton_checked": "fastshap backend='triton' with immediate value checks (two host syncs per call)",
+    "fastshap_triton_checked": "fastshap backend='triton' with immediate value checks (one host sync per call)",
     "fastshap_triton_graph": "the fastshap_triton call captured once in a CUDA graph and replayed: the GPU's "
     "time without the host's (Python, launches)",
     "triton_op": "the registered op torch.ops.fastshap_triton.shapley_<head> called directly: the Triton "
