@@ -215,7 +215,6 @@ def _tied_head(kind: str, dims, num_classes: int, g: torch.Generator):
     """A head whose class pairs (c, c + C/2) always score exactly equal: duplicated dyadic weight rows and
     biases (zero biases, so the all-removed coalition ties every class). Dyadic values keep every sum exact
     whatever the summation order, so the tie holds bit for bit in every backend and in the oracle."""
-    half = num_classes // 2
     total = sum(dims)
 
     def dup(rows, cols, denominator):
