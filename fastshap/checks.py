@@ -66,12 +66,20 @@ class DeferredChecks:
         self.calls = 0
         self.verified = {}
 
-    def raise_if_any(self) -> None:
-        """Reads the counters (one synchronisation), resets them and raises ValueError if any is non-zero."""
+    def raise_if_any(self, reduce=None, device=None) -> None:
+        """Reads the counters (one synchronisation), resets them and raises ValueError if any is non-zero.
+
+        reduce: a function applied to the counters first, e.g. an all-reduce sum over the ranks of a
+        distributed job, so that every rank raises together instead of one rank leaving the others waiting
+        in their next collective; every rank must then call it, with ``device`` (where the counters live
+        when this rank recorded no call)."""
         if self._counts is None:
-            self.reset()
-            return
-        counts = [int(c) for c in self._counts.tolist()]
+            if reduce is None:
+                self.reset()
+                return
+            self._slot(torch.device(device) if device is not None else torch.device("cpu"))
+        counts = self._counts if reduce is None else reduce(self._counts)
+        counts = [int(c) for c in counts.tolist()]
         calls = self.calls
         self.reset()
         problems = []

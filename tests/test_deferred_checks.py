@@ -186,3 +186,26 @@ def test_checked_gpu_call_synchronises_once_and_rejects_bad_labels(backend):
     bad = labels.index_fill(0, torch.tensor([3], device="cuda"), CLASSES + 2)
     with pytest.raises(ValueError, match=r"label 7 is outside \[0, 5\)"):
         fastshap.modality_shapley(feats, head, bad, backend=backend)
+
+
+def test_reduced_checks_raise_on_every_rank():
+    """With reduce (an all-reduce in a distributed job) a rank that saw nothing wrong, or made no call at
+    all, raises too when another rank's counters are non-zero."""
+    other_rank = fastshap.DeferredChecks()
+    call = valid_call()
+    call["labels"] = call["labels"].index_fill(0, torch.tensor([0]), -3)
+    _run(call, other_rank, "torch")
+    others = other_rank._counts.clone()
+
+    def all_reduce(counts):
+        return counts + others
+
+    idle = fastshap.DeferredChecks()  # this rank made no call
+    with pytest.raises(ValueError, match="1 labels outside"):
+        idle.raise_if_any(reduce=all_reduce, device="cpu")
+    busy = fastshap.DeferredChecks()
+    _run(valid_call(), busy, "torch")
+    with pytest.raises(ValueError, match="1 labels outside"):
+        busy.raise_if_any(reduce=all_reduce)
+    clean = fastshap.DeferredChecks()
+    clean.raise_if_any(reduce=lambda counts: counts, device="cpu")  # nothing anywhere: no error

@@ -75,6 +75,11 @@ class Valuator:
         self.op_seconds += time.perf_counter() - start
         return phi
 
+    def raise_checks(self) -> None:
+        """The op's deferred value checks of this pass or epoch, summed over the ranks (all raise together)."""
+        t = self.t
+        self.checks.raise_if_any(reduce=lambda counts: distributed.all_reduce_sum(counts, t.dist), device=t.device)
+
     # -- epoch mode ---------------------------------------------------------------------------------
     def pass_loader(self, indices: torch.Tensor) -> DataLoader:
         """This rank's share of `indices` (every world-th), unshuffled, eval transforms, valuation batches."""
@@ -106,7 +111,7 @@ class Valuator:
                 out_phi.append(self.value_batch(feats, labels, base))
                 out_index.append(batch["index"])
         core.train(was_training)
-        self.checks.raise_if_any()
+        self.raise_checks()
         index = torch.cat(out_index) if out_index else torch.zeros(0, dtype=torch.long)
         phi = torch.cat(out_phi).float().cpu() if out_phi else torch.zeros(0, t.n)
         index, phi = distributed.gather_rows(index, phi, t.dist)
@@ -136,7 +141,7 @@ class Valuator:
         """The epoch's table gathered over ranks, restricted to `indices`."""
         start = time.perf_counter()
         table = self.table[:-1].float().cpu()
-        self.checks.raise_if_any()
+        self.raise_checks()
         seen = ~torch.isnan(table).any(1)
         index, phi = distributed.gather_rows(seen.nonzero().flatten(), table[seen], self.t.dist)
         self.table = None
