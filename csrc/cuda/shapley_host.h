@@ -17,7 +17,7 @@
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/softmax.h>
-#include <ATen/ops/stack.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -142,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
 
   // A removed modality's contribution when it is the same for every sample: shared baselines' partial
   // products (one small GEMM each), zeros, and for decision fusion their softmax with the classifier's bias.
-  Tensor host_nonfinite = at::zeros({n}, opts.dtype(at::kFloat));
+  Tensor host_nonfinite;  // rows of the shared baselines' products holding NaN/Inf (defined with them)
   Tensor absent;
   if (shared) {
     absent = at::empty({n, K}, opts);
@@ -197,7 +197,14 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
     }
   }
   const Tensor& phi = pr.phi;
-  Tensor stats = at::stack({phi.sum(0), phi.lt(1.0).sum(0).to(at::kFloat), pr.nonfinite.to(at::kFloat).add(host_nonfinite)});
+  // The (3, n) rows written in place: on a GPU each small op is a launch the host pays for, and building
+  // the rows separately and stacking them took seven.
+  Tensor stats = at::empty({3, n}, phi.options());
+  Tensor sum_row = stats.select(0, 0), below_one_row = stats.select(0, 1), nonfinite_row = stats.select(0, 2);
+  at::sum_out(sum_row, phi, 0);
+  at::sum_out(below_one_row, phi.lt(1.0), 0, false, at::kFloat);
+  nonfinite_row.copy_(pr.nonfinite);
+  if (host_nonfinite.defined()) nonfinite_row.add_(host_nonfinite);
   return {phi, stats};
 }
 
