@@ -524,4 +524,13 @@ def test_engine_f1_from_its_confusion_matrix_matches_the_direct_count():
     for b in range(3):  # batch by batch, as the engine adds them
         confusion_update(confusion, logits[b : b + 1], labels[b : b + 1])
     assert confusion.sum() == labels.numel()
-    assert weighted_f1_from_confusion(confusion) == pytest.approx(weighted_f1(logits.argmax(-1), labels, 6))
+    # An independent count: per class, F1 = 2 tp / (predicted + support), weighted by support.
+    pred, true = logits.argmax(-1).flatten().tolist(), labels.flatten().tolist()
+    expected = 0.0
+    for c in range(6):
+        tp = sum(p == c and t == c for p, t in zip(pred, true))
+        predicted, support = pred.count(c), true.count(c)
+        if support:
+            expected += 2 * tp / (predicted + support) * support / len(true)
+    assert weighted_f1_from_confusion(confusion) == pytest.approx(expected)
+    assert weighted_f1(logits.argmax(-1), labels, 6) == pytest.approx(expected)

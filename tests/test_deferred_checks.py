@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import fastshap
-from test_errors import BATCH, CLASSES, DIMS, _huge_head, _nan_head, valid_call
+from test_errors import BATCH, CLASSES, _huge_head, _nan_head, valid_call
 
 
 def _run(call, checks, backend="auto"):
@@ -90,18 +90,25 @@ def test_one_collector_one_device():
         checks.add_labels(torch.zeros(3, dtype=torch.bool, device="meta"), CLASSES)
 
 
+def _gpu_call(backend, labels=None, checks=None):
+    """The valid call on the GPU, run once (build, autotune, head check) with `backend`; skips the test when
+    that backend cannot run here. Returns (features, head, labels, phi of that first call)."""
+    call = valid_call()
+    feats = [f.cuda() for f in call["features"]]
+    head = call["head"].cuda()
+    labels = (call["labels"] if labels is None else labels).cuda()
+    try:
+        phi = fastshap.modality_shapley(feats, head, labels, backend=backend, defer_checks=checks)
+    except fastshap.BackendError as exc:
+        pytest.skip(str(exc))
+    return feats, head, labels, phi
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch", "cuda", "triton"])
 def test_deferred_call_does_not_synchronise_on_gpu(backend):
-    call = valid_call()
-    feats = [f.cuda() for f in call["features"]]
-    head = nn.Linear(sum(DIMS), CLASSES).cuda()
-    labels = call["labels"].cuda()
     checks = fastshap.DeferredChecks()
-    try:
-        fastshap.modality_shapley(feats, head, labels, backend=backend, defer_checks=checks)  # warm-up, builds
-    except fastshap.BackendError as exc:
-        pytest.skip(str(exc))
+    feats, head, labels, _ = _gpu_call(backend, checks=checks)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -135,14 +142,8 @@ def test_parameters_changed_in_place_are_checked_again(deferred):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch", "cuda", "triton"])
 def test_bad_labels_give_nan_rows_on_gpu(backend):
-    call = valid_call()
-    feats = [f.cuda() for f in call["features"]]
-    labels = call["labels"].index_fill(0, torch.tensor([1, 4]), CLASSES).cuda()
     checks = fastshap.DeferredChecks()
-    try:
-        phi = fastshap.modality_shapley(feats, call["head"].cuda(), labels, backend=backend, defer_checks=checks)
-    except fastshap.BackendError as exc:
-        pytest.skip(str(exc))
+    _, _, _, phi = _gpu_call(backend, valid_call()["labels"].index_fill(0, torch.tensor([1, 4]), CLASSES), checks)
     phi = phi.cpu()
     assert torch.isnan(phi[[1, 4]]).all() and not torch.isnan(phi[[0, 2, 3, 5]]).any()
     with pytest.raises(ValueError, match=r"2 labels outside \[0, 5\)"):
@@ -165,14 +166,7 @@ def test_a_replaced_parameter_is_checked_again():
 def test_checked_gpu_call_synchronises_once_and_rejects_bad_labels(backend):
     import warnings
 
-    call = valid_call()
-    feats = [f.cuda() for f in call["features"]]
-    head = call["head"].cuda()
-    labels = call["labels"].cuda()
-    try:
-        fastshap.modality_shapley(feats, head, labels, backend=backend)  # warm-up: builds, checks the head once
-    except fastshap.BackendError as exc:
-        pytest.skip(str(exc))
+    feats, head, labels, _ = _gpu_call(backend)  # the first call also checks the head once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:

@@ -20,6 +20,9 @@ KINDS = ("linear", "concat", "decision", "mlp")
 
 
 def make_head(kind, dims, num_classes, g, hidden=20):
+    """Like tests/cases.make_head but with smaller biases (0.3): with C = 101 and random labels, the
+    cases' larger biases can leave every coalition wrong (seen: linear, fp16), and these tests need
+    non-zero values."""
     total = sum(dims)
     head = {
         "linear": lambda: nn.Linear(total, num_classes),
