@@ -10,7 +10,7 @@ from fastshap import _extension
 def _fake_outputs(features):
     n, batch = len(features), features[0].shape[0]
     f = features[0]
-    return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((3, n), dtype=torch.float32)
+    return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((4, n), dtype=torch.float32)
 
 
 if _extension.LOADED:

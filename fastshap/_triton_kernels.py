@@ -26,9 +26,9 @@ interpreter, which pays per operation, it covers up to all 2^n coalitions in one
 
 Heads (``HEAD``): 0 concat-linear (score = logits), 1 decision fusion (score = sum of per-modality softmax
 probabilities, present/absent are probabilities), 2 MLP. Benefits (``BENEFIT``): 0 paper, 1 accuracy,
-2 probability. ``STATS`` is a (3, n) float64 accumulator: sum of phi, count of phi < 1, count of samples
-whose partial products hold a NaN or Inf (fused kernel only; the host counts them for the streaming one).
-Labels outside [0, C) make the sample's phi NaN (the Python API rejects them before any launch).
+2 probability. ``STATS`` is a (4, n) float64 accumulator: sum of phi, count of phi < 1, count of samples
+whose partial products hold a NaN or Inf (fused kernel only; the host counts them for the streaming one),
+and at [3, 0] the count of labels outside [0, C), whose samples get NaN rows.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def _state(BLOCK_B: tl.constexpr, MB: tl.constexpr):
 
 @triton.jit
 def _finish(num, y, rows, live, B, C, PHI, STATS, N: tl.constexpr, NP: tl.constexpr):
-    """phi = num / n! rounded once to float32; batch sums and counts of phi < 1 into STATS (float64)."""
+    """phi = num / n! rounded once to float32 (NaN rows for labels outside [0, C)); into STATS (float64): batch
+    sums and counts of phi < 1, and the count of those labels."""
     idx = tl.arange(0, NP)
     nfact = _factorial(idx * 0 + N, N)
     phi = (num / nfact[None, :]).to(tl.float32)
@@ -146,6 +147,7 @@ def _finish(num, y, rows, live, B, C, PHI, STATS, N: tl.constexpr, NP: tl.conste
     tl.store(PHI + rows[:, None] * N + idx[None, :], phi, mask=ok)
     tl.atomic_add(STATS + idx, tl.sum(tl.where(ok, phi.to(tl.float64), 0.0), 0), mask=idx < N)
     tl.atomic_add(STATS + N + idx, tl.sum(tl.where(ok & (phi < 1.0), 1.0, 0.0).to(tl.float64), 0), mask=idx < N)
+    tl.atomic_add(STATS + 3 * N, tl.sum((bad & live).to(tl.float64), 0))
 
 
 @triton.jit
@@ -212,7 +214,7 @@ def fused_kernel(
     BIAS, BIAS_rs, BIAS_cs,  # (K,) bias / bias1, or decision fusion's (n, K)
     W2, W2_rs, W2_cs, BIAS2,  # MLP second layer (C, H) and (C,)
     Y, Y_s,  # labels (B,) int64
-    PHI, STATS,  # out: phi (B, n) float32; STATS (3, n) float64, zero on entry
+    PHI, STATS,  # out: phi (B, n) float32; STATS (4, n) float64, zero on entry
     B, K, C, B_BUCKET,  # B_BUCKET: log2 size class of B, only an autotuning key
     N: tl.constexpr, NP: tl.constexpr, NS: tl.constexpr, KP: tl.constexpr,  # n, pow2 >= n, pow2 > n, pow2 >= K
     HEAD: tl.constexpr, BASE: tl.constexpr, BENEFIT: tl.constexpr,
@@ -321,7 +323,7 @@ def streaming_kernel(
     START,  # (K,) fp32: bias, bias1 or zeros (decision fusion)
     W2, W2_rs, W2_cs, BIAS2,  # MLP second layer (C, H = K) and (C,)
     Y, Y_s,
-    PHI, STATS,  # out: (B, n) float32; (3, n) float64 (rows 0 and 1 accumulated here)
+    PHI, STATS,  # out: (B, n) float32; (4, n) float64 (rows 0, 1 and 3 accumulated here)
     B, K, C,
     N: tl.constexpr, NP: tl.constexpr, NS: tl.constexpr, HEAD: tl.constexpr, HAS_ABSENT: tl.constexpr,
     BENEFIT: tl.constexpr, PREC2: tl.constexpr,

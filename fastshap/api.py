@@ -46,6 +46,7 @@ def modality_shapley(
             instead, so that the call never waits on the device (no host-device synchronisation on a GPU,
             for calls inside a training step); ``defer_checks.raise_if_any()`` raises later. Rows with
             out-of-range labels come back NaN. Callable heads still check their logits on the host.
+            Without it, a call reads its checks back once (one synchronisation on a GPU) and raises.
 
     Returns:
         phi ``(B, n)`` float32 on the features' device (and the stats when ``with_stats``).
@@ -56,34 +57,30 @@ def modality_shapley(
     dims = [f.shape[1] for f in feats]
     device, dtype = feats[0].device, feats[0].dtype
     spec = _head_spec(head, dims, device, defer_checks)
-    labels, bad_labels = _check_labels(labels, batch, device, spec, defer_checks)
+    labels = _check_labels(labels, batch, device, spec)
     base = _check_baselines(baselines, feats)
     if benefit not in BENEFITS:
         raise ValueError(f"fastshap: unknown benefit {benefit!r}; choose from {', '.join(map(repr, BENEFITS))}")
     if not isinstance(backend, str):
         raise TypeError(f"fastshap: backend must be a name, got {type(backend).__name__}")
-    call = Call(spec.kind, device, dtype, n, per_segment=labels.dim() == 2)
-    chosen = backends.select(backend, call)
+    chosen = backends.select(backend, Call(spec.kind, device, dtype, n, per_segment=labels.dim() == 2))
     if batch == 0:
         phi = torch.zeros(0, n, dtype=torch.float32, device=device)
         return (phi, torch.zeros(2, n, device=device)) if with_stats else phi
     with torch.no_grad():
         phi, stats = chosen.run(spec, feats, base, labels, benefit)
+    # Every backend counts what the value checks need in stats rows 2 (non-finite partial logits per
+    # modality) and 3 (labels outside [0, C), whose phi rows are NaN) instead of stopping: reading them is
+    # the call's one host-device synchronisation, or none with defer_checks.
     if defer_checks is not None:
         defer_checks.calls += 1
-        defer_checks.add_nonfinite(stats[2])
-        # Labels were replaced above on the CPU: NaN their rows here (the GPU backends write NaN rows).
-        if bad_labels is not None and device.type == "cpu":
-            phi = phi.masked_fill(bad_labels.unsqueeze(1), float("nan"))
-        return (phi, stats[:2]) if with_stats else phi
-    flags = stats[2]
-    if bad_labels is not None:  # a GPU call: its label check rides on this read-back
-        flags = torch.cat([flags, bad_labels.sum(dtype=flags.dtype).unsqueeze(0)])
-    flags = flags.tolist()
-    if bad_labels is not None and flags.pop():
-        _raise_label(labels, bad_labels, spec.num_classes)
-    if any(flags):
-        _raise_nonfinite(next(i for i, c in enumerate(flags) if c), feats, base, dtype)
+        defer_checks.add_stats(stats, spec.num_classes)
+    else:
+        nonfinite, (bad_labels, *_) = stats[2:].tolist()
+        if bad_labels:
+            _raise_label(labels, spec.num_classes)
+        if any(nonfinite):
+            _raise_nonfinite(next(i for i, c in enumerate(nonfinite) if c), feats, base, dtype)
     return (phi, stats[:2]) if with_stats else phi
 
 
@@ -209,8 +206,8 @@ def _head_spec(head, dims, device, deferred: Optional[DeferredChecks]) -> HeadSp
     return HeadSpec("callable", fn=head)
 
 
-def _check_labels(labels, batch, device, spec: HeadSpec, deferred: Optional[DeferredChecks]):
-    """(labels as int64, mask of out-of-range labels when they are checked after the call, else None)."""
+def _check_labels(labels, batch, device, spec: HeadSpec) -> torch.Tensor:
+    """Labels as int64 after the checks that need no values (their range is counted by the backends)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"fastshap: labels must be an integer tensor, got {type(labels).__name__}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
@@ -225,25 +222,11 @@ def _check_labels(labels, batch, device, spec: HeadSpec, deferred: Optional[Defe
         raise ValueError(f"fastshap: {labels.shape[0]} labels for a batch of {batch}")
     if labels.device != device:
         raise ValueError(f"fastshap: labels are on {labels.device}, the features on {device}")
-    labels = labels.long()
-    if spec.num_classes is None or not labels.numel():
-        return labels, None
-    bad = (labels < 0) | (labels >= spec.num_classes)
-    if deferred is not None:
-        deferred.add_labels(bad, spec.num_classes)
-        # The torch, triton and cuda backends give such rows NaN; the CPU kernels reject the labels, so they
-        # get valid ones here and the rows are set NaN after the call (CPU: no launch cost to speak of).
-        return (labels.masked_fill(bad, 0) if device.type == "cpu" else labels), bad
-    if device.type != "cpu":
-        # Checked after the call, in the one read-back of the call's checks (the GPU kernels tolerate such
-        # labels): one host-device synchronisation per call instead of two.
-        return labels, bad
-    if bool(bad.any()):
-        _raise_label(labels, bad, spec.num_classes)
-    return labels, None
+    return labels.long()
 
 
-def _raise_label(labels, bad, num_classes: int) -> None:
+def _raise_label(labels, num_classes: int) -> None:
+    bad = (labels < 0) | (labels >= num_classes)
     value = labels[bad][0].item()
     raise ValueError(f"fastshap: label {value} is outside [0, {num_classes}) for a {num_classes}-class head")
 

@@ -14,9 +14,12 @@ from typing import Optional
 
 import torch
 
-# Counter slots: calls that had out-of-range labels (count of labels), head parameters with NaN/Inf
-# (count of calls), then one slot per modality: rows whose partial logits held NaN/Inf.
-_LABELS, _PARAMS, _MODALITY0 = 0, 1, 2
+# Counters: a (2, max_modalities) float64 tensor laid out so that one in-place add takes rows 2 and 3 of an
+# op's stats: row 0 counts, per modality, the rows whose partial logits held NaN/Inf; row 1 holds in column
+# 0 the count of labels outside [0, C) (the ops count them in stats[3, 0], the rest of that row is 0) and in
+# column 1 the calls whose head parameters held NaN/Inf.
+_NONFINITE, _OTHER = 0, 1
+_LABELS, _PARAMS = 0, 1
 
 
 class DeferredChecks:
@@ -29,7 +32,7 @@ class DeferredChecks:
     """
 
     def __init__(self, max_modalities: int = 16):
-        self._size = _MODALITY0 + max_modalities
+        self._width = max(2, max_modalities)
         self._counts: Optional[torch.Tensor] = None
         self.calls = 0
         self.num_classes: Optional[int] = None
@@ -38,7 +41,7 @@ class DeferredChecks:
 
     def _slot(self, device: torch.device) -> torch.Tensor:
         if self._counts is None:
-            self._counts = torch.zeros(self._size, dtype=torch.float64, device=device)
+            self._counts = torch.zeros(2, self._width, dtype=torch.float64, device=device)
         elif self._counts.device != device:
             raise ValueError(
                 f"fastshap: one DeferredChecks collects the checks of one device; it holds {self._counts.device}, "
@@ -46,20 +49,19 @@ class DeferredChecks:
             )
         return self._counts
 
-    def add_labels(self, bad: torch.Tensor, num_classes: int) -> None:
-        """bad: boolean mask of the call's out-of-range labels."""
-        self.num_classes = num_classes
-        # In-place adds into views: one kernel each (indexed `+=` costs a copy more), and on a GPU each
-        # launch costs the host tens of microseconds.
-        self._slot(bad.device).narrow(0, _LABELS, 1).add_(bad.sum())
+    def add_stats(self, stats: torch.Tensor, num_classes: Optional[int]) -> None:
+        """stats: an op's (4, n) stats; rows 2 (non-finite rows per modality) and 3 (out-of-range labels) are
+        added with one in-place add (each launch costs a GPU call's host tens of microseconds)."""
+        n = stats.shape[1]
+        if n > self._width:
+            raise ValueError(f"fastshap: this DeferredChecks holds {self._width} modalities, the call has {n}")
+        if num_classes is not None:
+            self.num_classes = num_classes
+        self._slot(stats.device)[:, :n].add_(stats[2:4])
 
     def add_params(self, finite: torch.Tensor) -> None:
         """finite: 0-d boolean, True when every head parameter is finite."""
-        self._slot(finite.device).narrow(0, _PARAMS, 1).add_(finite.logical_not())
-
-    def add_nonfinite(self, per_modality: torch.Tensor) -> None:
-        """per_modality: (n,) counts of rows whose partial logits held NaN or Inf."""
-        self._slot(per_modality.device).narrow(0, _MODALITY0, per_modality.numel()).add_(per_modality)
+        self._slot(finite.device)[_OTHER].narrow(0, _PARAMS, 1).add_(finite.logical_not())
 
     def reset(self) -> None:
         self._counts = None
@@ -79,15 +81,15 @@ class DeferredChecks:
                 return
             self._slot(torch.device(device) if device is not None else torch.device("cpu"))
         counts = self._counts if reduce is None else reduce(self._counts)
-        counts = [int(c) for c in counts.tolist()]
+        nonfinite, other = [[int(c) for c in row] for row in counts.tolist()]
         calls = self.calls
         self.reset()
         problems = []
-        if counts[_LABELS]:
-            problems.append(f"{counts[_LABELS]} labels outside [0, {self.num_classes}) (their phi rows are NaN)")
-        if counts[_PARAMS]:
-            problems.append(f"the head parameters held NaN or Inf values in {counts[_PARAMS]} calls")
-        for i, c in enumerate(counts[_MODALITY0:]):
+        if other[_LABELS]:
+            problems.append(f"{other[_LABELS]} labels outside [0, {self.num_classes}) (their phi rows are NaN)")
+        if other[_PARAMS]:
+            problems.append(f"the head parameters held NaN or Inf values in {other[_PARAMS]} calls")
+        for i, c in enumerate(nonfinite):
             if c:
                 problems.append(
                     f"modality {i}'s partial logits held NaN or Inf in {c} rows (NaN/Inf features or baselines, "

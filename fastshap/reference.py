@@ -21,8 +21,9 @@ Canonical computation (every backend reproduces it; the compiled ones bit for bi
 * ``phi_i = (sum_S v(S) k_i(S)) / n!`` with the integer coefficients of :func:`shapley_coefficients`,
   summed in float64 (exact for the discrete benefits), rounded once to float32.
 
-Every function returns ``(phi (B, n) float32, stats (3, n) float32)``; ``stats`` rows are the batch sum of
-phi, the count of ``phi < 1`` and the count of samples whose modality contribution was not finite.
+Every function returns ``(phi (B, n) float32, stats (4, n) float32)``; ``stats`` rows are the batch sum of
+phi, the count of ``phi < 1``, the count of samples whose modality contribution was not finite, and in
+column 0 of row 3 the count of labels outside ``[0, C)`` (whose phi rows are NaN; the rest of row 3 is 0).
 """
 
 from __future__ import annotations
@@ -91,8 +92,15 @@ def shapley_from_values(values: Tensor) -> Tensor:
     return (num / math.factorial(n)).float()
 
 
-def _stats(phi: Tensor, nonfinite: Tensor) -> Tensor:
-    return torch.stack([phi.sum(0), (phi < 1).sum(0).float(), nonfinite.float().to(phi.device)])
+def _stats(phi: Tensor, nonfinite: Tensor, bad_labels: Optional[Tensor] = None) -> Tensor:
+    """(4, n) float32: see the module docstring."""
+    stats = torch.zeros(4, phi.shape[1], dtype=torch.float32, device=phi.device)
+    torch.sum(phi, 0, out=stats[0])
+    torch.sum(phi < 1, 0, dtype=torch.float32, out=stats[1])
+    stats[2].copy_(nonfinite)
+    if bad_labels is not None and stats.shape[1]:
+        torch.sum(bad_labels, 0, dtype=torch.float32, keepdim=True, out=stats[3, :1])
+    return stats
 
 
 def _count_nonfinite(partials: Tensor) -> Tensor:
@@ -172,7 +180,7 @@ def _check_labels(labels: Tensor, num_classes: int) -> None:
 
 def _safe_labels(labels: Tensor, num_classes: int):
     """(labels with out-of-range entries replaced by 0, mask of those entries): the kernels' contract,
-    phi rows of such samples are NaN, without a host-device synchronisation (the API rejects them first)."""
+    phi rows of such samples are NaN and stats row 3 counts them, without a host-device synchronisation."""
     bad = (labels < 0) | (labels >= num_classes)
     return labels.masked_fill(bad, 0), bad
 
@@ -189,7 +197,7 @@ def shapley_concat(features, weight, bias, baselines, labels, benefit):
     absent = _partial_products(baselines, weight, ct) if baselines else None
     nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
     phi = _nan_rows(_additive(features, bias.to(ct), present, absent, labels, benefit), bad)
-    return phi, _stats(phi, nonfinite)
+    return phi, _stats(phi, nonfinite, bad)
 
 
 def shapley_decision(features, weight, bias, baselines, labels, benefit):
@@ -207,7 +215,7 @@ def shapley_decision(features, weight, bias, baselines, labels, benefit):
     absent = torch.softmax(absent.add(b), -1)
     start = torch.zeros(num_classes, dtype=ct, device=weight.device)
     phi = _nan_rows(_additive(features, start, present, absent, labels, benefit, mean_of=n), bad)
-    return phi, _stats(phi, nonfinite)
+    return phi, _stats(phi, nonfinite, bad)
 
 
 def _mlp_chunk_samples(batch: int, n: int, hidden: int) -> int:
@@ -233,7 +241,7 @@ def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, ben
         logits = torch.addmm(b2, z.reshape(count << n, hidden), w2t).view(count, 1 << n, -1)
         phi[rows] = shapley_from_values(_values(logits, labels[rows], benefit))
     phi = _nan_rows(phi, bad)
-    return phi, _stats(phi, nonfinite)
+    return phi, _stats(phi, nonfinite, bad)
 
 
 def _callable_values(logits: Tensor, labels: Tensor, benefit: str, size: Tensor) -> Tensor:

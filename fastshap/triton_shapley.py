@@ -6,7 +6,7 @@ CUDA device, or ``TRITON_INTERPRET=1`` set before Triton is imported (CPU tensor
 Each op takes what the compiled ``fastshap::`` ops take (features: n tensors ``(B, d_i)`` of fp32, fp16 or
 bf16, any strides; the head's parameters in any float dtype; baselines ``[]`` for zeros, or n tensors all
 ``(d_i,)`` or all ``(B, d_i)``; labels int64 ``(B,)``; benefit "paper" | "accuracy" | "probability") and
-returns ``(phi (B, n) float32, stats (3, n) float32)`` with the semantics of the canonical computation in
+returns ``(phi (B, n) float32, stats (4, n) float32)`` with the semantics of the canonical computation in
 :mod:`fastshap.reference`:
 
 * One launch per call for n <= 8 when the per-sample partial products fit on chip
@@ -24,9 +24,8 @@ returns ``(phi (B, n) float32, stats (3, n) float32)`` with the semantics of the
   exactly except for samples with a coalition whose top-two score margin is within float error of a tie;
   the probability benefit (softmax in fp32 here, float64 in the reference) agrees to ~1e-6.
 * stats: row 0 the batch sum of phi (float64 atomics, then float32), row 1 the count of phi < 1, row 2 the
-  count of samples whose partial products hold a NaN or an Inf (the Python API raises on it).
-* Labels outside [0, C) give NaN rows (no sync to check them; :func:`fastshap.modality_shapley` rejects
-  them before calling).
+  count of samples whose partial products hold a NaN or an Inf, row 3 column 0 the count of labels outside
+  [0, C), whose rows are NaN (:func:`fastshap.modality_shapley` raises on rows 2 and 3, or defers them).
 
 The ops are registered as ``torch.ops.fastshap_triton.shapley_{concat,decision,mlp}`` through
 ``torch.library.triton_op`` (so torch.compile sees the kernels) on a GPU, and as plain custom ops with a
@@ -344,7 +343,7 @@ def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefi
     n, batch = len(features), features[0].shape[0]
     device = features[0].device
     phi = torch.empty(batch, n, dtype=torch.float32, device=device)
-    stats = torch.zeros(3, n, dtype=torch.float64, device=device)
+    stats = torch.zeros(4, n, dtype=torch.float64, device=device)
     if batch > 0:
         per_sample = bool(baselines) and baselines[0].dim() == 2
         fused = uses_fused_kernel(kind, n, weight.shape[0], per_sample)
@@ -394,7 +393,7 @@ def _fake(kind):
         _check(_HEADS[kind], features, args[0], weight2, baselines, labels, benefit)
         n, batch = len(features), features[0].shape[0]
         f = features[0]
-        return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((3, n), dtype=torch.float32)
+        return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((4, n), dtype=torch.float32)
 
     return fake
 

@@ -69,3 +69,25 @@ def draw_baselines(kind: str, dims, batch: int, dtype, layout_kind: str, g: torc
         b = torch.randn(d if shared else (batch, d), generator=g) * 0.5
         out.append(b.to(dtype) if shared else layout(b.to(dtype), layout_kind))
     return out
+
+
+def spoil_labels(labels: torch.Tensor, num_classes: int):
+    """(labels with rows 1 and the last outside [0, C) (C and -3), mask of those rows)."""
+    bad = torch.zeros(labels.shape[0], dtype=torch.bool)
+    bad[[1, -1]] = True
+    spoiled = labels.clone()
+    spoiled[1], spoiled[-1] = num_classes, -3
+    return spoiled, bad
+
+
+def assert_bad_labels_counted(got, want, bad: torch.Tensor) -> None:
+    """got: an op's (phi, stats) with the labels of the `bad` rows outside [0, C); want: the same op on the
+    valid labels. The kernels never stop on bad labels: those rows are NaN, stats[3, 0] counts them, and
+    every other row is the value computed without them."""
+    (phi, stats), (want_phi, want_stats) = [(p.cpu(), s.cpu()) for p, s in (got, want)]
+    assert stats.shape == want_stats.shape == (4, phi.shape[1])
+    assert torch.isnan(phi[bad]).all(), phi[bad]
+    assert torch.equal(phi[~bad], want_phi[~bad])
+    assert stats[3].tolist() == [float(bad.sum())] + [0.0] * (phi.shape[1] - 1)
+    assert want_stats[3].abs().sum() == 0
+    assert torch.equal(stats[2], want_stats[2])

@@ -12,6 +12,11 @@ if not torch.cuda.is_available():
 # speed (test_triton checks every autotuning candidate separately; the benchmarks autotune).
 os.environ.setdefault("FASTSHAP_TRITON_AUTOTUNE", "0")
 
+# No compiled graphs reused from earlier runs: inductor's graph caches are keyed on the traced code, not on
+# the fake kernels of our custom ops, so a graph cached before an op's output shape changed would be reused.
+os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
+
 import pytest  # noqa: E402
 
 

@@ -26,6 +26,7 @@ from torch import nn
 import fastshap
 from fastshap import _extension, backends, heads
 from fastshap.api import _check_baselines, _head_spec
+from cases import assert_bad_labels_counted, spoil_labels
 from oracle import dyadic, oracle_shapley
 from test_oracle import CASES, DTYPES, assert_matches_oracle, compute_eps, expected_for, make_inputs
 
@@ -253,6 +254,24 @@ def test_emulation_counts_nonfinite_rows_like_cpp(emu, kind):
         assert stats[2].sum() > 0
 
 
+@pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
+def test_emulation_counts_bad_labels(emu, kind):
+    """Labels outside [0, C): NaN rows and their count in stats[3, 0], with the kernel's in-block batch
+    stats over several tiles (rows 0 and 1 of the others against the sums of phi)."""
+    g = torch.Generator().manual_seed(6)
+    dims, classes, batch = [4, 3], 5, 300
+    head = {"concat": lambda: heads.ConcatLinear(dims, classes), "decision": lambda: heads.DecisionFusion(dims, classes),
+            "mlp": lambda: heads.ConcatMLP(dims, 9, classes)}[kind]()
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    labels = torch.randint(0, classes, (batch,), generator=g)
+    spoiled, bad = spoil_labels(labels, classes)
+    got, want = emulate(emu, feats, head, spoiled, None, "paper"), emulate(emu, feats, head, labels, None, "paper")
+    assert_bad_labels_counted(got, want, bad)
+    phi, stats = want
+    torch.testing.assert_close(stats[0], phi.double().sum(0).float())
+    assert torch.equal(stats[1], (phi < 1).sum(0).float())
+
+
 @pytest.mark.parametrize("batch", [0, 1, 7, 129, 300])
 @pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
 def test_emulation_odd_sizes_match_cpp(emu, kind, batch):
@@ -271,28 +290,14 @@ def test_emulation_odd_sizes_match_cpp(emu, kind, batch):
         want = getattr(torch.ops.fastshap, f"shapley_{kind_}")(feats, *params, [], labels, "accuracy")
         for limits in (H100_LIMITS, (0, 0, 2)):
             phi, stats = emulate(emu, feats, head, labels, None, "accuracy", limits)
-            assert phi.shape == (batch, len(dims)) and stats.shape == (3, len(dims))
+            assert phi.shape == (batch, len(dims)) and stats.shape == (4, len(dims))
             if kind == "decision":  # softmax rounding may differ between the kernels: only near-ties can flip
                 assert (phi != want[0]).any(1).sum() <= max(1, batch // 50), f"{dims} {classes}"
             else:
                 assert torch.equal(phi, want[0]), f"{kind} {dims} C={classes} B={batch} {limits}"
-                assert torch.equal(stats, want[1])
-
-
-@pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
-def test_emulation_labels_outside_the_classes_give_nan_rows(emu, kind):
-    """Like the torch and triton backends (the Python API rejects such labels before any kernel runs)."""
-    g = torch.Generator().manual_seed(11)
-    dims, classes = [3, 5], 4
-    head = {"concat": lambda: heads.ConcatLinear(dims, classes), "decision": lambda: heads.DecisionFusion(dims, classes),
-            "mlp": lambda: heads.ConcatMLP(dims, 6, classes)}[kind]()
-    feats = [torch.randn(6, d, generator=g) for d in dims]
-    labels = torch.tensor([0, 4, 1, -1, 3, 2])
-    phi, _ = emulate(emu, feats, head, labels, None, "paper")
-    assert torch.isnan(phi[[1, 3]]).all() and not torch.isnan(phi[[0, 2, 4, 5]]).any()
-    good = labels.clamp(0, classes - 1)
-    want, _ = emulate(emu, feats, head, good, None, "paper")
-    assert torch.equal(phi[[0, 2, 4, 5]], want[[0, 2, 4, 5]])
+                # Row 0: the kernel sums phi in float64 per tile, the CPU kernel in float32 over the batch.
+                torch.testing.assert_close(stats[0], want[1][0])
+                assert torch.equal(stats[1:], want[1][1:])
 
 
 def test_emulation_sixteen_modalities(emu):
@@ -516,7 +521,7 @@ def test_cuda_rejects_mixed_devices_and_handles_empty_batches():
     with pytest.raises(ValueError, match="bias is on"):
         torch.ops.fastshap.shapley_concat(feats, params[0], params[1].cpu(), [], labels, "paper")
     phi, stats = torch.ops.fastshap.shapley_concat([f[:0] for f in feats], *params, [], labels[:0], "paper")
-    assert phi.shape == (0, 3) and phi.is_cuda and torch.equal(stats.cpu(), torch.zeros(3, 3))
+    assert phi.shape == (0, 3) and phi.is_cuda and torch.equal(stats.cpu(), torch.zeros(4, 3))
 
 
 @pytest.mark.gpu

@@ -85,9 +85,9 @@ def test_shape_errors_are_still_raised_at_once():
 
 def test_one_collector_one_device():
     checks = fastshap.DeferredChecks()
-    checks.add_labels(torch.zeros(3, dtype=torch.bool), CLASSES)
+    checks.add_stats(torch.zeros(4, 2), CLASSES)
     with pytest.raises(ValueError, match="one device"):
-        checks.add_labels(torch.zeros(3, dtype=torch.bool, device="meta"), CLASSES)
+        checks.add_stats(torch.zeros(4, 2, device="meta"), CLASSES)
 
 
 def _gpu_call(backend, labels=None, checks=None):

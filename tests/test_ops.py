@@ -11,6 +11,8 @@ from torch import nn
 
 import fastshap
 from fastshap import _extension, backends, heads
+from cases import assert_bad_labels_counted, spoil_labels
+from fastshap.api import _head_spec
 from oracle import NonlinearHead, dyadic, oracle_shapley
 
 pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="the compiled extension fastshap._C is not built")
@@ -120,7 +122,7 @@ def test_opcheck(name):
 
 
 def test_fake_kernel_shapes():
-    """Under FakeTensorMode the ops report phi (B, n) and stats (3, n) float32 without running."""
+    """Under FakeTensorMode the ops report phi (B, n) and stats (4, n) float32 without running."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
@@ -128,7 +130,7 @@ def test_fake_kernel_shapes():
         phi, stats = torch.ops.fastshap.shapley_concat(
             feats, torch.empty(5, 7), torch.empty(5), [], torch.zeros(11, dtype=torch.long), "paper"
         )
-        assert phi.shape == (11, 2) and stats.shape == (3, 2)
+        assert phi.shape == (11, 2) and stats.shape == (4, 2)
         assert phi.dtype == stats.dtype == torch.float32
 
 
@@ -241,6 +243,25 @@ def test_explicit_backend_never_falls_back(monkeypatch):
     assert torch.equal(
         fastshap.modality_shapley(feats, head, labels), fastshap.modality_shapley(feats, head, labels, backend="torch")
     )
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
+def test_out_of_range_labels_give_nan_rows_and_a_count(kind, backend):
+    """The ops count labels outside [0, C) in stats[3, 0] and give their rows NaN (no stop, no sync); the
+    Python API raises on the count (tests/test_errors.py)."""
+    reason = backends.BACKENDS[backend].unavailable()
+    if reason:
+        pytest.skip(reason)
+    g = torch.Generator().manual_seed(11)
+    dims, classes, batch = [3, 5], 4, 9
+    head = make_head(kind, dims, classes, g)
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    labels = torch.randint(0, classes, (batch,), generator=g)
+    spoiled, bad = spoil_labels(labels, classes)
+    params = _head_spec(head, dims, torch.device("cpu"), None).params
+    op = getattr(backends.BACKENDS[backend]._ops(), f"shapley_{kind}")
+    assert_bad_labels_counted(op(feats, *params, [], spoiled, "paper"), op(feats, *params, [], labels, "paper"), bad)
 
 
 # --- with_stats, B = 0, n = 16 ---------------------------------------------------------------------------

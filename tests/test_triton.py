@@ -27,7 +27,7 @@ pytest.importorskip("triton")
 
 import fastshap  # noqa: E402
 from fastshap import heads  # noqa: E402
-from cases import draw_baselines, draw_labels, layout, make_head  # noqa: E402
+from cases import assert_bad_labels_counted, draw_baselines, draw_labels, layout, make_head, spoil_labels  # noqa: E402
 from oracle import dyadic, oracle_shapley  # noqa: E402
 
 triton_shapley = pytest.importorskip("fastshap.triton_shapley")
@@ -330,16 +330,25 @@ def _params(kind, head):
     return [head.fc1.weight.detach(), head.fc1.bias.detach(), head.fc2.weight.detach(), head.fc2.bias.detach()]
 
 
-def test_labels_outside_the_classes_give_nan_rows(device):
+@pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
+def test_labels_outside_the_classes_give_nan_rows(kind, device, monkeypatch):
+    """NaN rows and stats[3, 0] = their count, in both kernels; the API raises on the count."""
     g = torch.Generator().manual_seed(4)
-    head = make_head("concat", [3, 3], 4, g)
-    feats = [torch.randn(5, 3, generator=g).to(device) for _ in range(2)]
-    labels = torch.tensor([0, 4, 1, -1, 3]).to(device)
-    phi, _ = triton_shapley.shapley_concat(feats, *[p.to(device) for p in _params("concat", head)], [], labels,
-                                           "paper")
-    assert torch.isnan(phi.cpu()[[1, 3]]).all() and torch.isfinite(phi.cpu()[[0, 2, 4]]).all()
-    with pytest.raises(ValueError, match="label"):
-        fastshap.modality_shapley(feats, head.to(device), labels, backend="triton")
+    head = make_head(kind, [3, 3], 4, g, hidden=8)
+    feats = [torch.randn(6, 3, generator=g).to(device) for _ in range(2)]
+    labels = torch.randint(0, 4, (6,), generator=g)
+    spoiled, bad = spoil_labels(labels, 4)
+    params = [p.to(device) for p in _params(kind, head)]
+    op = getattr(triton_shapley, f"shapley_{kind}")
+    for streaming in (False, True):
+        with monkeypatch.context() as m:
+            if streaming:
+                m.setattr(triton_shapley, "FUSED_FLOATS", 0)
+            got = op(feats, *params, [], spoiled.to(device), "paper")
+            want = op(feats, *params, [], labels.to(device), "paper")
+        assert_bad_labels_counted(got, want, bad)
+    with pytest.raises(ValueError, match=r"label 4 is outside \[0, 4\)"):
+        fastshap.modality_shapley(feats, head.to(device), spoiled.to(device), backend="triton")
 
 
 def test_refusals_and_argument_errors(device):
@@ -366,7 +375,7 @@ def test_empty_batch(device):
     feats = [torch.zeros(0, 2, device=device), torch.zeros(0, 3, device=device)]
     phi, stats = triton_shapley.shapley_mlp(feats, *[p.to(device) for p in _params("mlp", head)], [],
                                             torch.zeros(0, dtype=torch.long, device=device), "paper")
-    assert phi.shape == (0, 2) and torch.equal(stats.cpu(), torch.zeros(3, 2))
+    assert phi.shape == (0, 2) and torch.equal(stats.cpu(), torch.zeros(4, 2))
 
 
 # --- torch.library integration --------------------------------------------------------------------------
@@ -506,7 +515,7 @@ def compile_offline(arch: int = 90):
         if head_kind != "mlp":
             params = params[:2] + [None, None]
         phi = torch.empty(case.B, case.n)
-        stats = torch.zeros(3, case.n, dtype=torch.float64)
+        stats = torch.zeros(4, case.n, dtype=torch.float64)
         plan_args = (triton_shapley._HEADS[head_kind], feats, *params, baselines or [], labels, case.benefit, phi,
                      stats)
         if which == "fused":

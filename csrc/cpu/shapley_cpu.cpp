@@ -16,14 +16,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/softmax.h>
-#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <functional>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -78,12 +78,18 @@ Tensor count_nonfinite(const Tensor& partials) {
   return counts;
 }
 
-void check_labels(const Tensor& labels, int64_t num_classes) {
-  const int64_t* y = labels.data_ptr<int64_t>();
-  for (int64_t b = 0; b < labels.numel(); ++b) {
-    TORCH_CHECK_VALUE(y[b] >= 0 && y[b] < num_classes, "fastshap: labels[", b, "] = ", y[b], " is outside [0, ",
-                      num_classes, ")");
-  }
+// A label outside [0, C) gives its sample a NaN row (no coalition is evaluated for it) and is counted in
+// stats row 3, as in every backend: the caller decides whether that is an error, without a second pass.
+inline bool label_ok(int64_t y, int64_t num_classes) { return y >= 0 && y < num_classes; }
+
+int64_t count_bad_labels(const int64_t* y, int64_t batch, int64_t num_classes) {
+  int64_t bad = 0;
+  for (int64_t b = 0; b < batch; ++b) bad += label_ok(y[b], num_classes) ? 0 : 1;
+  return bad;
+}
+
+void store_nan_row(float* row, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) row[i] = std::numeric_limits<float>::quiet_NaN();
 }
 
 // The sums that define each coalition's score: level k holds start + sel_0 + ... + sel_{k-1}, where
@@ -190,8 +196,12 @@ void additive_kernel(const CoalitionWalk<T>& walk, const int64_t* labels, Benefi
   at::parallel_for(0, walk.batch, batch_grain(walk.n), [&](int64_t begin, int64_t end) {
     std::vector<T> scratch(walk.n * walk.K);
     for (int64_t b = begin; b < end; ++b) {
-      ShapleyAccumulator acc{coef, walk.n};
       const int64_t y = labels[b];
+      if (!label_ok(y, walk.K)) {
+        store_nan_row(phi + b * walk.n, walk.n);
+        continue;
+      }
+      ShapleyAccumulator acc{coef, walk.n};
       walk.run(b, scratch.data(), [&](uint32_t mask, int size, const T* score) {
         acc.add(mask, size, coalition_value(score, walk.K, y, size, benefit, combine, walk.n));
       });
@@ -200,8 +210,13 @@ void additive_kernel(const CoalitionWalk<T>& walk, const int64_t* labels, Benefi
   });
 }
 
-std::tuple<Tensor, Tensor> finish(const Tensor& phi, const Tensor& nonfinite) {
-  Tensor stats = at::stack({phi.sum(0), phi.lt(1.0).sum(0).to(at::kFloat), nonfinite});
+// stats (4, n): batch sums of phi, counts of phi < 1, non-finite rows per modality, out-of-range labels.
+std::tuple<Tensor, Tensor> finish(const Tensor& phi, const Tensor& nonfinite, int64_t bad_labels) {
+  Tensor stats = at::zeros({4, phi.size(1)}, phi.options());
+  stats.select(0, 0).copy_(phi.sum(0));
+  stats.select(0, 1).copy_(phi.lt(1.0).sum(0));
+  stats.select(0, 2).copy_(nonfinite);
+  if (phi.size(1) > 0) stats.select(0, 3).select(0, 0).fill_(static_cast<double>(bad_labels));
   return {phi, stats};
 }
 
@@ -212,7 +227,8 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
   const Benefit benefit = parse_benefit(benefit_name);
   const int64_t K = weight.size(0);
   const auto ct = compute_type(features[0]);
-  check_labels(labels.contiguous(), K);
+  Tensor y = labels.contiguous();
+  const int64_t bad_labels = count_bad_labels(y.data_ptr<int64_t>(), p.batch, K);
   Tensor phi = at::empty({p.batch, p.n}, features[0].options().dtype(at::kFloat));
   Tensor present = partial_products(features, weight, p, ct);
   Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight, p, ct).contiguous();
@@ -238,7 +254,6 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
   present = present.contiguous();
   if (absent.defined()) absent = absent.contiguous();
   const ShapleyCoefficients coef = shapley_coefficients(p.n);
-  Tensor y = labels.contiguous();
   AT_DISPATCH_FLOATING_TYPES(present.scalar_type(), "fastshap_additive_cpu", [&] {
     CoalitionWalk<scalar_t> walk{p.n,
                                  K,
@@ -249,7 +264,7 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
                                  absent.defined() ? absent.data_ptr<scalar_t>() : nullptr};
     additive_kernel(walk, y.data_ptr<int64_t>(), benefit, combine, coef, phi.data_ptr<float>());
   });
-  return finish(phi, nonfinite);
+  return finish(phi, nonfinite, bad_labels);
 }
 
 std::tuple<Tensor, Tensor> shapley_concat_cpu(at::TensorList features, const Tensor& weight, const Tensor& bias,
@@ -285,7 +300,9 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
   TORCH_CHECK_VALUE(bias2.dim() == 1 && bias2.size(0) == C, "fastshap: bias2 must be (", C, ",), got ",
                     bias2.sizes());
   const auto ct = compute_type(features[0]);
-  check_labels(labels.contiguous(), C);
+  Tensor y_t = labels.contiguous();
+  const int64_t* y = y_t.data_ptr<int64_t>();
+  const int64_t bad_labels = count_bad_labels(y, p.batch, C);
   Tensor phi = at::empty({p.batch, p.n}, features[0].options().dtype(at::kFloat));
   Tensor present = partial_products(features, weight1, p, ct).contiguous();
   Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight1, p, ct).contiguous();
@@ -295,8 +312,6 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
   Tensor w2t = weight2.to(ct).t();
   Tensor b2 = bias2.to(ct);
   const ShapleyCoefficients coef = shapley_coefficients(p.n);
-  Tensor y_t = labels.contiguous();
-  const int64_t* y = y_t.data_ptr<int64_t>();
   const int64_t coalitions = int64_t{1} << p.n;
   const int64_t chunk = mlp_chunk_samples(p.batch, p.n, H);
   Tensor hidden = at::empty({chunk * coalitions, H}, present.options());
@@ -326,8 +341,12 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
       const scalar_t* L = logits.data_ptr<scalar_t>();
       at::parallel_for(0, rows, batch_grain(p.n), [&](int64_t begin, int64_t end) {
         for (int64_t j = begin; j < end; ++j) {
-          ShapleyAccumulator acc{coef, p.n};
           const int64_t b = c0 + j;
+          if (!label_ok(y[b], C)) {
+            store_nan_row(phi.data_ptr<float>() + b * p.n, p.n);
+            continue;
+          }
+          ShapleyAccumulator acc{coef, p.n};
           for (int64_t mask = 0; mask < coalitions; ++mask) {
             const int size = __builtin_popcount(static_cast<uint32_t>(mask));
             const scalar_t* score = L + (j * coalitions + mask) * C;
@@ -339,7 +358,7 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
       });
     }
   });
-  return finish(phi, nonfinite);
+  return finish(phi, nonfinite, bad_labels);
 }
 
 }  // namespace

@@ -17,7 +17,6 @@
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/softmax.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -38,7 +37,7 @@ struct Prepared {
   ProblemShape shape;
   int64_t K = 0, C = 0;
   std::vector<at::Tensor> sources;  // n features, then n per-sample baselines (if any)
-  at::Tensor weight1, start, dec_bias, absent, weight2, bias2, labels, phi, nonfinite, scratch;
+  at::Tensor weight1, start, dec_bias, absent, weight2, bias2, labels, phi, stats, scratch;
   int64_t absent_stride = 0;
   ShapleyCoefficients coef;
   Plan plan;
@@ -71,7 +70,7 @@ Params<T> make_params(const Prepared& pr) {
   p.labels = pr.labels.data_ptr<int64_t>();
   p.label_stride = pr.labels.stride(0);
   p.phi = pr.phi.data_ptr<float>();
-  p.nonfinite = reinterpret_cast<unsigned long long*>(pr.nonfinite.data_ptr<int64_t>());
+  p.stats = pr.stats.data_ptr<double>();
   p.scratch = pr.scratch.defined() ? pr.scratch.data_ptr<T>() : nullptr;
   for (int s = 0; s <= kMaxN; ++s) {
     p.coef_in[s] = pr.coef.in[s];
@@ -169,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
   }
   pr.labels = labels;
   pr.phi = at::empty({B, n}, features[0].options().dtype(at::kFloat));
-  pr.nonfinite = at::zeros({n}, features[0].options().dtype(at::kLong));
+  pr.stats = at::zeros({4, n}, features[0].options().dtype(at::kDouble));  // accumulated by the kernel
   pr.coef = shapley_coefficients(n);
 
   if (B > 0) {
@@ -196,15 +195,11 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
       backend.template launch<double, double>(make_params<double>(pr));
     }
   }
+  // The kernel accumulates the stats rows in float64 (one atomic per tile and row): on a GPU every small
+  // op here would be a launch the host pays for.
+  Tensor stats = pr.stats.to(at::kFloat);
+  if (host_nonfinite.defined()) stats.select(0, 2).add_(host_nonfinite);
   const Tensor& phi = pr.phi;
-  // The (3, n) rows written in place: on a GPU each small op is a launch the host pays for, and building
-  // the rows separately and stacking them took seven.
-  Tensor stats = at::empty({3, n}, phi.options());
-  Tensor sum_row = stats.select(0, 0), below_one_row = stats.select(0, 1), nonfinite_row = stats.select(0, 2);
-  at::sum_out(sum_row, phi, 0);
-  at::sum_out(below_one_row, phi.lt(1.0), 0, false, at::kFloat);
-  nonfinite_row.copy_(pr.nonfinite);
-  if (host_nonfinite.defined()) nonfinite_row.add_(host_nonfinite);
   return {phi, stats};
 }
 

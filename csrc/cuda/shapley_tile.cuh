@@ -109,7 +109,7 @@ struct Params {
   const int64_t* labels = nullptr;
   int64_t label_stride = 0;
   float* phi = nullptr;                     // (B, n) contiguous
-  unsigned long long* nonfinite = nullptr;  // (n) counters, zeroed by the host
+  double* stats = nullptr;                  // (4, n) accumulators zeroed by the host: fastshap.cpp's stats rows
   T* scratch = nullptr;                     // grid * plan.scratch_per_block elements, or null
   double coef_in[kMaxN + 1] = {};           // k_i(S) = coef_in[|S|] if i in S, else -coef_out[|S|]
   double coef_out[kMaxN + 1] = {};
@@ -127,7 +127,7 @@ struct DeviceExec {
     f(static_cast<int>(threadIdx.x));
     __syncthreads();
   }
-  __device__ __forceinline__ static void count(unsigned long long* counter) { atomicAdd(counter, 1ull); }
+  __device__ __forceinline__ static void add(double* total, double value) { atomicAdd(total, value); }
 };
 #else
 struct HostExec {
@@ -135,7 +135,7 @@ struct HostExec {
   void each(F&& f) {
     for (int t = 0; t < kThreads; ++t) f(t);
   }
-  static void count(unsigned long long* counter) { *counter += 1; }
+  static void add(double* total, double value) { *total += value; }
 };
 #endif
 
@@ -459,7 +459,7 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
         const T* row = P + (static_cast<int64_t>(src) * tb + s) * pl.p_stride;
         bool finite = true;
         for (int64_t k = 0; k < K; ++k) finite &= is_finite(row[k]);
-        if (!finite) Exec::count(p.nonfinite + src % n);
+        if (!finite) Exec::add(p.stats + 2 * n + src % n, 1.0);
       }
       for (int i = tid; i < tb * n; i += kThreads) num[i] = 0.0;
     });
@@ -565,12 +565,34 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
       });
     }
 
+    // phi of pair i = (sample, modality) of the tile. A label outside [0, C) gives a NaN row, counted in
+    // stats row 3, as in the other backends.
+    auto label_ok = [&](int s) {
+      const int64_t y = p.labels[(tile0 + s) * p.label_stride];
+      return y >= 0 && y < p.C;
+    };
+    auto phi_of = [&](int i) {
+      return label_ok(i / n) ? static_cast<float>(num[i] / p.n_factorial) : std::numeric_limits<float>::quiet_NaN();
+    };
     ex.each([&](int tid) {
-      for (int i = tid; i < count * n; i += kThreads) {
-        // A label outside [0, C) (the Python API rejects them first) gives a NaN row, as in the other backends.
-        const int64_t y = p.labels[(tile0 + i / n) * p.label_stride];
-        const float value = static_cast<float>(num[i] / p.n_factorial);
-        p.phi[tile0 * n + i] = (y >= 0 && y < p.C) ? value : std::numeric_limits<float>::quiet_NaN();
+      for (int i = tid; i < count * n; i += kThreads) p.phi[tile0 * n + i] = phi_of(i);
+    });
+    // 5. The tile's share of the batch stats: one thread per modality (sum of phi, count of phi < 1), one
+    //    for the labels; one float64 atomic each per tile.
+    ex.each([&](int tid) {
+      if (tid < n) {
+        double total = 0.0, below_one = 0.0;
+        for (int s = 0; s < count; ++s) {
+          const float v = phi_of(s * n + tid);
+          total += static_cast<double>(v);
+          below_one += v < 1.0f ? 1.0 : 0.0;
+        }
+        Exec::add(p.stats + tid, total);
+        Exec::add(p.stats + n + tid, below_one);
+      } else if (tid == kMaxN) {
+        double bad = 0.0;
+        for (int s = 0; s < count; ++s) bad += label_ok(s) ? 0.0 : 1.0;
+        if (bad > 0.0) Exec::add(p.stats + 3 * n, bad);
       }
     });
   }
