@@ -201,18 +201,18 @@ def _softmax_rows(z, kmask):
 
 @triton.jit
 def fused_kernel(
-    # features (B, d_i) of modalities 0..7 (slots past n repeat X0 and are never read), strides, widths
+    # features (B, d_i) of modalities 0..7, strides, widths (slots past n are None: constexpr, never read)
     X0, X1, X2, X3, X4, X5, X6, X7,
     XR0, XR1, XR2, XR3, XR4, XR5, XR6, XR7,
     XC0, XC1, XC2, XC3, XC4, XC5, XC6, XC7,
     D0, D1, D2, D3, D4, D5, D6, D7,
-    # baselines: (d_i,) (BASE = 1) or (B, d_i) (BASE = 2; row stride 0 for an expanded shared one)
+    # baselines: (d_i,) (BASE = 1) or (B, d_i) (BASE = 2; row stride 0 for an expanded shared one); None (BASE = 0)
     A0, A1, A2, A3, A4, A5, A6, A7,
     AR0, AR1, AR2, AR3, AR4, AR5, AR6, AR7,
     AC0, AC1, AC2, AC3, AC4, AC5, AC6, AC7,
     W, W_rs, W_cs,  # first layer (K, sum d_i): concat/decision weight (K = C) or MLP weight1 (K = H)
     BIAS, BIAS_rs, BIAS_cs,  # (K,) bias / bias1, or decision fusion's (n, K)
-    W2, W2_rs, W2_cs, BIAS2,  # MLP second layer (C, H) and (C,)
+    W2, W2_rs, W2_cs, BIAS2,  # MLP second layer (C, H) and (C,); None for the other heads
     Y, Y_s,  # labels (B,) int64
     PHI, STATS,  # out: phi (B, n) float32; STATS (4, n) float64, zero on entry
     B, K, C, B_BUCKET,  # B_BUCKET: log2 size class of B, only an autotuning key

@@ -67,7 +67,10 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _pow2(x: int, low: int = 1) -> int:
-    return max(low, triton.next_power_of_2(int(x)))
+    """The smallest power of two >= x and >= low (integer arithmetic: triton.next_power_of_2 is a
+    JIT-callable whose Python call costs microseconds, and the launch path computes a dozen of these)."""
+    x = int(x)
+    return max(low, 1 if x <= 1 else 1 << (x - 1).bit_length())
 
 
 def _pow2_floor(x: int) -> int:
@@ -194,47 +197,58 @@ def _interpreter_coalitions(block_b: int, width: int, n: int) -> int:
     return max(1, min(1 << n, _pow2_floor(max(1, (1 << 17) // (block_b * width)))))
 
 
-def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
-    """(positional args, constexpr meta, autotuning class) of a fused-kernel launch."""
-    n, batch = len(features), features[0].shape[0]
-    dims = [f.shape[1] for f in features]
-    k = weight.shape[0]
-    c = weight2.shape[0] if head == 2 else k
+@lru_cache(maxsize=1024)
+def _fused_meta(head: int, dims: tuple, k: int, base: int, dtype, weight_dtype, benefit: str, prec32: str):
+    """(constexpr meta, autotuning class) of a fused launch: they depend on shapes and dtypes only, so a
+    training loop computes them once per shape."""
+    n = len(dims)
     kp = _pow2(k, 16)
-    base = 0 if not baselines else (1 if baselines[0].dim() == 1 else 2)
-    dtype = features[0].dtype
-    native = not INTERPRETED and weight.dtype == dtype and dtype in _HALF
-    prec = "tf32" if dtype in _HALF and weight.dtype in _HALF else fp32_dot_precision()
-    pad = MAX_FUSED - n
-    xs = list(features) + [features[0]] * pad
-    xr = [f.stride(0) for f in features] + [0] * pad
-    xc = [f.stride(1) for f in features] + [0] * pad
-    ds = dims + [0] * pad
-    if base == 0:
-        bs, br, bc = [features[0]] * MAX_FUSED, [0] * MAX_FUSED, [0] * MAX_FUSED
-    elif base == 1:
-        bs = list(baselines) + [baselines[0]] * pad
-        br = [0] * MAX_FUSED
-        bc = [b.stride(0) for b in baselines] + [0] * pad
-    else:
-        bs = list(baselines) + [baselines[0]] * pad
-        br = [b.stride(0) for b in baselines] + [0] * pad
-        bc = [b.stride(1) for b in baselines] + [0] * pad
-    bias_rs, bias_cs = (bias.stride(0), bias.stride(1)) if bias.dim() == 2 else (0, bias.stride(0))
-    if head == 2:
-        w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
-    else:
-        w2, w2_rs, w2_cs, b2 = weight, 0, 0, bias
-    args = [*xs, *xr, *xc, *ds, *bs, *br, *bc, weight, weight.stride(0), weight.stride(1), bias, bias_rs, bias_cs,
-            w2, w2_rs, w2_cs, b2, labels, labels.stride(0), phi, stats, batch, k, c, _bucket(batch)]
+    native = not INTERPRETED and weight_dtype == dtype and dtype in _HALF
+    prec = "tf32" if dtype in _HALF and weight_dtype in _HALF else prec32
     meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), KP=kp, HEAD=head, BASE=base, BENEFIT=_BENEFITS[benefit],
-                NATIVE=native,
-                PREC=prec, BLOCK_DV=max(1, min(128, _pow2_floor(4096 // kp))))
+                NATIVE=native, PREC=prec, BLOCK_DV=max(1, min(128, _pow2_floor(4096 // kp))))
     foot = _footprint(head, n, k, base)
     max_block_b = max(16, min(256, _pow2_floor(_PROGRAM_FLOATS // foot)))
     widest = 128 if native else (64 if n * kp <= 128 else 32)
     max_block_d = max(16, min(widest, _pow2_floor(8192 // kp), _pow2(max(dims), 16)))
-    return args, meta, (max_block_b, max_block_d, kp, 1 << n, foot)
+    return meta, (max_block_b, max_block_d, kp, 1 << n, foot)
+
+
+def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
+    """(positional args, constexpr meta, autotuning class) of a fused-kernel launch. Arguments the launch
+    never reads (modality slots past n, baselines when there are none, the MLP's second layer for the other
+    heads) are None: a constexpr to Triton, so its launcher has that much less to convert each call."""
+    n, batch = len(features), features[0].shape[0]
+    k = weight.shape[0]
+    c = weight2.shape[0] if head == 2 else k
+    base = 0 if not baselines else (1 if baselines[0].dim() == 1 else 2)
+    meta, tuning = _fused_meta(head, tuple(f.shape[1] for f in features), k, base, features[0].dtype, weight.dtype,
+                               benefit, fp32_dot_precision())
+    none = [None] * (MAX_FUSED - n)
+    xs = [*features, *none]
+    xr = [*(f.stride(0) for f in features), *none]
+    xc = [*(f.stride(1) for f in features), *none]
+    ds = [*(f.shape[1] for f in features), *none]
+    if base == 0:
+        bs = br = bc = [None] * MAX_FUSED
+    else:
+        bs = [*baselines, *none]
+        br = [*(b.stride(0) if base == 2 else 0 for b in baselines), *none]
+        bc = [*(b.stride(-1) for b in baselines), *none]
+    bias_rs, bias_cs = (bias.stride(0), bias.stride(1)) if bias.dim() == 2 else (0, bias.stride(0))
+    if head == 2:
+        w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
+    else:
+        w2 = w2_rs = w2_cs = b2 = None
+    args = [*xs, *xr, *xc, *ds, *bs, *br, *bc, weight, weight.stride(0), weight.stride(1), bias, bias_rs, bias_cs,
+            w2, w2_rs, w2_cs, b2, labels, labels.stride(0), phi, stats, batch, k, c, _bucket(batch)]
+    return args, meta, tuning
+
+
+#: The config the autotuner chose, by everything its key sees (shapes, dtypes, the batch's size class):
+#: later calls launch the kernel with it directly, without the autotuner's per-call work (a dict of the ~100
+#: arguments and the str() of every tensor argument's dtype), which a GPU's host pays on every call.
+_CHOSEN: dict = {}
 
 
 def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats, config=None):
@@ -253,12 +267,19 @@ def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, label
     from torch.library import wrap_triton
 
     if config is None and AUTOTUNE:
-        kernel = _autotuned_fused(*tuning)
-        wrap_triton(kernel)[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](*args, **meta)
-        return
+        key = (tuning, tuple(f.shape[1] for f in features), weight.shape[0], args[-2], args[-1], head,
+               benefit, features[0].dtype, weight.dtype, bias.dtype, meta["PREC"],
+               None if weight2 is None else (weight2.dtype, bias2.dtype))
+        config = _CHOSEN.get(key)
+        if config is None:
+            tuner = _autotuned_fused(*tuning)
+            wrap_triton(tuner)[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](*args, **meta)
+            if _eager(features):  # only a real run chooses (a traced call records the launch only)
+                _CHOSEN[key] = tuner.best_config
+            return
     config = config or _default_config(_fused_configs(*tuning))
     wrap_triton(kernels.fused_kernel)[(triton.cdiv(batch, config.kwargs["BLOCK_B"]),)](
-        *args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+        *args, **meta, **config.all_kwargs())
 
 
 def _partials(xs, weight):
@@ -420,19 +441,34 @@ _decision_op = _register("decision", _decision_impl)
 _mlp_op = _register("mlp", _mlp_impl)
 
 
+def _eager(features) -> bool:
+    """True when nothing traces this call (no torch.compile, no dispatch mode such as FakeTensorMode or
+    make_fx, plain tensors): then the registered op would only dispatch back to its implementation, and
+    calling that directly saves the dispatcher's Python round trip (~30 us of host time a call on a fast
+    CPU). Otherwise the call goes through the op, which is what tracing records."""
+    return (type(features[0]) is torch.Tensor and torch._C._len_torch_dispatch_stack() == 0
+            and not torch.compiler.is_compiling())
+
+
 def shapley_concat(features, weight, bias, baselines, labels, benefit):
     """Concat-linear head: logits(S) = bias + sum_i (i in S ? W_i h_i : W_i b_i). weight (C, D), bias (C,)."""
-    return _concat_op(list(features), weight, bias, list(baselines), labels, benefit)
+    features, baselines = list(features), list(baselines)
+    op = _concat_impl if _eager(features) else _concat_op
+    return op(features, weight, bias, baselines, labels, benefit)
 
 
 def shapley_decision(features, weight, bias, baselines, labels, benefit):
     """Decision fusion: classifier i = (weight[:, cols_i], bias[i]); score = sum_i softmax. bias (n, C)."""
-    return _decision_op(list(features), weight, bias, list(baselines), labels, benefit)
+    features, baselines = list(features), list(baselines)
+    op = _decision_impl if _eager(features) else _decision_op
+    return op(features, weight, bias, baselines, labels, benefit)
 
 
 def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
     """MLP head: logits(S) = W2 relu(b1 + sum_i (i in S ? W1_i h_i : W1_i b_i)) + b2."""
-    return _mlp_op(list(features), weight1, bias1, weight2, bias2, list(baselines), labels, benefit)
+    features, baselines = list(features), list(baselines)
+    op = _mlp_impl if _eager(features) else _mlp_op
+    return op(features, weight1, bias1, weight2, bias2, baselines, labels, benefit)
 
 
 def bytes_moved(features, weight, baselines=(), weight2=None) -> int:

@@ -529,9 +529,9 @@ def compile_offline(arch: int = 90):
         for meta_c, warps, stages in launches:
             values = dict(zip(fn.arg_names, args), **meta_c)
             signature, constants, attrs = {}, {}, {}
-            for i, name in enumerate(fn.arg_names):  # what the JIT specializes on: ints == 1, multiples of 16
+            for i, name in enumerate(fn.arg_names):  # what the JIT specializes on: None, ints == 1, multiples of 16
                 v = values[name]
-                if name in meta_c or (not isinstance(v, torch.Tensor) and v == 1):
+                if v is None or name in meta_c or (not isinstance(v, torch.Tensor) and v == 1):
                     signature[name], constants[name] = "constexpr", v
                 elif isinstance(v, torch.Tensor):
                     signature[name], attrs[(i,)] = codes[v.dtype], [["tt.divisibility", 16]]

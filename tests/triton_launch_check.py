@@ -16,7 +16,7 @@ from triton.runtime.autotuner import Autotuner
 from fastshap import heads
 from fastshap import triton_shapley as ts
 
-LAUNCH_OPTIONS = ("num_warps", "num_stages")
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "ir_override")
 launches = []
 
 
@@ -28,6 +28,7 @@ class Recorder:
         def launch(*args, **kwargs):
             fn, configs = self.kernel, [None]
             if isinstance(fn, Autotuner):
+                fn.best_config = fn.configs[-1]  # what a tuning run leaves behind (fastshap reuses it)
                 fn, configs = fn.fn, fn.configs
             names = list(fn.arg_names)
             for config in configs:
@@ -80,11 +81,16 @@ def main() -> int:
         launch = ts._launch_fused if fused else ts._launch_streaming
         for autotune in (True, False):
             ts.AUTOTUNE = autotune
-            phi = torch.empty(batch, len(dims))
-            stats = torch.zeros(3, len(dims), dtype=torch.float64)
-            before = len(launches)
-            launch(ts._HEADS[kind], feats, *params, base, labels, benefit, phi, stats)
-            assert len(launches) > before, f"{kind}: nothing launched"
+            tuned = []
+            for _ in range(2):  # the second call of a shape launches the autotuner's choice directly
+                phi = torch.empty(batch, len(dims))
+                stats = torch.zeros(4, len(dims), dtype=torch.float64)
+                before = len(launches)
+                launch(ts._HEADS[kind], feats, *params, base, labels, benefit, phi, stats)
+                assert len(launches) > before, f"{kind}: nothing launched"
+                tuned.append(launches[-1][3])
+            if fused:
+                assert tuned == ([True, False] if autotune else [False, False]), (kind, autotune, tuned)
     for name, cells, options, tuned in launches:
         print(name, cells, options, "autotuned" if tuned else "fixed")
     kinds = {name for name, *_ in launches}
