@@ -274,8 +274,9 @@ def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, label
         if config is None:
             tuner = _autotuned_fused(*tuning)
             wrap_triton(tuner)[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](*args, **meta)
-            if _eager(features):  # only a real run chooses (a traced call records the launch only)
-                _CHOSEN[key] = tuner.best_config
+            chosen = getattr(tuner, "best_config", None)  # set by the run (Triton 3.x)
+            if chosen is not None and _eager(features):  # a traced call records the launch, it chooses nothing
+                _CHOSEN[key] = chosen
             return
     config = config or _default_config(_fused_configs(*tuning))
     wrap_triton(kernels.fused_kernel)[(triton.cdiv(batch, config.kwargs["BLOCK_B"]),)](

@@ -1,0 +1,110 @@
+"""Host time per call of fastshap's Python path, on a machine without a GPU (a diagnostic, not a benchmark).
+
+On a GPU a valuation call is host-bound at batch sizes a training step uses: the H100 run of 2026-11-27
+measured ~1 ms of host time per `backend="triton"` call against ~0.2 ms of GPU time. The host's share is
+Python (checks, planning, dispatch) plus Triton's launcher. This script times the Python part on CPU
+tensors, with the Triton launch replaced by a no-op (``torch.library.wrap_triton`` stubbed, and the CPU
+device let through the op's device check), so that changes to that path can be measured here. Triton's own
+launcher and the CUDA launches of the small torch ops are not in these figures: the GPU benchmark's
+"host time / call" column has the whole cost.
+
+    .venv/bin/python bench/host_path.py            # prints a Markdown table (microseconds, best of 7)
+
+Run it without TRITON_INTERPRET (it imports the GPU launch path).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+import torch.library
+
+
+class _NoLaunch:
+    """Stands in for torch.library.wrap_triton: kernel[grid](*args) does nothing."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        if hasattr(kernel, "configs"):  # an autotuner: leave a choice behind, as a tuning run does
+            kernel.best_config = kernel.configs[-1]
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def _best_us(fn, reps: int = 2000, rounds: int = 7) -> float:
+    for _ in range(100):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - start) / reps)
+    return best * 1e6
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("run without TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    torch.library.wrap_triton = _NoLaunch
+    torch.set_num_threads(1)
+
+    import fastshap
+    from fastshap import backends, heads
+    from fastshap import triton_shapley as ts
+
+    check = ts._check
+
+    def check_on_cpu(*args):  # the op's static checks, with CPU tensors let through as under the interpreter
+        ts.INTERPRETED = True
+        try:
+            return check(*args)
+        finally:
+            ts.INTERPRETED = False
+
+    ts._check = check_on_cpu
+    g = torch.Generator().manual_seed(0)
+    dims, classes, batch = [16, 16], 4, 8
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    labels = torch.randint(0, classes, (batch,), generator=g)
+    head = heads.ConcatLinear(dims, classes)
+    weight, bias = head.fc.weight.detach(), head.fc.bias.detach()
+    deferred = fastshap.DeferredChecks()
+    triton_backend = backends.BACKENDS["triton"]
+    real_select = backends.select
+
+    def forced(fn):  # the API with backend selection answering "triton" for CPU tensors
+        def run():
+            backends.select = lambda name, call: triton_backend
+            try:
+                return fn()
+            finally:
+                backends.select = real_select
+        return run
+
+    rows = [
+        ("plain forward (cat + Linear), no_grad", lambda: head.fc(torch.cat(feats, 1))),
+        ("cpp op alone", lambda: torch.ops.fastshap.shapley_concat(feats, weight, bias, [], labels, "paper")),
+        ("API, cpp backend, checked", lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp")),
+        ("API, cpp backend, defer_checks",
+         lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp", defer_checks=deferred)),
+        ("triton op (launch stubbed)", lambda: ts.shapley_concat(feats, weight, bias, [], labels, "paper")),
+        ("API, triton backend, checked (launch stubbed)", forced(lambda: fastshap.modality_shapley(feats, head, labels))),
+        ("API, triton backend, defer_checks (launch stubbed)",
+         forced(lambda: fastshap.modality_shapley(feats, head, labels, defer_checks=deferred))),
+    ]
+    with torch.no_grad():
+        print(f"host time per call, B = {batch}, n = 2, d = 16, C = 4 (torch {torch.__version__}, 1 thread)\n")
+        print("| path | µs / call |\n|---|---|")
+        for name, fn in rows:
+            print(f"| {name} | {_best_us(fn):.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
