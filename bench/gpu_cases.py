@@ -52,7 +52,7 @@ SPECS = (
     Spec("mlp", 2, 31, torch.bfloat16, hidden=256),
 )
 PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "fastshap_triton_checked",
-             "fastshap_triton_graph", "triton_op", "naive_batched")
+             "fastshap_triton_graph", "fastshap_cuda_graph", "triton_op", "naive_batched")
 NOTES = {
     "plain_forward": "yardstick: torch.cat + the head, one prediction",
     "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
@@ -61,6 +61,7 @@ NOTES = {
     "fastshap_triton_checked": "fastshap backend='triton' with immediate value checks (one host sync per call)",
     "fastshap_triton_graph": "the fastshap_triton call captured once in a CUDA graph and replayed: the GPU's "
     "time without the host's (Python, launches)",
+    "fastshap_cuda_graph": "the same for backend='cuda': the CUDA kernel's GPU time (and its few small ops)",
     "triton_op": "the registered op torch.ops.fastshap_triton.shapley_<head> called directly: the Triton "
     "path without modality_shapley's checks (host time: the launch's own share)",
     "naive_batched": "2^n masked copies in one head forward (the head's dtype)",
