@@ -272,6 +272,44 @@ def test_emulation_counts_bad_labels(emu, kind):
     assert torch.equal(stats[1], (phi < 1).sum(0).float())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_emulation_vector_staging_equals_element_staging(emu, dtype):
+    """Features with contiguous, 16-byte-aligned rows are staged with 16-byte loads, any other layout element
+    by element; the weights likewise by their own layout (aligned here: widths 72 and 40, hidden 40). Every
+    layout gives the same bits, and dyadic values make every sum exact, so they equal the CPU kernel's too
+    (full staging steps and a tail, a last partial tile, both MLP layers)."""
+    g = torch.Generator().manual_seed(12)
+    dims, classes, batch = [72, 40], 6, 150
+    head = heads.ConcatMLP(dims, 40, classes)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(dyadic(p.shape, -8, 8, 16, g))
+    values = [dyadic((batch, d), -4, 4, 4, g).to(dtype) for d in dims]
+    labels = torch.randint(0, classes, (batch,), generator=g)
+
+    def inside(offset):  # the values as a view at column `offset` of a wider tensor (row stride d + 8)
+        views = []
+        for v in values:
+            w = torch.zeros(batch, v.shape[1] + 8, dtype=dtype)
+            w[:, offset : offset + v.shape[1]] = v
+            views.append(w[:, offset : offset + v.shape[1]])
+        return views
+
+    layouts = {
+        "contiguous": values,  # 16-byte loads
+        "aligned rows of a wider tensor": inside(8),  # 16-byte loads
+        "misaligned": inside(1),  # element loads
+        "column-major": [v.t().contiguous().t() for v in values],  # element loads
+    }
+    _, params, _ = op_inputs(values, head, None)
+    want = torch.ops.fastshap.shapley_mlp(values, *params, [], labels, "accuracy")
+    assert want[0].abs().sum() > 0
+    for name, feats in layouts.items():
+        phi, stats = emulate(emu, feats, head, labels, None, "accuracy")
+        assert torch.equal(phi, want[0]), name
+        assert torch.equal(stats[1:], want[1][1:]), name
+
+
 @pytest.mark.parametrize("batch", [0, 1, 7, 129, 300])
 @pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
 def test_emulation_odd_sizes_match_cpp(emu, kind, batch):

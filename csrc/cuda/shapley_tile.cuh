@@ -280,15 +280,82 @@ struct Gemm {
 // go through shared memory kDepth<T> columns at a time (zero-padded past `depth`); each output is accumulated
 // with one fma per term in increasing j, read back from `out` between steps, so the result does not depend
 // on the tiling. Thread (tx_i, ty_i) owns rows ty_i + a * ty and columns cb + tx_i + b * tx (a, b < kMicro).
-template <typename T, class Exec, class ALoad>
-FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load) {
+// An A operand whose rows can be read 16 bytes at a time: row r's columns [j, j + V) are at
+// base + r * row_stride + j for r < rows (rows past it are zeros); base is 16-byte aligned and row_stride
+// a multiple of V. base == nullptr: no such layout, the operand is staged element by element.
+template <typename In>
+struct VectorRows {
+  static constexpr int V = 16 / static_cast<int>(sizeof(In));
+  const In* base = nullptr;
+  int64_t row_stride = 0;
+  int rows = 0;
+};
+
+// Rows of features as VectorRows when their layout allows it (contiguous columns, aligned rows).
+template <typename In>
+FASTSHAP_FN VectorRows<In> vector_rows(const In* base, int64_t row_stride, int64_t col_stride, int rows) {
+  constexpr int V = VectorRows<In>::V;
+  const bool ok = col_stride == 1 && row_stride % V == 0 && reinterpret_cast<uintptr_t>(base) % 16 == 0;
+  return ok ? VectorRows<In>{base, row_stride, rows} : VectorRows<In>{};
+}
+
+// out[0..V) = p[0..V) with one 16-byte load (p 16-byte aligned).
+template <typename In>
+FASTSHAP_FN void load16(const In* p, In* out) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint4*>(out) = __ldg(reinterpret_cast<const uint4*>(p));
+#else
+  std::memcpy(out, p, 16);
+#endif
+}
+
+// xs[r][c] = A[r][d0 + c] for c < kDepth<T> (a full step: every column exists), V columns per load and a few
+// loads in flight per thread before any store. Same values as the element-wise staging.
+template <typename T, typename In>
+FASTSHAP_FN void stage_vector_rows(int tid, const VectorRows<In>& a, int64_t d0, int rows, T* xs, int xs_stride) {
+  constexpr int V = VectorRows<In>::V;
+  constexpr int per_row = kDepth<T> / V;
+  static_assert(kDepth<T> % V == 0, "a staging step must hold whole vectors");
+  constexpr int kInFlight = 4;
+  const int total = rows * per_row;
+  for (int base = tid; base < total; base += kInFlight * kThreads) {
+    alignas(16) In v[kInFlight][V];
+    FASTSHAP_UNROLL
+    for (int u = 0; u < kInFlight; ++u) {
+      const int i = base + u * kThreads;
+      const int r = i / per_row;
+      if (i < total && r < a.rows) {
+        load16(a.base + r * a.row_stride + d0 + (i % per_row) * V, v[u]);
+      } else {
+        FASTSHAP_UNROLL
+        for (int e = 0; e < V; ++e) v[u][e] = In(0);
+      }
+    }
+    FASTSHAP_UNROLL
+    for (int u = 0; u < kInFlight; ++u) {
+      const int i = base + u * kThreads;
+      if (i >= total) break;
+      T* dst = xs + (i / per_row) * xs_stride + (i % per_row) * V;
+      FASTSHAP_UNROLL
+      for (int e = 0; e < V; ++e) dst[e] = static_cast<T>(v[u][e]);
+    }
+  }
+}
+
+template <typename T, class Exec, class ALoad, typename In = T>
+FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load, const VectorRows<In>& a_vec = VectorRows<In>{}) {
   constexpr int td = kDepth<T>;
   const int ty = kThreads / g.tx;      // threads along the rows
   const int kc = kMicro * g.tx;        // output columns per pass
+  const VectorRows<T> w_vec = vector_rows(g.w, g.w_stride, 1, 0);  // rows are set per column pass
   for (int64_t d0 = 0; d0 == 0 || d0 < g.depth; d0 += td) {
     const int jn = static_cast<int>(std::min<int64_t>(td, g.depth - d0));  // 0 only when depth == 0
     const int jv = (jn + kVec - 1) / kVec * kVec;                          // terms read (zeros past jn)
     ex.each([&](int tid) {
+      if (a_vec.base != nullptr && jn == td) {
+        stage_vector_rows(tid, a_vec, d0, g.rows, g.xs, g.xs_stride);
+        return;
+      }
       staged_copy<T>(
           tid, g.rows * td,
           [&](int i) {
@@ -299,6 +366,12 @@ FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load) {
     });
     for (int64_t cb = 0; cb < g.cols; cb += kc) {
       ex.each([&](int tid) {
+        if (w_vec.base != nullptr && jn == td) {  // weight rows cb.. (past g.cols: zeros), 16 bytes a load
+          const VectorRows<T> rows{w_vec.base + cb * g.w_stride, g.w_stride,
+                                   static_cast<int>(std::min<int64_t>(kc, g.cols - cb))};
+          stage_vector_rows(tid, rows, d0, kc, g.ws, g.ws_stride);
+          return;
+        }
         staged_copy<T>(
             tid, kc * td,
             [&](int i) {
@@ -446,9 +519,12 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
       const Gemm<T> g{tb, pl.tx1, K, so.depth, p.weight1 + so.col_offset, p.D,
                       P + static_cast<int64_t>(src) * tb * pl.p_stride, pl.p_stride, xs, pl.xs_stride, ws,
                       pl.ws_stride};
-      gemm(ex, g, [&](int r, int64_t j) -> T {
-        return r < count ? static_cast<T>(x[r * so.row_stride + j * so.col_stride]) : T(0);
-      });
+      gemm(
+          ex, g,
+          [&](int r, int64_t j) -> T {
+            return r < count ? static_cast<T>(x[r * so.row_stride + j * so.col_stride]) : T(0);
+          },
+          vector_rows(x, so.row_stride, so.col_stride, count));
     }
 
     // 2. Count rows with NaN/Inf per modality; clear the numerators.
