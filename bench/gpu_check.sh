@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One pass over a lent GPU machine, in under 8 minutes:
-#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> GPU benchmarks (JSON) -> training
+#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> host_path.py -> GPU benchmarks (JSON) -> training
 #   benchmarks on the GPU (JSON) -> GPU tests -> report.
 # Every step runs under `timeout` within a total time budget; a failing step does not stop the others;
 # the exit status is non-zero when any step failed or was skipped. Everything goes flat into $OUT:
@@ -80,13 +80,16 @@ else
 fi
 
 run_step info 30 "$OUT/env.txt" "$PY" -m fastshap.info
+# This host's cost of fastshap's Python per call (launch stubbed, CPU tensors): the share of "host time /
+# call" in the report that is not Triton's launcher or CUDA launches.
+run_step host 40 "$OUT/env.txt" env -u TRITON_INTERPRET "$PY" bench/host_path.py
 
 if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
-  run_step bench 180 "$OUT/bench.log" "$PY" -m pytest bench/test_bench_gpu.py -q -rs --benchmark-only \
+  run_step bench 210 "$OUT/bench.log" "$PY" -m pytest bench/test_bench_gpu.py -q -rs --benchmark-only \
     --benchmark-json "$OUT/bench.json" -p no:cacheprovider
 else
   echo "pytest-benchmark is not installed: running bench/gpu_cases.py" >>"$OUT/bench.log"
-  run_step bench 180 "$OUT/bench.log" "$PY" bench/gpu_cases.py --json "$OUT/bench.json"
+  run_step bench 210 "$OUT/bench.log" "$PY" bench/gpu_cases.py --json "$OUT/bench.json"
 fi
 
 # Valuation inside training on this GPU (online overhead, epoch-mode pass against an eval forward), at a

@@ -294,12 +294,16 @@ def autotuning(benches: list, copy_gbs: Optional[float]) -> list:
             gbs = info.get("bytes", 0) / (ms * 1e-3) / 1e9
             share = f"{gbs / copy_gbs:.0%}" if copy_gbs else "-"
             tile = ", ".join(part for part in chosen.split(", ") if not part.endswith("None") and "num_ctas" not in part)
-            rows.append(f"| {case_label(info)} | {tile} | {ms * 1e3:.0f} µs | {gbs:.0f} | {share} | {len(tuning['candidates'])} |")
+            kernel = "streaming" if "BLOCK_K" in chosen else "fused"
+            rows.append(f"| {case_label(info)} | {kernel} | {tile} | {ms * 1e3:.0f} µs | {gbs:.0f} | {share} | "
+                        f"{len(tuning['candidates'])} |")
     if not rows:
         return []
     return ["## Triton kernel alone (autotuner timings)", "",
-            "| case | chosen tile | kernel median | GB/s | % of measured copy | candidates |", "|---|---|---|---|---|---|",
-            *rows, ""]
+            "GB/s: the op's bytes over the kernel's time. The streaming kernel reads the partial products that "
+            "torch GEMMs computed before it, so its row leaves those GEMMs out.", "",
+            "| case | kernel | chosen tile | kernel median | GB/s | % of measured copy | candidates |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def report(path: Path) -> str:

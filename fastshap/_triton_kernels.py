@@ -324,10 +324,10 @@ def streaming_kernel(
     W2, W2_rs, W2_cs, BIAS2,  # MLP second layer (C, H = K) and (C,)
     Y, Y_s,
     PHI, STATS,  # out: (B, n) float32; (4, n) float64 (rows 0, 1 and 3 accumulated here)
-    B, K, C,
+    B, K, C, B_BUCKET,  # B_BUCKET: log2 size class of B, only an autotuning key
     N: tl.constexpr, NP: tl.constexpr, NS: tl.constexpr, HEAD: tl.constexpr, HAS_ABSENT: tl.constexpr,
     BENEFIT: tl.constexpr, PREC2: tl.constexpr,
-    BLOCK_B: tl.constexpr, MB: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_B: tl.constexpr, MB: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,  # autotuned
 ):
     """phi of BLOCK_B samples from precomputed partials, streamed per coalition tile and column tile."""
     pid = tl.program_id(0)

@@ -264,23 +264,35 @@ def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, label
             *args, **meta, BLOCK_B=block_b, BLOCK_D=max(16, min(256, _pow2(max(dims)))),
             MB=_interpreter_coalitions(block_b, kp, n))
         return
-    from torch.library import wrap_triton
-
+    grid = lambda block_b: triton.cdiv(batch, block_b)  # noqa: E731
     if config is None and AUTOTUNE:
-        key = (tuning, tuple(f.shape[1] for f in features), weight.shape[0], args[-2], args[-1], head,
+        key = ("fused", tuning, tuple(f.shape[1] for f in features), weight.shape[0], args[-2], args[-1], head,
                benefit, features[0].dtype, weight.dtype, bias.dtype, meta["PREC"],
                None if weight2 is None else (weight2.dtype, bias2.dtype))
-        config = _CHOSEN.get(key)
-        if config is None:
-            tuner = _autotuned_fused(*tuning)
-            wrap_triton(tuner)[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](*args, **meta)
-            chosen = getattr(tuner, "best_config", None)  # set by the run (Triton 3.x)
-            if chosen is not None and _eager(features):  # a traced call records the launch, it chooses nothing
-                _CHOSEN[key] = chosen
-            return
-    config = config or _default_config(_fused_configs(*tuning))
-    wrap_triton(kernels.fused_kernel)[(triton.cdiv(batch, config.kwargs["BLOCK_B"]),)](
-        *args, **meta, **config.all_kwargs())
+        _launch_autotuned(_autotuned_fused(*tuning), key, grid, args, meta, features)
+        return
+    _launch_config(kernels.fused_kernel, config or _default_config(_fused_configs(*tuning)), grid, args, meta)
+
+
+def _launch_autotuned(tuner, key, grid, args, meta, features):
+    """Launches through `tuner` the first time `key` is seen (it times its configs), later its choice
+    directly (see _CHOSEN). grid: BLOCK_B -> number of programs."""
+    from torch.library import wrap_triton
+
+    config = _CHOSEN.get(key)
+    if config is not None:
+        _launch_config(tuner.fn, config, grid, args, meta)
+        return
+    wrap_triton(tuner)[lambda m: (grid(m["BLOCK_B"]),)](*args, **meta)
+    chosen = getattr(tuner, "best_config", None)  # set by the run (Triton 3.x)
+    if chosen is not None and _eager(features):  # a traced call records the launch, it chooses nothing
+        _CHOSEN[key] = chosen
+
+
+def _launch_config(kernel, config, grid, args, meta):
+    from torch.library import wrap_triton
+
+    wrap_triton(kernel)[(grid(config.kwargs["BLOCK_B"]),)](*args, **meta, **config.all_kwargs())
 
 
 def _partials(xs, weight):
@@ -305,8 +317,8 @@ def _nonfinite_rows(partials):
 
 
 def _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
-    """(positional args, constexpr meta, launch options, non-finite row counts) of a streaming launch;
-    computes the partial products."""
+    """(positional args, constexpr meta (with the tiles under the interpreter), autotuning class (n, K, C,
+    head), non-finite row counts) of a streaming launch; computes the partial products."""
     n, batch = len(features), features[0].shape[0]
     k = weight.shape[0]
     c = weight2.shape[0] if head == 2 else k
@@ -328,29 +340,60 @@ def _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, lab
     if head == 2:
         w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
     else:
-        w2, w2_rs, w2_cs, b2 = weight, 0, 0, bias
+        w2 = w2_rs = w2_cs = b2 = None  # read by the MLP head only
+    args = [present, present.stride(0), present.stride(1), absent, absent.stride(0), a_bs, start,
+            w2, w2_rs, w2_cs, b2, labels, labels.stride(0), phi, stats, batch, k, c, _bucket(batch)]
+    meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), HEAD=head, HAS_ABSENT=has_absent, BENEFIT=_BENEFITS[benefit],
+                PREC2=second_layer_precision())
     if INTERPRETED:
         block_b, block_k, block_c = max(16, min(128, _pow2(batch))), min(1024, _pow2(k, 16)), min(1024, _pow2(c, 16))
         mb = _interpreter_coalitions(block_b, max(block_k, block_c if head == 2 else 1), n)
+        meta.update(BLOCK_B=block_b, MB=mb, BLOCK_K=block_k, BLOCK_C=block_c)
+    return args, meta, (n, k, c, head), nonfinite
+
+
+def _streaming_configs(n: int, k: int, c: int, head: int):
+    """Tiles of the streaming kernel, the fixed one first (32 samples, up to 64 columns): each coalition
+    step re-reads the n partial tiles of its samples, so narrower column tiles with more coalitions per
+    step read them fewer times (score tiles of at most 4096 values; the MLP's tl.dot needs >= 16 rows)."""
+    kp, block_c = _pow2(k, 16), min(64, _pow2(c, 16))
+    configs, seen = [], set()
+    for block_b, block_k in ((32, min(64, kp)), (32, 16), (16, 16), (64, 16)):
+        width = max(block_k, block_c if head == 2 else 1)
+        mb = max(1, min(1 << n, 4096 // (block_b * width)))
+        if (head == 2 and block_b * mb < 16) or (block_b, block_k, mb) in seen:
+            continue
+        seen.add((block_b, block_k, mb))
+        configs.append(triton.Config(dict(BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_C=block_c, MB=mb), num_warps=4))
+    return configs
+
+
+_STREAMING_KEY = ["B_BUCKET", "K", "C", "N", "HEAD", "HAS_ABSENT", "BENEFIT"]
+
+
+@lru_cache(maxsize=None)
+def _autotuned_streaming(n: int, k: int, c: int, head: int):
+    tuner = triton.autotune(configs=_streaming_configs(n, k, c, head), key=_STREAMING_KEY,
+                            reset_to_zero=["STATS"])(kernels.streaming_kernel)
+    AUTOTUNERS.append(tuner)
+    return tuner
+
+
+def _launch_streaming(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats,
+                      config=None):
+    """The partial products (torch GEMMs), then one streaming-kernel launch: autotuned, or with `config`
+    (a triton.Config of _streaming_configs)."""
+    args, meta, tuning, nonfinite = _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
+                                                    benefit, phi, stats)
+    grid = lambda block_b: triton.cdiv(features[0].shape[0], block_b)  # noqa: E731
+    if INTERPRETED:
+        kernels.streaming_kernel[(grid(meta["BLOCK_B"]),)](*args, **meta, num_warps=4)
+    elif config is None and AUTOTUNE:
+        key = ("streaming", tuning, args[-1], benefit, meta["HAS_ABSENT"], meta["PREC2"],
+               None if weight2 is None else (weight2.dtype, bias2.dtype))
+        _launch_autotuned(_autotuned_streaming(*tuning), key, grid, args, meta, features)
     else:
-        block_b, block_k, block_c = 32, min(64, _pow2(k, 16)), min(64, _pow2(c, 16))
-        mb = max(1, min(1 << n, 4096 // (block_b * max(block_k, block_c if head == 2 else 1))))
-    args = [present, present.stride(0), present.stride(1), absent, absent.stride(0), a_bs, start,
-            w2, w2_rs, w2_cs, b2, labels, labels.stride(0), phi, stats, batch, k, c]
-    meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), HEAD=head, HAS_ABSENT=has_absent, BENEFIT=_BENEFITS[benefit],
-                PREC2=second_layer_precision(), BLOCK_B=block_b, MB=mb, BLOCK_K=block_k, BLOCK_C=block_c)
-    return args, meta, dict(num_warps=4), nonfinite
-
-
-def _launch_streaming(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats):
-    args, meta, options, nonfinite = _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
-                                                     benefit, phi, stats)
-    launch = kernels.streaming_kernel
-    if not INTERPRETED:
-        from torch.library import wrap_triton
-
-        launch = wrap_triton(launch)
-    launch[(triton.cdiv(features[0].shape[0], meta["BLOCK_B"]),)](*args, **meta, **options)
+        _launch_config(kernels.streaming_kernel, config or _streaming_configs(*tuning)[0], grid, args, meta)
     stats[2] += nonfinite
 
 

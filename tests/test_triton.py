@@ -485,6 +485,7 @@ COMPILE_CASES = [
     ("fused", Case(3, 31, 64, "mlp", "bf16", "T", "shared", "probability", weights="same"), 64),
     ("fused", Case(3, 31, 64, "decision", "fp16", "contig", "sample", "accuracy"), 24),
     ("streaming", Case(9, 101, 64, "mlp", "fp32", "strided", "sample", "paper"), 128),
+    ("streaming", Case(5, 101, 64, "concat", "fp32", "contig", "none", "paper"), 24),
 ]
 #: Spill stores (bytes) ptxas may report for a config before the check fails: a few are harmless.
 MAX_SPILL = 256
@@ -524,8 +525,10 @@ def compile_offline(arch: int = 90):
             configs = triton_shapley._fused_configs(*tuning)
             launches = [(dict(meta, **c.kwargs), c.num_warps, c.num_stages) for c in {configs[0], configs[-1]}]
         else:
-            args, meta, options, _ = triton_shapley._streaming_plan(*plan_args)
-            fn, launches = kernels.streaming_kernel, [(meta, options["num_warps"], 2)]
+            args, meta, tuning, _ = triton_shapley._streaming_plan(*plan_args)
+            fn = kernels.streaming_kernel
+            configs = triton_shapley._streaming_configs(*tuning)
+            launches = [(dict(meta, **c.kwargs), c.num_warps, 2) for c in configs]
         for meta_c, warps, stages in launches:
             values = dict(zip(fn.arg_names, args), **meta_c)
             signature, constants, attrs = {}, {}, {}
@@ -618,21 +621,29 @@ def test_gpu_matches_oracle_and_torch(case: Case, hidden: int):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_gpu_every_autotuning_config_agrees(dtype):
+@pytest.mark.parametrize("kernel", ["fused", "streaming"])
+def test_gpu_every_autotuning_config_agrees(kernel, dtype):
     """The suite runs with FASTSHAP_TRITON_AUTOTUNE=0 (one tile per shape); the autotuner may pick any of
     the candidates, so each one's phi and stats must equal the torch backend's."""
-    case = Case(2, 31, 3000, "concat", dtype, "contig", "none", "paper", weights="same" if dtype == "bf16" else "fp32")
+    n, classes = (2, 31) if kernel == "fused" else (4, 101)
+    case = Case(n, classes, 3000, "concat", dtype, "contig", "none", "paper",
+                weights="same" if dtype == "bf16" else "fp32")
     feats, head, labels, _ = make_inputs(case, "cuda")
     params = _params("concat", head) + [None, None]
     reference = fastshap.modality_shapley(feats, head, labels, backend="torch")
     expected = oracle_for(feats, head, labels, None, "paper")
-    _, _, tuning = triton_shapley._fused_plan(0, feats, *params, [], labels, "paper", None, None)
-    configs = triton_shapley._fused_configs(*tuning)
+    assert triton_shapley.uses_fused_kernel("concat", n, classes, False) == (kernel == "fused")
+    if kernel == "fused":
+        _, _, tuning = triton_shapley._fused_plan(0, feats, *params, [], labels, "paper", None, None)
+        configs, launch = triton_shapley._fused_configs(*tuning), triton_shapley._launch_fused
+    else:
+        configs = triton_shapley._streaming_configs(n, classes, classes, 0)
+        launch = triton_shapley._launch_streaming
     assert len(configs) > 1
     for config in configs:
-        phi = torch.full((case.B, 2), float("nan"), device="cuda")
-        stats = torch.zeros(3, 2, dtype=torch.float64, device="cuda")
-        triton_shapley._launch_fused(0, feats, *params, [], labels, "paper", phi, stats, config=config)
+        phi = torch.full((case.B, n), float("nan"), device="cuda")
+        stats = torch.zeros(4, n, dtype=torch.float64, device="cuda")
+        launch(0, feats, *params, [], labels, "paper", phi, stats, config=config)
         assert_matches(phi, reference, expected, GPU_EPS, f"{case.id} {config}")
         torch.testing.assert_close(stats[0].cpu(), phi.double().sum(0).cpu(), rtol=1e-9, atol=1e-6)
 

@@ -89,8 +89,7 @@ def main() -> int:
                 launch(ts._HEADS[kind], feats, *params, base, labels, benefit, phi, stats)
                 assert len(launches) > before, f"{kind}: nothing launched"
                 tuned.append(launches[-1][3])
-            if fused:
-                assert tuned == ([True, False] if autotune else [False, False]), (kind, autotune, tuned)
+            assert tuned == ([True, False] if autotune else [False, False]), (kind, fused, autotune, tuned)
     for name, cells, options, tuned in launches:
         print(name, cells, options, "autotuned" if tuned else "fixed")
     kinds = {name for name, *_ in launches}
