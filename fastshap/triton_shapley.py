@@ -10,7 +10,8 @@ returns ``(phi (B, n) float32, stats (4, n) float32)`` with the semantics of the
 :mod:`fastshap.reference`:
 
 * One launch per call for n <= 8 when the per-sample partial products fit on chip
-  (``n * pow2(K) <= FUSED_FLOATS``, per-sample baselines and the MLP's hidden layer counted): the fused
+  (``n * pow2(K) <= FUSED_FLOATS``, per-sample baselines and the MLP's hidden layer counted; 1.5x that for
+  the concat-linear and MLP heads without per-sample baselines, see WIDE_HEADS): the fused
   kernel reads each sample's features once. Otherwise the partials ``(n, B, K)`` come from torch GEMMs
   with fp32 results (cuBLAS: weight tiles reused across many samples) and the streaming kernel walks the
   coalitions from them (any n <= 16, any C or H); those partials equal the reference's bit for bit when
@@ -54,6 +55,13 @@ MAX_FUSED = kernels.MAX_FUSED
 FUSED_FLOATS = 512
 #: Registers' worth of fp32 values per program the autotuner's tiles may use.
 _PROGRAM_FLOATS = 1 << 14
+#: The concat-linear and MLP heads without per-sample baselines also take the fused kernel up to 1.5x
+#: FUSED_FLOATS per sample (n = 5 with C = 101: 640; the MLP with H = 256 at n = 2: 768), with 16- and
+#: 32-sample tiles of up to twice _PROGRAM_FLOATS: compiled offline for sm_90 those spill at most 32 bytes,
+#: while decision fusion or per-sample baselines at such widths spill hundreds (their softmax rows and
+#: second set of partials). The streaming path instead computes the partials with fp32 GEMMs on CUDA cores
+#: (~34 GFLOP at n = 5, C = 101, B = 65,536) and writes and re-reads them (n x B x K floats).
+WIDE_HEADS = ("concat", "mlp")
 
 #: FASTSHAP_TRITON_AUTOTUNE=0 launches the fused kernel with one fixed tile (:func:`_default_config`)
 #: instead of timing every candidate on a shape's first call: for test suites, which compile many shapes
@@ -208,7 +216,8 @@ def _fused_meta(head: int, dims: tuple, k: int, base: int, dtype, weight_dtype, 
     meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), KP=kp, HEAD=head, BASE=base, BENEFIT=_BENEFITS[benefit],
                 NATIVE=native, PREC=prec, BLOCK_DV=max(1, min(128, _pow2_floor(4096 // kp))))
     foot = _footprint(head, n, k, base)
-    max_block_b = max(16, min(256, _pow2_floor(_PROGRAM_FLOATS // foot)))
+    program_floats = _PROGRAM_FLOATS if foot <= FUSED_FLOATS else 2 * _PROGRAM_FLOATS  # a wide footprint
+    max_block_b = max(16, min(256, _pow2_floor(program_floats // foot)))
     widest = 128 if native else (64 if n * kp <= 128 else 32)
     max_block_d = max(16, min(widest, _pow2_floor(8192 // kp), _pow2(max(dims), 16)))
     return meta, (max_block_b, max_block_d, kp, 1 << n, foot)
@@ -399,7 +408,9 @@ def _launch_streaming(head, features, weight, bias, weight2, bias2, baselines, l
 
 def uses_fused_kernel(head: str, n: int, width: int, per_sample_baselines: bool) -> bool:
     """Whether a call takes the one-pass fused kernel (width: C, or H for the MLP head)."""
-    return n <= MAX_FUSED and _footprint(_HEADS[head], n, width, 2 if per_sample_baselines else 0) <= FUSED_FLOATS
+    wide = head in WIDE_HEADS and not per_sample_baselines
+    limit = FUSED_FLOATS * 3 // 2 if wide else FUSED_FLOATS
+    return n <= MAX_FUSED and _footprint(_HEADS[head], n, width, 2 if per_sample_baselines else 0) <= limit
 
 
 def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefit):

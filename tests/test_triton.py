@@ -180,7 +180,7 @@ def test_matches_oracle_and_torch(case: Case, device):
 def _uses_fused(case: Case) -> bool:
     per_sample = case.baselines in ("sample", "mixed")
     width = 24 if case.head == "mlp" else case.C
-    return triton_shapley.uses_fused_kernel("mlp" if case.head == "mlp" else "concat", case.n, width, per_sample)
+    return triton_shapley.uses_fused_kernel({"linear": "concat"}.get(case.head, case.head), case.n, width, per_sample)
 
 
 def test_cases_cover_both_kernels():
@@ -485,7 +485,10 @@ COMPILE_CASES = [
     ("fused", Case(3, 31, 64, "mlp", "bf16", "T", "shared", "probability", weights="same"), 64),
     ("fused", Case(3, 31, 64, "decision", "fp16", "contig", "sample", "accuracy"), 24),
     ("streaming", Case(9, 101, 64, "mlp", "fp32", "strided", "sample", "paper"), 128),
-    ("streaming", Case(5, 101, 64, "concat", "fp32", "contig", "none", "paper"), 24),
+    ("streaming", Case(5, 101, 64, "decision", "fp32", "contig", "none", "paper"), 24),
+    # wide footprints (WIDE_HEADS): n = 5 with C = 101, the MLP with H = 256
+    ("fused", Case(5, 101, 64, "concat", "fp32", "contig", "none", "probability"), 24),
+    ("fused", Case(2, 31, 64, "mlp", "bf16", "contig", "shared", "paper", weights="same"), 256),
 ]
 #: Spill stores (bytes) ptxas may report for a config before the check fails: a few are harmless.
 MAX_SPILL = 256
@@ -625,7 +628,7 @@ def test_gpu_matches_oracle_and_torch(case: Case, hidden: int):
 def test_gpu_every_autotuning_config_agrees(kernel, dtype):
     """The suite runs with FASTSHAP_TRITON_AUTOTUNE=0 (one tile per shape); the autotuner may pick any of
     the candidates, so each one's phi and stats must equal the torch backend's."""
-    n, classes = (2, 31) if kernel == "fused" else (4, 101)
+    n, classes = (2, 31) if kernel == "fused" else (3, 1000)
     case = Case(n, classes, 3000, "concat", dtype, "contig", "none", "paper",
                 weights="same" if dtype == "bf16" else "fp32")
     feats, head, labels, _ = make_inputs(case, "cuda")
