@@ -1,26 +1,30 @@
-"""Host time per call of fastshap's Python path, on a machine without a GPU (a diagnostic, not a benchmark).
+"""Host time per call of fastshap's Python path, on CPU tensors (the GPU launch path with the launch stubbed).
 
 On a GPU a valuation call is host-bound at batch sizes a training step uses: the H100 run of 2026-11-27
 measured ~1 ms of host time per `backend="triton"` call against ~0.2 ms of GPU time. The host's share is
-Python (checks, planning, dispatch) plus Triton's launcher. This script times the Python part on CPU
-tensors, with the Triton launch replaced by a no-op (``torch.library.wrap_triton`` stubbed, and the CPU
-device let through the op's device check), so that changes to that path can be measured here. Triton's own
+Python (checks, planning, dispatch) plus Triton's launcher. These rows time the Python part on CPU tensors,
+with the Triton launch replaced by a no-op (``torch.library.wrap_triton`` stubbed, and the CPU device let
+through the op's device check), so that changes to that path can be measured on any machine. Triton's own
 launcher and the CUDA launches of the small torch ops are not in these figures: the GPU benchmark's
 "host time / call" column has the whole cost.
 
-    .venv/bin/python bench/host_path.py            # prints a Markdown table (microseconds, best of 7)
+    .venv/bin/python bench/host_path.py      # a Markdown table (microseconds, best of 7 rounds)
+    .venv/bin/python -m pytest bench/test_bench_host.py --benchmark-only    # the same rows, pytest-benchmark
 
-Run it without TRITON_INTERPRET (it imports the GPU launch path).
+Run without TRITON_INTERPRET (the rows use the GPU launch path).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 
 import torch
 import torch.library
+
+BATCH, DIMS, CLASSES = 8, (16, 16), 4
 
 
 class _NoLaunch:
@@ -33,6 +37,75 @@ class _NoLaunch:
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def stubbed_launch():
+    """Inside: Triton launches do nothing and the Triton op accepts CPU tensors. Everything is restored on
+    exit, including the launch choices recorded meanwhile (fastshap.triton_shapley._CHOSEN)."""
+    from fastshap import triton_shapley as ts
+
+    if ts.INTERPRETED:
+        raise RuntimeError("bench/host_path.py: run without TRITON_INTERPRET=1 (it times the GPU launch path)")
+    check, wrap, chosen = ts._check, torch.library.wrap_triton, dict(ts._CHOSEN)
+    tuners = len(ts.AUTOTUNERS)
+
+    def check_on_cpu(*args):  # the op's static checks, with CPU tensors let through as under the interpreter
+        ts.INTERPRETED = True
+        try:
+            return check(*args)
+        finally:
+            ts.INTERPRETED = False
+
+    ts._check, torch.library.wrap_triton = check_on_cpu, _NoLaunch
+    try:
+        yield
+    finally:
+        ts._check, torch.library.wrap_triton = check, wrap
+        ts._CHOSEN.clear()
+        ts._CHOSEN.update(chosen)
+        for tuner in ts.AUTOTUNERS[tuners:]:
+            tuner.__dict__.pop("best_config", None)
+
+
+def rows() -> list:
+    """[(name, zero-argument callable)]: B = 8, n = 2, d = 16, C = 4 on CPU tensors. The Triton rows need
+    stubbed_launch()."""
+    import fastshap
+    from fastshap import backends, heads
+    from fastshap import triton_shapley as ts
+
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(BATCH, d, generator=g) for d in DIMS]
+    labels = torch.randint(0, CLASSES, (BATCH,), generator=g)
+    head = heads.ConcatLinear(list(DIMS), CLASSES)
+    weight, bias = head.fc.weight.detach(), head.fc.bias.detach()
+    deferred = fastshap.DeferredChecks()
+    triton_backend = backends.BACKENDS["triton"]
+
+    def as_triton(fn):  # the API, with backend selection answering "triton" for CPU tensors
+        def run():
+            select = backends.select
+            backends.select = lambda name, call: triton_backend
+            try:
+                return fn()
+            finally:
+                backends.select = select
+
+        return run
+
+    return [
+        ("plain forward (cat + Linear)", lambda: head.fc(torch.cat(feats, 1))),
+        ("cpp op alone", lambda: torch.ops.fastshap.shapley_concat(feats, weight, bias, [], labels, "paper")),
+        ("API, cpp backend, checked", lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp")),
+        ("API, cpp backend, defer_checks",
+         lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp", defer_checks=deferred)),
+        ("triton op (launch stubbed)", lambda: ts.shapley_concat(feats, weight, bias, [], labels, "paper")),
+        ("API, triton backend, checked (launch stubbed)",
+         as_triton(lambda: fastshap.modality_shapley(feats, head, labels))),
+        ("API, triton backend, defer_checks (launch stubbed)",
+         as_triton(lambda: fastshap.modality_shapley(feats, head, labels, defer_checks=deferred))),
+    ]
 
 
 def _best_us(fn, reps: int = 2000, rounds: int = 7) -> float:
@@ -51,57 +124,11 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("run without TRITON_INTERPRET=1", file=sys.stderr)
         return 2
-    torch.library.wrap_triton = _NoLaunch
     torch.set_num_threads(1)
-
-    import fastshap
-    from fastshap import backends, heads
-    from fastshap import triton_shapley as ts
-
-    check = ts._check
-
-    def check_on_cpu(*args):  # the op's static checks, with CPU tensors let through as under the interpreter
-        ts.INTERPRETED = True
-        try:
-            return check(*args)
-        finally:
-            ts.INTERPRETED = False
-
-    ts._check = check_on_cpu
-    g = torch.Generator().manual_seed(0)
-    dims, classes, batch = [16, 16], 4, 8
-    feats = [torch.randn(batch, d, generator=g) for d in dims]
-    labels = torch.randint(0, classes, (batch,), generator=g)
-    head = heads.ConcatLinear(dims, classes)
-    weight, bias = head.fc.weight.detach(), head.fc.bias.detach()
-    deferred = fastshap.DeferredChecks()
-    triton_backend = backends.BACKENDS["triton"]
-    real_select = backends.select
-
-    def forced(fn):  # the API with backend selection answering "triton" for CPU tensors
-        def run():
-            backends.select = lambda name, call: triton_backend
-            try:
-                return fn()
-            finally:
-                backends.select = real_select
-        return run
-
-    rows = [
-        ("plain forward (cat + Linear), no_grad", lambda: head.fc(torch.cat(feats, 1))),
-        ("cpp op alone", lambda: torch.ops.fastshap.shapley_concat(feats, weight, bias, [], labels, "paper")),
-        ("API, cpp backend, checked", lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp")),
-        ("API, cpp backend, defer_checks",
-         lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp", defer_checks=deferred)),
-        ("triton op (launch stubbed)", lambda: ts.shapley_concat(feats, weight, bias, [], labels, "paper")),
-        ("API, triton backend, checked (launch stubbed)", forced(lambda: fastshap.modality_shapley(feats, head, labels))),
-        ("API, triton backend, defer_checks (launch stubbed)",
-         forced(lambda: fastshap.modality_shapley(feats, head, labels, defer_checks=deferred))),
-    ]
-    with torch.no_grad():
-        print(f"host time per call, B = {batch}, n = 2, d = 16, C = 4 (torch {torch.__version__}, 1 thread)\n")
+    with stubbed_launch(), torch.no_grad():
+        print(f"host time per call, B = {BATCH}, n = 2, d = 16, C = 4 (torch {torch.__version__}, 1 thread)\n")
         print("| path | µs / call |\n|---|---|")
-        for name, fn in rows:
+        for name, fn in rows():
             print(f"| {name} | {_best_us(fn):.1f} |")
     return 0
 

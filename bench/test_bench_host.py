@@ -1,0 +1,50 @@
+"""Host time per call of fastshap's Python path (bench/host_path.py's rows, as pytest-benchmark cases).
+
+CPU tensors, B = 8: what a call costs the host besides its kernels; the Triton rows stub the launch (see
+bench/host_path.py). Skipped under TRITON_INTERPRET=1, which would time the interpreter instead.
+
+    .venv/bin/python -m pytest bench/test_bench_host.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import host_path
+
+NAMES = [
+    "plain forward (cat + Linear)",
+    "cpp op alone",
+    "API, cpp backend, checked",
+    "API, cpp backend, defer_checks",
+    "triton op (launch stubbed)",
+    "API, triton backend, checked (launch stubbed)",
+    "API, triton backend, defer_checks (launch stubbed)",
+]
+
+
+@pytest.fixture(scope="module")
+def host_rows():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1: the Triton rows would time the interpreter, not the launch path")
+    pytest.importorskip("triton")
+    from fastshap import backends
+
+    reason = backends.BACKENDS["cpp"].unavailable()
+    if reason:
+        pytest.skip(reason)
+    with host_path.stubbed_launch():
+        yield dict(host_path.rows())
+
+
+@pytest.mark.benchmark(min_rounds=7, warmup=True)
+@pytest.mark.parametrize("name", NAMES)
+def test_host_path(benchmark, host_rows, name):
+    assert set(host_rows) == set(NAMES)
+    provider = "plain_forward" if name.startswith("plain forward") else name  # the report's yardstick
+    benchmark.extra_info.update(suite="host", provider=provider, n=len(host_path.DIMS), batch=host_path.BATCH)
+    with torch.no_grad():
+        benchmark(host_rows[name])
