@@ -85,11 +85,11 @@ run_step info 30 "$OUT/env.txt" "$PY" -m fastshap.info
 run_step host 40 "$OUT/env.txt" env -u TRITON_INTERPRET "$PY" bench/host_path.py
 
 if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
-  run_step bench 210 "$OUT/bench.log" "$PY" -m pytest bench/test_bench_gpu.py -q -rs --benchmark-only \
+  run_step bench 240 "$OUT/bench.log" "$PY" -m pytest bench/test_bench_gpu.py -q -rs --benchmark-only \
     --benchmark-json "$OUT/bench.json" -p no:cacheprovider
 else
   echo "pytest-benchmark is not installed: running bench/gpu_cases.py" >>"$OUT/bench.log"
-  run_step bench 210 "$OUT/bench.log" "$PY" bench/gpu_cases.py --json "$OUT/bench.json"
+  run_step bench 240 "$OUT/bench.log" "$PY" bench/gpu_cases.py --json "$OUT/bench.json"
 fi
 
 # Valuation inside training on this GPU (online overhead, epoch-mode pass against an eval forward), at a
