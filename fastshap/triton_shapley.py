@@ -501,7 +501,7 @@ def _eager(features) -> bool:
     make_fx, plain tensors): then the registered op would only dispatch back to its implementation, and
     calling that directly saves the dispatcher's Python round trip (~30 us of host time a call on a fast
     CPU). Otherwise the call goes through the op, which is what tracing records."""
-    return (type(features[0]) is torch.Tensor and torch._C._len_torch_dispatch_stack() == 0
+    return (bool(features) and type(features[0]) is torch.Tensor and torch._C._len_torch_dispatch_stack() == 0
             and not torch.compiler.is_compiling())
 
 

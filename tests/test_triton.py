@@ -368,6 +368,8 @@ def test_refusals_and_argument_errors(device):
         triton_shapley.shapley_concat(f32, w, b, [torch.zeros(3, device=device)], y, "paper")
     with pytest.raises(ValueError, match="labels"):
         triton_shapley.shapley_concat(f32, w, b, [], y.int(), "paper")
+    with pytest.raises((ValueError, RuntimeError), match="between 1 and 16 modalities"):
+        triton_shapley.shapley_concat([], w, b, [], y, "paper")
 
 
 def test_empty_batch(device):
