@@ -176,31 +176,31 @@ def _check_dims(head, dims, what: str) -> None:
 
 def _head_spec(head, dims, device, deferred: Optional[DeferredChecks]) -> HeadSpec:
     total = sum(dims)
-    with torch.no_grad():
-        if isinstance(head, (nn.Linear, heads.ConcatLinear)):
-            fc = head if isinstance(head, nn.Linear) else head.fc
-            if isinstance(head, heads.ConcatLinear):
-                _check_dims(head, dims, "ConcatLinear head")
-            if fc.in_features != total:
-                raise ValueError(
-                    f"fastshap: the Linear head takes {fc.in_features} inputs, the features have {total} in all"
-                )
-            weight = fc.weight.detach()
-            bias = fc.bias.detach() if fc.bias is not None else fc.weight.new_zeros(fc.out_features)
-            params = (weight, bias)
-            _check_params(params, device, "head", deferred, fc, (weight,) if fc.bias is None else params)
-            return HeadSpec("concat", params, num_classes=fc.out_features)
-        if isinstance(head, heads.DecisionFusion):
-            _check_dims(head, dims, "DecisionFusion head")
-            params = tuple(p.detach() for p in head.packed())
-            sources = tuple(p.detach() for p in head.parameters())
-            _check_params(params, device, "DecisionFusion head", deferred, head, sources)
-            return HeadSpec("decision", params, num_classes=params[0].shape[0])
-        if isinstance(head, heads.ConcatMLP):
-            _check_dims(head, dims, "ConcatMLP head")
-            params = tuple(p.detach() for p in (head.fc1.weight, head.fc1.bias, head.fc2.weight, head.fc2.bias))
-            _check_params(params, device, "ConcatMLP head", deferred, head)
-            return HeadSpec("mlp", params, num_classes=head.fc2.out_features)
+    if isinstance(head, (nn.Linear, heads.ConcatLinear)):
+        fc = head if isinstance(head, nn.Linear) else head.fc
+        if isinstance(head, heads.ConcatLinear):
+            _check_dims(head, dims, "ConcatLinear head")
+        if fc.in_features != total:
+            raise ValueError(
+                f"fastshap: the Linear head takes {fc.in_features} inputs, the features have {total} in all"
+            )
+        weight = fc.weight.detach()
+        bias = fc.bias.detach() if fc.bias is not None else weight.new_zeros(fc.out_features)
+        params = (weight, bias)
+        _check_params(params, device, "head", deferred, fc, (weight,) if fc.bias is None else params)
+        return HeadSpec("concat", params, num_classes=fc.out_features)
+    if isinstance(head, heads.DecisionFusion):
+        _check_dims(head, dims, "DecisionFusion head")
+        with torch.no_grad():  # packing concatenates the classifiers' parameters: no graph for that
+            params = head.packed()
+        sources = tuple(p.detach() for p in head.parameters())
+        _check_params(params, device, "DecisionFusion head", deferred, head, sources)
+        return HeadSpec("decision", params, num_classes=params[0].shape[0])
+    if isinstance(head, heads.ConcatMLP):
+        _check_dims(head, dims, "ConcatMLP head")
+        params = tuple(p.detach() for p in (head.fc1.weight, head.fc1.bias, head.fc2.weight, head.fc2.bias))
+        _check_params(params, device, "ConcatMLP head", deferred, head)
+        return HeadSpec("mlp", params, num_classes=head.fc2.out_features)
     if not callable(head):
         raise TypeError(f"fastshap: head must be nn.Linear, a fastshap.heads module or a callable, got {type(head).__name__}")
     return HeadSpec("callable", fn=head)

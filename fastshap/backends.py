@@ -8,10 +8,11 @@ silent fallback.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -24,9 +25,8 @@ class BackendError(RuntimeError):
     """The requested backend cannot run this call (the message says why)."""
 
 
-@dataclass(frozen=True)
-class Call:
-    """What a backend needs to know to accept a call."""
+class Call(NamedTuple):
+    """What a backend needs to know to accept a call (a tuple: built on every call, cheaply)."""
 
     kind: str  # "concat" | "decision" | "mlp" | "callable"
     device: torch.device
@@ -108,13 +108,7 @@ class CudaBackend(Backend):
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
     def unavailable(self):
-        if not _extension.LOADED:
-            return f"the compiled extension fastshap._C did not load ({_extension.LOAD_ERROR})"
-        if not _extension.has_kernel("shapley_concat", "CUDA"):
-            return "fastshap._C was built without its CUDA kernels (see FASTSHAP_BUILD_CUDA in the README)"
-        if not torch.cuda.is_available():
-            return "no CUDA device is available"
-        return None
+        return _cuda_unavailable()
 
     def declines(self, call):
         return _kernel_declines(call, "cuda", self.dtypes)
@@ -131,17 +125,7 @@ class TritonBackend(Backend):
     module = "fastshap.triton_shapley"
 
     def unavailable(self):
-        try:
-            importlib.import_module("triton")
-        except ImportError as exc:
-            return f"Triton is not installed ({exc})"
-        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            return "no CUDA device (on CPU, Triton runs only with TRITON_INTERPRET=1 set before it is imported)"
-        try:
-            importlib.import_module(self.module)
-        except Exception as exc:  # e.g. an older torch whose triton_op rejects our registration
-            return f"the Triton kernels did not import ({type(exc).__name__}: {exc})"
-        return None
+        return _triton_unavailable(self.module)
 
     def declines(self, call):
         interpreted = os.environ.get("TRITON_INTERPRET") == "1"
@@ -149,6 +133,34 @@ class TritonBackend(Backend):
 
     def _ops(self):
         return importlib.import_module(self.module)
+
+
+# What makes the compiled CUDA kernels or Triton unavailable does not change within a process (a build, an
+# install, a device, an environment variable read at import): asked once, not on every call.
+@functools.lru_cache(maxsize=None)
+def _cuda_unavailable() -> Optional[str]:
+    if not _extension.LOADED:
+        return f"the compiled extension fastshap._C did not load ({_extension.LOAD_ERROR})"
+    if not _extension.has_kernel("shapley_concat", "CUDA"):
+        return "fastshap._C was built without its CUDA kernels (see FASTSHAP_BUILD_CUDA in the README)"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_unavailable(module: str) -> Optional[str]:
+    try:
+        importlib.import_module("triton")
+    except ImportError as exc:
+        return f"Triton is not installed ({exc})"
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        return "no CUDA device (on CPU, Triton runs only with TRITON_INTERPRET=1 set before it is imported)"
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # e.g. an older torch whose triton_op rejects our registration
+        return f"the Triton kernels did not import ({type(exc).__name__}: {exc})"
+    return None
 
 
 BACKENDS = {b.name: b for b in (TorchBackend(), CppBackend(), CudaBackend(), TritonBackend())}
