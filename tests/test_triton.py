@@ -177,6 +177,31 @@ def test_matches_oracle_and_torch(case: Case, device):
     assert torch.equal(stats[1].cpu(), (phi < 1).sum(0).float().cpu())
 
 
+#: Footprints above FUSED_FLOATS that WIDE_HEADS take to the fused kernel: (case, MLP hidden width).
+WIDE_CASES = [
+    (Case(6, 101, 20, "concat", "fp32", "contig", "none", "probability"), 24),  # 6 x 128 = 768
+    (Case(2, 7, 20, "mlp", "fp32", "strided", "shared", "paper"), 256),  # 256 x (2 + 1) = 768
+]
+
+
+@pytest.mark.parametrize("case,hidden", WIDE_CASES, ids=[c.id for c, _ in WIDE_CASES])
+def test_wide_footprints_take_the_fused_kernel(case: Case, hidden: int, device, monkeypatch):
+    width = hidden if case.head == "mlp" else case.C
+    assert triton_shapley._footprint(triton_shapley._HEADS[case.head], case.n, width, 0) > triton_shapley.FUSED_FLOATS
+    assert triton_shapley.uses_fused_kernel(case.head, case.n, width, False)
+    if case.head == "concat":  # decision fusion at the same width stays on the streaming path
+        assert not triton_shapley.uses_fused_kernel("decision", case.n, width, False)
+    launched = []
+    fused = triton_shapley._launch_fused
+    monkeypatch.setattr(triton_shapley, "_launch_fused", lambda *a, **k: launched.append(1) or fused(*a, **k))
+    feats, head, labels, baselines = make_inputs(case, device, hidden=hidden)
+    phi = fastshap.modality_shapley(feats, head, labels, baselines=baselines, benefit=case.benefit, backend="triton")
+    assert launched
+    reference = fastshap.modality_shapley(feats, head, labels, baselines=baselines, benefit=case.benefit,
+                                          backend="torch")
+    assert_matches(phi, reference, oracle_for(feats, head, labels, baselines, case.benefit), eps_for(device), case.id)
+
+
 def _uses_fused(case: Case) -> bool:
     per_sample = case.baselines in ("sample", "mixed")
     width = 24 if case.head == "mlp" else case.C
