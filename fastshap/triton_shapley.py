@@ -40,6 +40,7 @@ from typing import List, Tuple
 
 import torch
 import triton
+from torch._subclasses.fake_tensor import is_fake
 from triton.runtime.interpreter import InterpretedFunction
 
 from fastshap import _triton_kernels as kernels
@@ -299,9 +300,12 @@ def _launch_autotuned(tuner, key, grid, args, meta, features):
 
 
 def _launch_config(kernel, config, grid, args, meta):
+    """One launch with `config`'s tiles, warps and stages (not Config.all_kwargs(): torch.compile's tracing
+    of wrap_triton rejects a num_ctas argument, and our configs leave the other options at their defaults)."""
     from torch.library import wrap_triton
 
-    wrap_triton(kernel)[(grid(config.kwargs["BLOCK_B"]),)](*args, **meta, **config.all_kwargs())
+    wrap_triton(kernel)[(grid(config.kwargs["BLOCK_B"]),)](
+        *args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def _partials(xs, weight):
@@ -424,8 +428,10 @@ def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefi
         per_sample = bool(baselines) and baselines[0].dim() == 2
         fused = uses_fused_kernel(kind, n, weight.shape[0], per_sample)
         launch = _launch_fused if fused else _launch_streaming
-        # Triton launches on the current CUDA device: make it the features' one.
-        with torch.cuda.device(device) if device.type == "cuda" else _no_guard():
+        # Triton launches on the current CUDA device: make it the features' one (not while tracing with fake
+        # tensors: nothing launches then, and a machine that traces need not have the device).
+        guard = device.type == "cuda" and not is_fake(features[0])
+        with torch.cuda.device(device) if guard else _no_guard():
             launch(head, list(features), weight, bias, weight2, bias2, list(baselines), labels, benefit, phi, stats)
     return phi, stats.float()
 

@@ -504,6 +504,15 @@ def test_gpu_launch_path_binds_every_kernel_argument():
     assert "fused_kernel" in done.stdout and "streaming_kernel" in done.stdout
 
 
+def test_gpu_launch_path_traces_like_torch_compile():
+    """The same launches traced by make_fx over fake CUDA tensors with wrap_triton enabled, as torch.compile
+    traces them (tests/triton_trace_check.py): each is one triton_kernel_wrapper_mutation node, for the
+    fixed tile, the autotuner and its recorded choice."""
+    done = _without_interpreter([os.path.join("tests", "triton_trace_check.py")])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("triton_kernel_wrapper_mutation") == 9, done.stdout
+
+
 # --- the compiled kernels, without a GPU: Triton compiles them for sm_90 offline -------------------------
 
 #: Launches compiled by ``python tests/test_triton.py --compile`` (kernel, case, MLP hidden width).

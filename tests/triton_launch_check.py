@@ -16,7 +16,9 @@ from triton.runtime.autotuner import Autotuner
 from fastshap import heads
 from fastshap import triton_shapley as ts
 
-LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "ir_override")
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+#: Launch options torch.compile's tracing of wrap_triton rejects when passed to a kernel call.
+UNTRACEABLE = ("num_ctas",)
 launches = []
 
 
@@ -31,6 +33,8 @@ class Recorder:
                 fn.best_config = fn.configs[-1]  # what a tuning run leaves behind (fastshap reuses it)
                 fn, configs = fn.fn, fn.configs
             names = list(fn.arg_names)
+            untraceable = set(UNTRACEABLE) & set(kwargs)
+            assert not untraceable, f"{untraceable} passed to the launch: torch.compile cannot trace that"
             for config in configs:
                 given = dict(kwargs)
                 if config is not None:
