@@ -660,19 +660,20 @@ def test_gpu_matches_oracle_and_torch(case: Case, hidden: int):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("kernel", ["fused", "streaming"])
+@pytest.mark.parametrize("kernel", ["fused", "wide", "streaming"])
 def test_gpu_every_autotuning_config_agrees(kernel, dtype):
     """The suite runs with FASTSHAP_TRITON_AUTOTUNE=0 (one tile per shape); the autotuner may pick any of
-    the candidates, so each one's phi and stats must equal the torch backend's."""
-    n, classes = (2, 31) if kernel == "fused" else (3, 1000)
+    the candidates, so each one's phi and stats must equal the torch backend's ("wide": a footprint above
+    FUSED_FLOATS that the fused kernel takes, n = 5 with C = 101)."""
+    n, classes = {"fused": (2, 31), "wide": (5, 101), "streaming": (3, 1000)}[kernel]
     case = Case(n, classes, 3000, "concat", dtype, "contig", "none", "paper",
                 weights="same" if dtype == "bf16" else "fp32")
     feats, head, labels, _ = make_inputs(case, "cuda")
     params = _params("concat", head) + [None, None]
     reference = fastshap.modality_shapley(feats, head, labels, backend="torch")
     expected = oracle_for(feats, head, labels, None, "paper")
-    assert triton_shapley.uses_fused_kernel("concat", n, classes, False) == (kernel == "fused")
-    if kernel == "fused":
+    assert triton_shapley.uses_fused_kernel("concat", n, classes, False) == (kernel != "streaming")
+    if kernel != "streaming":
         _, _, tuning = triton_shapley._fused_plan(0, feats, *params, [], labels, "paper", None, None)
         configs, launch = triton_shapley._fused_configs(*tuning), triton_shapley._launch_fused
     else:
