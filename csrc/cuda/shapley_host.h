@@ -139,6 +139,14 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
   const bool per_sample = !baselines.empty() && baselines[0].dim() == 2;
   const bool shared = !baselines.empty() && !per_sample;
 
+  // One zero-filled allocation (one fill launch, which a GPU's host pays for) holds the kernel's float64
+  // stats accumulators (4, n) and, when removed modalities add nothing, the zero row they add (1, K).
+  const bool zero_row = !shared && head != kDecision;
+  const int64_t stats_bytes = 4 * n * static_cast<int64_t>(sizeof(double));  // a multiple of 32: aligned
+  const int64_t row_bytes = zero_row ? K * at::elementSize(ct) : 0;
+  const Tensor zeros = at::zeros({stats_bytes + row_bytes}, features[0].options().dtype(at::kByte));
+  pr.stats = zeros.narrow(0, 0, stats_bytes).view(at::kDouble).view({4, n});  // accumulated by the kernel
+
   // A removed modality's contribution when it is the same for every sample: shared baselines' partial
   // products (one small GEMM each), zeros, and for decision fusion their softmax with the classifier's bias.
   Tensor host_nonfinite;  // rows of the shared baselines' products holding NaN/Inf (defined with them)
@@ -158,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
     pr.start = at::zeros({K}, opts);
   } else {
     pr.start = bias1.to(ct).contiguous();
-    if (!shared) absent = at::zeros({1, K}, opts);  // removed modalities add nothing (exactly)
+    if (zero_row) absent = zeros.narrow(0, stats_bytes, row_bytes).view(ct).view({1, K});  // adds exactly 0
   }
   pr.absent = absent;
   pr.absent_stride = absent.size(0) == 1 ? 0 : K;
@@ -168,7 +176,6 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
   }
   pr.labels = labels;
   pr.phi = at::empty({B, n}, features[0].options().dtype(at::kFloat));
-  pr.stats = at::zeros({4, n}, features[0].options().dtype(at::kDouble));  // accumulated by the kernel
   pr.coef = shapley_coefficients(n);
 
   if (B > 0) {
