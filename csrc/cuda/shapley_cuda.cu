@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 
 namespace fastshap {
 namespace tile {
@@ -34,6 +35,28 @@ __global__ void __launch_bounds__(kThreads) shapley_kernel(const Params<T> p) {
 
 constexpr int64_t kDefaultSharedMemory = 48 * 1024;
 
+// Per-device facts asked of the driver once instead of on every call (each call's host time matters on a
+// GPU): device attributes, and how far each kernel's dynamic shared memory has been raised. Zero means not
+// asked yet; two threads racing only repeat a call. Devices past kMaxDevices are asked every time.
+constexpr int kMaxDevices = 64;
+
+int device_attribute(cudaDeviceAttr attribute, int device, std::atomic<int>* cache) {
+  if (device < kMaxDevices && cache[device].load(std::memory_order_relaxed) != 0) return cache[device].load();
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  if (device < kMaxDevices) cache[device].store(value);
+  return value;
+}
+
+template <typename In, typename T>
+void allow_shared_memory(int device, int64_t smem) {
+  static std::atomic<int64_t> allowed[kMaxDevices];
+  if (device < kMaxDevices && allowed[device].load(std::memory_order_relaxed) >= smem) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(&shapley_kernel<In, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  if (device < kMaxDevices) allowed[device].store(smem);
+}
+
 struct CudaBackend {
   c10::optional<c10::cuda::CUDAGuard> guard;
 
@@ -43,10 +66,10 @@ struct CudaBackend {
   }
 
   Limits limits() const {
+    static std::atomic<int> optin_cache[kMaxDevices], sms_cache[kMaxDevices];
     const int device = c10::cuda::current_device();
-    int optin = 0, sms = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device, optin_cache);
+    const int sms = device_attribute(cudaDevAttrMultiProcessorCount, device, sms_cache);
     const int64_t hard = std::max<int64_t>(optin, kDefaultSharedMemory);
     return Limits{std::max<int64_t>(hard / 2, kDefaultSharedMemory), hard, 2 * int64_t{std::max(sms, 1)},
                   int64_t{1} << 24};
@@ -58,9 +81,7 @@ struct CudaBackend {
   void launch(const Params<T>& p) {
     auto kernel = &shapley_kernel<In, T>;
     const int64_t smem = p.plan.smem_bytes;
-    if (smem > kDefaultSharedMemory) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    }
+    if (smem > kDefaultSharedMemory) allow_shared_memory<In, T>(c10::cuda::current_device(), smem);
     kernel<<<static_cast<unsigned int>(p.plan.grid), kThreads, static_cast<size_t>(smem),
              c10::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
