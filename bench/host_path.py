@@ -47,7 +47,8 @@ def stubbed_launch():
 
     if ts.INTERPRETED:
         raise RuntimeError("bench/host_path.py: run without TRITON_INTERPRET=1 (it times the GPU launch path)")
-    check, wrap, chosen = ts._check, torch.library.wrap_triton, dict(ts._CHOSEN)
+    recorded = getattr(ts, "_CHOSEN", {})  # getattr: the script also times older trees, for comparisons
+    check, wrap, chosen = ts._check, torch.library.wrap_triton, dict(recorded)
     tuners = len(ts.AUTOTUNERS)
 
     def check_on_cpu(*args):  # the op's static checks, with CPU tensors let through as under the interpreter
@@ -62,8 +63,8 @@ def stubbed_launch():
         yield
     finally:
         ts._check, torch.library.wrap_triton = check, wrap
-        ts._CHOSEN.clear()
-        ts._CHOSEN.update(chosen)
+        recorded.clear()
+        recorded.update(chosen)
         for tuner in ts.AUTOTUNERS[tuners:]:
             tuner.__dict__.pop("best_config", None)
 
