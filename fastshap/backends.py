@@ -55,7 +55,7 @@ class Backend:
         return None
 
     def run(self, spec: HeadSpec, features, baselines, labels, benefit):
-        """(phi (B, n) float32, stats (3, n) float32); each subclass's _ops() holds shapley_<kind>."""
+        """(phi (B, n) float32, stats (4, n) float32); each subclass's _ops() holds shapley_<kind>."""
         if spec.kind == "callable":
             return reference.shapley_callable(features, spec.fn, labels, baselines, benefit)
         op = getattr(self._ops(), f"shapley_{spec.kind}")
