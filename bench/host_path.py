@@ -25,6 +25,16 @@ import torch
 import torch.library
 
 BATCH, DIMS, CLASSES = 8, (16, 16), 4
+#: The rows, in the order rows() returns them.
+NAMES = (
+    "plain forward (cat + Linear)",
+    "cpp op alone",
+    "API, cpp backend, checked",
+    "API, cpp backend, defer_checks",
+    "triton op (launch stubbed)",
+    "API, triton backend, checked (launch stubbed)",
+    "API, triton backend, defer_checks (launch stubbed)",
+)
 
 
 class _NoLaunch:
@@ -95,18 +105,16 @@ def rows() -> list:
 
         return run
 
-    return [
-        ("plain forward (cat + Linear)", lambda: head.fc(torch.cat(feats, 1))),
-        ("cpp op alone", lambda: torch.ops.fastshap.shapley_concat(feats, weight, bias, [], labels, "paper")),
-        ("API, cpp backend, checked", lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp")),
-        ("API, cpp backend, defer_checks",
-         lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp", defer_checks=deferred)),
-        ("triton op (launch stubbed)", lambda: ts.shapley_concat(feats, weight, bias, [], labels, "paper")),
-        ("API, triton backend, checked (launch stubbed)",
-         as_triton(lambda: fastshap.modality_shapley(feats, head, labels))),
-        ("API, triton backend, defer_checks (launch stubbed)",
-         as_triton(lambda: fastshap.modality_shapley(feats, head, labels, defer_checks=deferred))),
+    calls = [
+        lambda: head.fc(torch.cat(feats, 1)),
+        lambda: torch.ops.fastshap.shapley_concat(feats, weight, bias, [], labels, "paper"),
+        lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp"),
+        lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp", defer_checks=deferred),
+        lambda: ts.shapley_concat(feats, weight, bias, [], labels, "paper"),
+        as_triton(lambda: fastshap.modality_shapley(feats, head, labels)),
+        as_triton(lambda: fastshap.modality_shapley(feats, head, labels, defer_checks=deferred)),
     ]
+    return list(zip(NAMES, calls, strict=True))
 
 
 def _best_us(fn, reps: int = 2000, rounds: int = 7) -> float:

@@ -207,9 +207,11 @@ def _interpreter_coalitions(block_b: int, width: int, n: int) -> int:
 
 
 @lru_cache(maxsize=1024)
-def _fused_meta(head: int, dims: tuple, k: int, base: int, dtype, weight_dtype, benefit: str, prec32: str):
+def _fused_meta(head: int, dims: tuple, k: int, base: int, dtype, weight_dtype, benefit: str, prec32: str,
+                fused_floats: int):
     """(constexpr meta, autotuning class) of a fused launch: they depend on shapes and dtypes only, so a
-    training loop computes them once per shape."""
+    training loop computes them once per shape (fused_floats: FUSED_FLOATS, an argument so that the cache
+    sees a changed limit)."""
     n = len(dims)
     kp = _pow2(k, 16)
     native = not INTERPRETED and weight_dtype == dtype and dtype in _HALF
@@ -217,7 +219,7 @@ def _fused_meta(head: int, dims: tuple, k: int, base: int, dtype, weight_dtype, 
     meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), KP=kp, HEAD=head, BASE=base, BENEFIT=_BENEFITS[benefit],
                 NATIVE=native, PREC=prec, BLOCK_DV=max(1, min(128, _pow2_floor(4096 // kp))))
     foot = _footprint(head, n, k, base)
-    program_floats = _PROGRAM_FLOATS if foot <= FUSED_FLOATS else 2 * _PROGRAM_FLOATS  # a wide footprint
+    program_floats = _PROGRAM_FLOATS if foot <= fused_floats else 2 * _PROGRAM_FLOATS  # a wide footprint
     max_block_b = max(16, min(256, _pow2_floor(program_floats // foot)))
     widest = 128 if native else (64 if n * kp <= 128 else 32)
     max_block_d = max(16, min(widest, _pow2_floor(8192 // kp), _pow2(max(dims), 16)))
@@ -233,7 +235,7 @@ def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
     c = weight2.shape[0] if head == 2 else k
     base = 0 if not baselines else (1 if baselines[0].dim() == 1 else 2)
     meta, tuning = _fused_meta(head, tuple(f.shape[1] for f in features), k, base, features[0].dtype, weight.dtype,
-                               benefit, fp32_dot_precision())
+                               benefit, fp32_dot_precision(), FUSED_FLOATS)
     none = [None] * (MAX_FUSED - n)
     xs = [*features, *none]
     xr = [*(f.stride(0) for f in features), *none]
