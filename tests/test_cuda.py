@@ -338,15 +338,19 @@ def test_emulation_odd_sizes_match_cpp(emu, kind, batch):
                 assert torch.equal(stats[1:], want[1][1:])
 
 
-def test_emulation_sixteen_modalities(emu):
-    """n = 16 (65,536 coalitions, chunked) against the CPU kernel, exact with dyadic inputs."""
-    g = torch.Generator().manual_seed(16)
-    dims = [1] * 15 + [2]
-    head = heads.ConcatLinear(dims, 3)
+@pytest.mark.parametrize("n", range(9, 17))
+def test_emulation_many_modalities(emu, n):
+    """n = 9..16 (up to 65,536 coalitions, chunked): the block programs compiled for these modality counts,
+    which the oracle matrix (n <= 8) does not reach, against the CPU kernel, exact with dyadic inputs. The
+    feature dtype cycles with n, so every input type's program is run at some of these counts."""
+    g = torch.Generator().manual_seed(n)
+    dtype = (torch.float32, torch.float16, torch.bfloat16, torch.float64)[n % 4]
+    dims = [1] * (n - 1) + [2]
+    head = heads.ConcatLinear(dims, 3).to(dtype)
     with torch.no_grad():
-        head.fc.weight.copy_(dyadic((3, 17), -8, 8, 8, g))
+        head.fc.weight.copy_(dyadic((3, n + 1), -8, 8, 8, g))
         head.fc.bias.copy_(dyadic((3,), -8, 8, 8, g))
-    feats = [dyadic((2, d), -4, 4, 1, g) for d in dims]
+    feats = [dyadic((2, d), -4, 4, 1, g).to(dtype) for d in dims]
     with torch.no_grad():
         full = nn.functional.linear(torch.cat(feats, 1).double(), head.fc.weight.double(), head.fc.bias.double())
     labels = torch.tensor([int(full[0].argmax()), (int(full[1].argmax()) + 1) % 3])
@@ -356,9 +360,10 @@ def test_emulation_sixteen_modalities(emu):
         phi, stats = emulate(emu, feats, head, labels, None, benefit)
         if benefit == "paper":
             assert torch.equal(phi, want[0])
-            # Efficiency: sum_i phi_i = v(N) = 16 for the correctly predicted sample, 0 for the other
-            # (up to the rounding of each phi_i = k / 16! to float32).
-            torch.testing.assert_close(phi.double().sum(1), torch.tensor([16.0, 0.0], dtype=torch.float64), atol=1e-5, rtol=0)
+            # Efficiency: sum_i phi_i = v(N) = n for the correctly predicted sample, 0 for the other
+            # (up to the rounding of each phi_i = k / n! to float32).
+            expected = torch.tensor([float(n), 0.0], dtype=torch.float64)
+            torch.testing.assert_close(phi.double().sum(1), expected, atol=1e-5, rtol=0)
         else:
             torch.testing.assert_close(phi, want[0], atol=1e-6, rtol=0)
 

@@ -1,10 +1,11 @@
 // CUDA kernels of the fastshap ops: one fused pass from features to Shapley values (shapley_tile.cuh),
-// launched on the current stream of the features' device.
+// launched on the current stream of the features' device. This file registers the ops and holds the host
+// side; the kernels themselves are compiled in kernels_<type>.cu (shapley_kernel.cuh).
 //
 // Only c10's CUDA headers are included (not ATen/cuda/CUDAContext.h, which needs the cuBLAS/cuSPARSE/
 // cuSOLVER headers that a bare toolkit may lack); device properties come from cudaDeviceGetAttribute.
 #include "shapley_host.h"
-#include "shapley_tile.cuh"
+#include "shapley_launch.h"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -23,38 +24,14 @@ namespace {
 
 using at::Tensor;
 
-// Kernel parameters are passed by value; 4 KB is the limit on every supported architecture.
-static_assert(sizeof(Params<double>) <= 4096 && sizeof(Params<float>) <= 4096, "kernel parameters too large");
-
-template <typename In, typename T>
-__global__ void __launch_bounds__(kThreads) shapley_kernel(const Params<T> p) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  DeviceExec ex;
-  run_block<In, T>(ex, p, smem, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(gridDim.x));
-}
-
-constexpr int64_t kDefaultSharedMemory = 48 * 1024;
-
-// Per-device facts asked of the driver once instead of on every call (each call's host time matters on a
-// GPU): device attributes, and how far each kernel's dynamic shared memory has been raised. Zero means not
-// asked yet; two threads racing only repeat a call. Devices past kMaxDevices are asked every time.
-constexpr int kMaxDevices = 64;
-
+// Device attributes asked of the driver once per device instead of on every call (each call's host time
+// matters on a GPU). Zero means not asked yet; two threads racing only repeat a call.
 int device_attribute(cudaDeviceAttr attribute, int device, std::atomic<int>* cache) {
   if (device < kMaxDevices && cache[device].load(std::memory_order_relaxed) != 0) return cache[device].load();
   int value = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
   if (device < kMaxDevices) cache[device].store(value);
   return value;
-}
-
-template <typename In, typename T>
-void allow_shared_memory(int device, int64_t smem) {
-  static std::atomic<int64_t> allowed[kMaxDevices];
-  if (device < kMaxDevices && allowed[device].load(std::memory_order_relaxed) >= smem) return;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(&shapley_kernel<In, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
-  if (device < kMaxDevices) allowed[device].store(smem);
 }
 
 struct CudaBackend {
@@ -79,12 +56,7 @@ struct CudaBackend {
 
   template <typename In, typename T>
   void launch(const Params<T>& p) {
-    auto kernel = &shapley_kernel<In, T>;
-    const int64_t smem = p.plan.smem_bytes;
-    if (smem > kDefaultSharedMemory) allow_shared_memory<In, T>(c10::cuda::current_device(), smem);
-    kernel<<<static_cast<unsigned int>(p.plan.grid), kThreads, static_cast<size_t>(smem),
-             c10::cuda::getCurrentCUDAStream()>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_tile_kernel<In, T>(p, c10::cuda::current_device(), c10::cuda::getCurrentCUDAStream());
   }
 };
 

@@ -39,7 +39,10 @@ struct HostBackend {
     unsigned char* smem = base + (reinterpret_cast<uintptr_t>(base) % 16 == 0 ? 0 : 8);
     std::memset(smem, 0xff, static_cast<size_t>(p.plan.smem_bytes));
     HostExec ex;
-    for (int64_t block = 0; block < p.plan.grid; ++block) run_block<In, T>(ex, p, smem, block, p.plan.grid);
+    with_modality_count(p.n, [&](auto count) {
+      constexpr int N = decltype(count)::value;
+      for (int64_t block = 0; block < p.plan.grid; ++block) run_block<In, T, N>(ex, p, smem, block, p.plan.grid);
+    });
   }
 };
 

@@ -29,6 +29,7 @@ namespace tile {
 static_assert(kPaper == static_cast<int>(Benefit::Paper) && kAccuracy == static_cast<int>(Benefit::Accuracy) &&
                   kProbability == static_cast<int>(Benefit::Probability),
               "benefit codes must match fastshap::Benefit");
+static_assert(kMaxN == kMaxModalities, "the kernels are compiled for every n the op accepts");
 
 // What a launch needs besides the plan: the tensors it reads, already checked and in the compute type.
 struct Prepared {

@@ -1,0 +1,8 @@
+// The fused kernels for fp32 features, one per modality count, in a translation unit of their own.
+#include "shapley_kernel.cuh"
+
+namespace fastshap {
+namespace tile {
+template void launch_tile_kernel<float, float>(const Params<float>&, int, cudaStream_t);
+}  // namespace tile
+}  // namespace fastshap

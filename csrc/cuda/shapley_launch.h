@@ -1,0 +1,25 @@
+// The launch of the fused CUDA kernel for one input type, declared here and defined in shapley_kernel.cuh.
+// Each input type's kernels (one per modality count, 1..kMaxN) are compiled in their own translation unit,
+// kernels_<type>.cu, so that a parallel build compiles the 4 x 16 kernels on several cores at once.
+#pragma once
+
+#include "shapley_tile.cuh"
+
+#include <cuda_runtime_api.h>
+
+namespace fastshap {
+namespace tile {
+
+// Dynamic shared memory a kernel may use without opting in.
+constexpr int64_t kDefaultSharedMemory = 48 * 1024;
+
+// Devices past this index are asked for their attributes on every call instead of once.
+constexpr int kMaxDevices = 64;
+
+// Launches shapley_kernel<In, T, p.n> on `stream` of the current device `device` (p.plan fixes the grid and
+// the dynamic shared memory) and checks the launch.
+template <typename In, typename T>
+void launch_tile_kernel(const Params<T>& p, int device, cudaStream_t stream);
+
+}  // namespace tile
+}  // namespace fastshap
