@@ -143,10 +143,12 @@ def test_plans_cover_every_layout(emu):
         kind = op_inputs(feats, head, baselines)[0]
         for limits in BUDGETS:
             plan = dict(kv.split("=") for kv in plan_of(emu, kind, feats, head, baselines, limits).split(";"))
-            seen |= {f"p={plan['p']}", f"hl={plan['hl']}", f"consts={plan['consts']}", f"tb={plan['tb']}"}
+            seen |= {f"p={plan['p']}", f"hl={plan['hl']}", f"consts={plan['consts']}", f"tb={plan['tb']}",
+                     f"pipe={plan['pipe']}"}
             if int(plan["grid"]) < int(plan["tiles"]):
                 seen.add("grid-stride")
-    want = {"p=shared", "p=global", "hl=shared", "hl=global", "consts=shared", "consts=global", "grid-stride"}
+    want = {"p=shared", "p=global", "hl=shared", "hl=global", "consts=shared", "consts=global", "grid-stride",
+            "pipe=1", "pipe=0"}
     assert want <= seen, f"not reached: {sorted(want - seen)}"
     assert len({s for s in seen if s.startswith("tb=")}) >= 3, sorted(seen)
 
@@ -155,7 +157,7 @@ def test_plan_for_the_benchmark_shape_is_fused(emu):
     """B = 65,536, n = 2, d = 512, C = 31 on an H100: partial products stay in shared memory, 128-sample tiles,
     and at least two blocks fit on a multiprocessor."""
     plan = dict(kv.split("=") for kv in emu.describe_plan(0, 2, 2, 31, 31, 4, 1, 65536, *H100_LIMITS).split(";"))
-    assert plan["p"] == "shared" and plan["consts"] == "shared" and plan["tb"] == "128", plan
+    assert plan["p"] == "shared" and plan["consts"] == "shared" and plan["tb"] == "128" and plan["pipe"] == "1", plan
     assert int(plan["smem"]) <= H100_LIMITS[1] // 2, plan
     assert plan["scratch"] == "0", plan
 
@@ -272,15 +274,17 @@ def test_emulation_counts_bad_labels(emu, kind):
     assert torch.equal(stats[1], (phi < 1).sum(0).float())
 
 
+@pytest.mark.parametrize("kind", ["concat", "mlp"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_emulation_vector_staging_equals_element_staging(emu, dtype):
-    """Features with contiguous, 16-byte-aligned rows are staged with 16-byte loads, any other layout element
-    by element; the weights likewise by their own layout (aligned here: widths 72 and 40, hidden 40). Every
-    layout gives the same bits, and dyadic values make every sum exact, so they equal the CPU kernel's too
-    (full staging steps and a tail, a last partial tile, both MLP layers)."""
+def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
+    """Features with contiguous, 16-byte-aligned rows are staged with 16-byte loads (asynchronous copies
+    through two stages when the plan has room for them, pipe=1), any other layout element by element; the
+    weights likewise by their own layout (aligned here: widths 72 and 40, hidden 40). Every layout and plan
+    gives the same bits, and dyadic values make every sum exact, so they equal the CPU kernel's too (two
+    full staging steps and a tail, so both stages; a last partial tile; both MLP layers)."""
     g = torch.Generator().manual_seed(12)
     dims, classes, batch = [72, 40], 6, 150
-    head = heads.ConcatMLP(dims, 40, classes)
+    head = heads.ConcatMLP(dims, 40, classes) if kind == "mlp" else heads.ConcatLinear(dims, classes)
     with torch.no_grad():
         for p in head.parameters():
             p.copy_(dyadic(p.shape, -8, 8, 16, g))
@@ -301,13 +305,17 @@ def test_emulation_vector_staging_equals_element_staging(emu, dtype):
         "misaligned": inside(1),  # element loads
         "column-major": [v.t().contiguous().t() for v in values],  # element loads
     }
-    _, params, _ = op_inputs(values, head, None)
-    want = torch.ops.fastshap.shapley_mlp(values, *params, [], labels, "accuracy")
+    kind, params, _ = op_inputs(values, head, None)
+    want = getattr(torch.ops.fastshap, f"shapley_{kind}")(values, *params, [], labels, "accuracy")
     assert want[0].abs().sum() > 0
-    for name, feats in layouts.items():
-        phi, stats = emulate(emu, feats, head, labels, None, "accuracy")
-        assert torch.equal(phi, want[0]), name
-        assert torch.equal(stats[1:], want[1][1:]), name
+    pipes = set()
+    for limits in (H100_LIMITS, (1 << 20, 1 << 20, 264), (48 * 1024, 48 * 1024, 7)):
+        pipes.add(dict(kv.split("=") for kv in plan_of(emu, kind, values, head, None, limits).split(";"))["pipe"])
+        for name, feats in layouts.items():
+            phi, stats = emulate(emu, feats, head, labels, None, "accuracy", limits)
+            assert torch.equal(phi, want[0]), f"{name} {limits}"
+            assert torch.equal(stats[1:], want[1][1:]), f"{name} {limits}"
+    assert pipes == {"0", "1"}, pipes
 
 
 @pytest.mark.parametrize("batch", [0, 1, 7, 129, 300])

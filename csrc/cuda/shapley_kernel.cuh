@@ -14,8 +14,11 @@ namespace tile {
 // Kernel parameters are passed by value; 4 KB is the limit on every supported architecture.
 static_assert(sizeof(Params<double>) <= 4096 && sizeof(Params<float>) <= 4096, "kernel parameters too large");
 
+// At least two blocks per multiprocessor (at most 128 registers a thread): the plan's soft shared-memory
+// budget is half of a multiprocessor's for that, and a second block is what keeps loads in flight while
+// the first one syncs. Left free, ptxas took 200-250 registers for some n (one block per SM).
 template <typename In, typename T, int N>
-__global__ void __launch_bounds__(kThreads) shapley_kernel(const Params<T> p) {
+__global__ void __launch_bounds__(kThreads, 2) shapley_kernel(const Params<T> p) {
   extern __shared__ __align__(16) unsigned char smem[];
   DeviceExec ex;
   run_block<In, T, N>(ex, p, smem, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(gridDim.x));

@@ -14,10 +14,12 @@
 //      thread per (sample, modality) in coalition order, divided by n! once when phi is stored.
 //
 // The program is written as a sequence of phases `ex.each(f)`: every thread runs f(thread index), then the
-// block synchronises. The CUDA kernel (shapley_cuda.cu) runs it with DeviceExec; a CPU build of the same
+// block synchronises. The CUDA kernel (shapley_kernel.cuh) runs it with DeviceExec; a CPU build of the same
 // code with HostExec (shapley_emulate.cpp, tests only) runs the threads of a phase one after the other, which
 // is how the kernels' indexing and numerics are tested on machines without a GPU. Nothing a thread keeps
-// in registers outlives its phase; all state between phases lives in shared or global memory.
+// in registers outlives its phase; all state between phases lives in shared or global memory. Asynchronous
+// copies (cp.async, the first layer's pipelined staging) may still be in flight when their phase ends: the
+// issuing thread waits for them in a later phase, and only it reads them before that phase's barrier.
 //
 // Where the buffers live (shared memory, or a per-block slice of a global scratch tensor when a tile of them
 // does not fit) is decided on the host by make_plan(); the code reads them through plain pointers.
@@ -83,6 +85,8 @@ struct Plan {
   int ws_stride = 0;  // staged weights:   ws[k * ws_stride + j]
   int64_t p_stride = 0, h_stride = 0, l_stride = 0;  // row strides of P, hidden, logits (odd: no bank conflicts)
   bool p_shared = false, hl_shared = false, consts_shared = false;
+  bool pipe = false;  // the first layer's operands staged asynchronously through two stages at off_pipe
+  int64_t off_pipe = 0;
   int64_t off_num = 0, off_vals = 0, off_xs = 0, off_ws = 0, off_start = 0, off_absent = 0, off_b2 = 0;
   int64_t off_p = 0, off_h = 0, off_l = 0;
   int64_t smem_bytes = 0;
@@ -289,6 +293,9 @@ struct Gemm {
   int xs_stride;
   T* ws;               // staging, kMicro * tx x ws_stride
   int ws_stride;
+  // Two stages of asynchronous staging, or null: each holds an A tile (rows x xs_stride T, A's raw input
+  // values at the start of each row) and then a weight tile (kMicro * tx x ws_stride T).
+  unsigned char* pipe = nullptr;
 };
 
 // out[r][k] = sum_{j < depth} A(r, j) * w[k][j] (r < rows, k < cols): the A operand (a_load) and the weights
@@ -322,6 +329,88 @@ FASTSHAP_FN void load16(const In* p, In* out) {
 #else
   std::memcpy(out, p, 16);
 #endif
+}
+
+// dst[0..16) = src[0..16), both 16-byte aligned, as one 16-byte load and store.
+FASTSHAP_FN void copy16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#else
+  std::memcpy(dst, src, 16);
+#endif
+}
+
+// 16 bytes from global `src` to shared `dst` without a round trip through registers (cp.async, sm_80+):
+// the copy lands while the thread goes on, and is complete after wait_copies. `valid` false writes zeros.
+// The CPU emulation copies at once.
+FASTSHAP_FN void copy_async16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+#elif defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint4*>(dst) = valid ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
+#else
+  if (valid) {
+    std::memcpy(dst, src, 16);
+  } else {
+    std::memset(dst, 0, 16);
+  }
+#endif
+}
+// Closes the group of this thread's copies issued since the last commit.
+FASTSHAP_FN void commit_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most `Pending` of this thread's committed groups are still in flight.
+template <int Pending>
+FASTSHAP_FN void wait_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+#endif
+}
+
+// Vector i of a tile of `rows` rows and kDepth<T> columns of `a`: its row and its 16-byte column.
+template <typename T, typename In>
+struct TileVectors {
+  static constexpr int V = VectorRows<In>::V;
+  static constexpr int per_row = kDepth<T> / V;
+  static_assert(kDepth<T> % V == 0, "a staging step must hold whole vectors");
+  int rows;
+  FASTSHAP_FN int count() const { return rows * per_row; }
+};
+
+// Thread tid's share of columns d0 .. d0 + kDepth<T> of `a` (rows past a.rows: zeros) copied asynchronously
+// to dst, whose rows are row_bytes apart; vector i goes to thread i % kThreads, as in convert_tile.
+template <typename T, typename In>
+FASTSHAP_FN void copy_tile_async(int tid, const VectorRows<In>& a, int64_t d0, int rows, unsigned char* dst,
+                                 int64_t row_bytes) {
+  const TileVectors<T, In> tv{rows};
+  FASTSHAP_NO_UNROLL
+  for (int i = tid; i < tv.count(); i += kThreads) {
+    const int r = i / tv.per_row, c = i % tv.per_row;
+    const bool valid = r < a.rows;
+    const In* src = a.base + (valid ? r * a.row_stride + d0 + c * tv.V : 0);
+    copy_async16(dst + r * row_bytes + c * 16, src, valid);
+  }
+}
+
+// The same thread's vectors of an asynchronously copied tile of In values (rows row_bytes apart), widened
+// into xs (rows xs_stride T apart). Only the thread that copied a vector reads it: no barrier between.
+template <typename T, typename In>
+FASTSHAP_FN void convert_tile(int tid, const unsigned char* src, int64_t row_bytes, int rows, T* xs, int xs_stride) {
+  const TileVectors<T, In> tv{rows};
+  FASTSHAP_NO_UNROLL
+  for (int i = tid; i < tv.count(); i += kThreads) {
+    const int r = i / tv.per_row, c = i % tv.per_row;
+    alignas(16) In v[TileVectors<T, In>::V];
+    copy16(v, src + r * row_bytes + c * 16);
+    T* dst = xs + r * xs_stride + c * tv.V;
+    FASTSHAP_UNROLL
+    for (int e = 0; e < tv.V; ++e) dst[e] = static_cast<T>(v[e]);
+  }
 }
 
 // xs[r][c] = A[r][d0 + c] for c < kDepth<T> (a full step: every column exists), V columns per load and a few
@@ -360,42 +449,83 @@ FASTSHAP_FN void stage_vector_rows(int tid, const VectorRows<In>& a, int64_t d0,
 template <typename T, class Exec, class ALoad, typename In = T>
 FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load, const VectorRows<In>& a_vec = VectorRows<In>{}) {
   constexpr int td = kDepth<T>;
+  constexpr bool same_type = std::is_same<In, T>::value;  // In == T: the FMAs read an A stage as it landed
   const int ty = kThreads / g.tx;      // threads along the rows
   const int kc = kMicro * g.tx;        // output columns per pass
   const VectorRows<T> w_vec = vector_rows(g.w, g.w_stride, 1, 0);  // rows are set per column pass
-  for (int64_t d0 = 0; d0 == 0 || d0 < g.depth; d0 += td) {
+  const VectorRows<T> w_first{w_vec.base, g.w_stride, static_cast<int>(std::min<int64_t>(kc, g.cols))};
+
+  // Pipelined staging: during step k the block copies step k + 1's A tile and first weight pass (cp.async,
+  // two stages), so that the loads' latency overlaps step k's FMAs. Only steps whose kDepth<T> columns all
+  // exist, of operands laid out in aligned 16-byte rows, go this way; the others are staged as they come.
+  const int64_t full_steps = g.depth / td;
+  const bool pipe_a = g.pipe != nullptr && a_vec.base != nullptr;
+  const bool pipe_w = g.pipe != nullptr && w_vec.base != nullptr;
+  const int64_t a_row_bytes = int64_t{g.xs_stride} * static_cast<int64_t>(sizeof(T));
+  const int64_t w_row_bytes = int64_t{g.ws_stride} * static_cast<int64_t>(sizeof(T));
+  const int64_t a_bytes = g.rows * a_row_bytes;
+  const int64_t stage_bytes = a_bytes + kc * w_row_bytes;
+  auto async_a = [&](int64_t step) { return pipe_a && step < full_steps; };
+  auto async_w = [&](int64_t step) { return pipe_w && step < full_steps; };
+  auto stage_of = [&](int64_t step) { return g.pipe + (step & 1) * stage_bytes; };
+  auto issue = [&](int tid, int64_t step) {  // one commit group per step and thread
+    if (async_a(step)) copy_tile_async<T>(tid, a_vec, step * td, g.rows, stage_of(step), a_row_bytes);
+    if (async_w(step)) copy_tile_async<T>(tid, w_first, step * td, kc, stage_of(step) + a_bytes, w_row_bytes);
+    commit_copies();
+  };
+
+  // Weight rows cb .. cb + kc (past g.cols: zeros), columns d0 .. d0 + td, into ws.
+  auto stage_weights = [&](int tid, int64_t d0, int jn, int64_t cb) {
+    if (w_vec.base != nullptr && jn == td) {  // 16 bytes a load
+      const VectorRows<T> rows{w_vec.base + cb * g.w_stride, g.w_stride,
+                               static_cast<int>(std::min<int64_t>(kc, g.cols - cb))};
+      stage_vector_rows(tid, rows, d0, kc, g.ws, g.ws_stride);
+      return;
+    }
+    staged_copy<T>(
+        tid, kc * td,
+        [&](int i) {
+          const int64_t k = cb + i / td;
+          const int j = i % td;
+          return k < g.cols && j < jn ? g.w[k * g.w_stride + d0 + j] : T(0);
+        },
+        [&](int i, T v) { g.ws[(i / td) * g.ws_stride + i % td] = v; });
+  };
+
+  int64_t step = 0;
+  for (int64_t d0 = 0; d0 == 0 || d0 < g.depth; d0 += td, ++step) {
     const int jn = static_cast<int>(std::min<int64_t>(td, g.depth - d0));  // 0 only when depth == 0
     const int jv = (jn + kVec - 1) / kVec * kVec;                          // terms read (zeros past jn)
+    const bool a_landed = async_a(step), w_landed = async_w(step);
     ex.each([&](int tid) {
-      if (a_vec.base != nullptr && jn == td) {
-        stage_vector_rows(tid, a_vec, d0, g.rows, g.xs, g.xs_stride);
-        return;
-      }
-      staged_copy<T>(
-          tid, g.rows * td,
-          [&](int i) {
-            const int j = i % td;
-            return j < jn ? a_load(i / td, d0 + j) : T(0);
-          },
-          [&](int i, T v) { g.xs[(i / td) * g.xs_stride + i % td] = v; });
-    });
-    for (int64_t cb = 0; cb < g.cols; cb += kc) {
-      ex.each([&](int tid) {
-        if (w_vec.base != nullptr && jn == td) {  // weight rows cb.. (past g.cols: zeros), 16 bytes a load
-          const VectorRows<T> rows{w_vec.base + cb * g.w_stride, g.w_stride,
-                                   static_cast<int>(std::min<int64_t>(kc, g.cols - cb))};
-          stage_vector_rows(tid, rows, d0, kc, g.ws, g.ws_stride);
-          return;
+      if (g.pipe != nullptr) {
+        if (step == 0 && (async_a(0) || async_w(0))) issue(tid, 0);
+        if (async_a(step + 1) || async_w(step + 1)) {
+          issue(tid, step + 1);
+          wait_copies<1>();  // this step's group has landed, the next one is in flight
+        } else {
+          wait_copies<0>();
         }
+      }
+      if (a_landed) {
+        if (!same_type) convert_tile<T, In>(tid, stage_of(step), a_row_bytes, g.rows, g.xs, g.xs_stride);
+      } else if (a_vec.base != nullptr && jn == td) {
+        stage_vector_rows(tid, a_vec, d0, g.rows, g.xs, g.xs_stride);
+      } else {
         staged_copy<T>(
-            tid, kc * td,
+            tid, g.rows * td,
             [&](int i) {
-              const int64_t k = cb + i / td;
               const int j = i % td;
-              return k < g.cols && j < jn ? g.w[k * g.w_stride + d0 + j] : T(0);
+              return j < jn ? a_load(i / td, d0 + j) : T(0);
             },
-            [&](int i, T v) { g.ws[(i / td) * g.ws_stride + i % td] = v; });
-      });
+            [&](int i, T v) { g.xs[(i / td) * g.xs_stride + i % td] = v; });
+      }
+    });
+    const T* xa = a_landed && same_type ? reinterpret_cast<const T*>(stage_of(step)) : g.xs;
+    for (int64_t cb = 0; cb < g.cols; cb += kc) {
+      const bool w_async = cb == 0 && w_landed;
+      if (!w_async) ex.each([&](int tid) { stage_weights(tid, d0, jn, cb); });
+      const T* wa = w_async ? reinterpret_cast<const T*>(stage_of(step) + a_bytes) : g.ws;
       ex.each([&](int tid) {
         const int tx_i = tid % g.tx, ty_i = tid / g.tx;
         T acc[kMicro][kMicro];
@@ -412,11 +542,11 @@ FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load, const VectorRo
         for (int j = 0; j < jv; j += kVec) {
           T av[kMicro][kVec];
           FASTSHAP_UNROLL
-          for (int a = 0; a < kMicro; ++a) load_vec(g.xs + (ty_i + a * ty) * g.xs_stride + j, av[a]);
+          for (int a = 0; a < kMicro; ++a) load_vec(xa + (ty_i + a * ty) * g.xs_stride + j, av[a]);
           FASTSHAP_UNROLL
           for (int b = 0; b < kMicro; ++b) {
             T bv[kVec];
-            load_vec(g.ws + (tx_i + b * g.tx) * g.ws_stride + j, bv);
+            load_vec(wa + (tx_i + b * g.tx) * g.ws_stride + j, bv);
             FASTSHAP_UNROLL
             for (int v = 0; v < kVec; ++v) {
               FASTSHAP_UNROLL
@@ -538,7 +668,7 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
       const In* x = static_cast<const In*>(so.data) + tile0 * so.row_stride;
       const Gemm<T> g{tb, pl.tx1, K, so.depth, p.weight1 + so.col_offset, p.D,
                       P + static_cast<int64_t>(src) * tb * pl.p_stride, pl.p_stride, xs, pl.xs_stride, ws,
-                      pl.ws_stride};
+                      pl.ws_stride, pl.pipe ? smem + pl.off_pipe : nullptr};
       gemm(
           ex, g,
           [&](int r, int64_t j) -> T {
@@ -713,7 +843,8 @@ struct Limits {
 
 inline int64_t align16(int64_t x) { return (x + 15) & ~int64_t{15}; }
 
-inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_shared, bool consts_shared) {
+inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_shared, bool consts_shared,
+                   bool pipe = false) {
   const bool mlp = sh.head == kMlp;
   const int64_t e = sh.elem;
   Plan pl;
@@ -732,6 +863,7 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
   pl.p_shared = p_shared;
   pl.hl_shared = mlp && hl_shared;
   pl.consts_shared = consts_shared;
+  pl.pipe = pipe;
 
   int64_t at = 0;
   auto take = [&](int64_t bytes) {
@@ -749,6 +881,7 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
   pl.off_vals = take(int64_t{rows} * 8);
   pl.off_xs = take(int64_t{xs_rows} * pl.xs_stride * e);
   pl.off_ws = take(int64_t{ws_rows} * pl.ws_stride * e);
+  if (pipe) pl.off_pipe = take(2 * (int64_t{tb} * pl.xs_stride + int64_t{kMicro} * pl.tx1 * pl.ws_stride) * e);
   if (consts_shared) {
     pl.off_start = take(sh.K * e);
     pl.off_absent = take(sh.absent_rows * sh.K * e);
@@ -776,7 +909,8 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
   return pl;
 }
 
-// The largest tile whose buffers all fit in shared memory (soft budget first, then the hard one); else
+// The largest tile whose buffers all fit in shared memory (soft budget first, then the hard one), with the
+// pipelined staging if it fits too; else
 // partial products in global scratch, then the MLP's hidden/logit chunks too, then the constants. The last
 // layout needs under 48 KB of shared memory, which every CUDA device has.
 inline Plan make_plan(const Shape& sh, const Limits& lim) {
@@ -790,14 +924,16 @@ inline Plan make_plan(const Shape& sh, const Limits& lim) {
   };
   for (const int64_t budget : {lim.soft_budget, lim.hard_budget}) {
     for (const int tb : kTiles) {
-      if (mlp) {
-        for (const int rows : kRows) {
-          const Plan pl = layout(sh, tb, rows, true, true, true);
+      for (const bool pipe : {true, false}) {
+        if (mlp) {
+          for (const int rows : kRows) {
+            const Plan pl = layout(sh, tb, rows, true, true, true, pipe);
+            if (pl.smem_bytes <= budget) return done(pl, lim.max_grid);
+          }
+        } else {
+          const Plan pl = layout(sh, tb, chunk_rows(tb), true, true, true, pipe);
           if (pl.smem_bytes <= budget) return done(pl, lim.max_grid);
         }
-      } else {
-        const Plan pl = layout(sh, tb, chunk_rows(tb), true, true, true);
-        if (pl.smem_bytes <= budget) return done(pl, lim.max_grid);
       }
     }
   }
