@@ -174,6 +174,13 @@ def _fused_configs(max_block_b: int, max_block_d: int, kp: int, coalitions: int,
     # at the largest tile of the candidates (n = 2, C = 31: 141 us at 128 samples against 207 us at 64).
     big = _default_config(configs)
     configs.append(triton.Config(dict(big.kwargs), num_warps=big.num_warps, num_stages=2))
+    # Half the smallest sample tile with 4 warps (16 rows a warp, the MMA's height): registers and shared
+    # memory for two or more programs per SM, so that one program's pipeline fills (one per modality) and
+    # coalition walk overlap another's loads. The H100 run had only 8-warp tiles (a 64-sample tile with 8
+    # warps ran at 207 us against 141 us at 128).
+    if sizes_b[0] >= 32 and warps == 8:
+        configs.append(triton.Config({"BLOCK_B": sizes_b[0] // 2, "BLOCK_D": sizes_d[-1], "MB": 1}, num_warps=4,
+                                     num_stages=3))
     return configs
 
 

@@ -562,7 +562,8 @@ def compile_offline(arch: int = 90):
             args, meta, tuning = triton_shapley._fused_plan(*plan_args)
             fn = kernels.fused_kernel
             configs = triton_shapley._fused_configs(*tuning)
-            launches = [(dict(meta, **c.kwargs), c.num_warps, c.num_stages) for c in {configs[0], configs[-1]}]
+            launches = [(dict(meta, **c.kwargs), c.num_warps, c.num_stages)
+                        for c in {configs[0], configs[-2], configs[-1]}]
         else:
             args, meta, tuning, _ = triton_shapley._streaming_plan(*plan_args)
             fn = kernels.streaming_kernel
