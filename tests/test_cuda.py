@@ -274,16 +274,13 @@ def test_emulation_counts_bad_labels(emu, kind):
     assert torch.equal(stats[1], (phi < 1).sum(0).float())
 
 
-@pytest.mark.parametrize("kind", ["concat", "mlp"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
-    """Features with contiguous, 16-byte-aligned rows are staged with 16-byte loads (asynchronous copies
-    through two stages when the plan has room for them, pipe=1), any other layout element by element; the
-    weights likewise by their own layout (aligned here: widths 72 and 40, hidden 40). Every layout and plan
-    gives the same bits, and dyadic values make every sum exact, so they equal the CPU kernel's too (two
-    full staging steps and a tail, so both stages; a last partial tile; both MLP layers)."""
+def _staging_inputs(dtype, kind, dims=(72, 40), batch=150, device="cpu"):
+    """(head, labels, {layout name: features}, the CPU kernel's (phi, stats)) for the staging tests: dyadic
+    values, so that every sum is exact and any staging or plan must give the CPU kernel's bits. The
+    features come contiguous (16-byte loads), as aligned rows of a wider tensor (16-byte loads), misaligned
+    and column-major (element loads)."""
     g = torch.Generator().manual_seed(12)
-    dims, classes, batch = [72, 40], 6, 150
+    dims, classes = list(dims), 6
     head = heads.ConcatMLP(dims, 40, classes) if kind == "mlp" else heads.ConcatLinear(dims, classes)
     with torch.no_grad():
         for p in head.parameters():
@@ -294,23 +291,37 @@ def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
     def inside(offset):  # the values as a view at column `offset` of a wider tensor (row stride d + 8)
         views = []
         for v in values:
-            w = torch.zeros(batch, v.shape[1] + 8, dtype=dtype)
-            w[:, offset : offset + v.shape[1]] = v
+            w = torch.zeros(batch, v.shape[1] + 8, dtype=dtype, device=device)
+            w[:, offset : offset + v.shape[1]] = v.to(device)
             views.append(w[:, offset : offset + v.shape[1]])
         return views
 
     layouts = {
-        "contiguous": values,  # 16-byte loads
-        "aligned rows of a wider tensor": inside(8),  # 16-byte loads
-        "misaligned": inside(1),  # element loads
-        "column-major": [v.t().contiguous().t() for v in values],  # element loads
+        "contiguous": [v.to(device) for v in values],
+        "aligned rows of a wider tensor": inside(8),
+        "misaligned": inside(1),
+        "column-major": [v.t().contiguous().t().to(device) for v in values],
     }
-    kind, params, _ = op_inputs(values, head, None)
-    want = getattr(torch.ops.fastshap, f"shapley_{kind}")(values, *params, [], labels, "accuracy")
+    op_kind, params, _ = op_inputs(values, head, None)
+    want = getattr(torch.ops.fastshap, f"shapley_{op_kind}")(values, *params, [], labels, "accuracy")
     assert want[0].abs().sum() > 0
+    return head, labels, layouts, want
+
+
+@pytest.mark.parametrize("kind", ["concat", "mlp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
+    """Features with contiguous, 16-byte-aligned rows are staged with 16-byte loads (asynchronous copies
+    through two stages when the plan has room for them, pipe=1), any other layout element by element; the
+    weights likewise by their own layout (aligned here: widths 72 and 40, hidden 40). Every layout and plan
+    gives the CPU kernel's bits (two full staging steps and a tail, so both stages; a last partial tile;
+    both MLP layers)."""
+    head, labels, layouts, want = _staging_inputs(dtype, kind)
+    values = layouts["contiguous"]
+    op_kind = op_inputs(values, head, None)[0]
     pipes = set()
     for limits in (H100_LIMITS, (1 << 20, 1 << 20, 264), (48 * 1024, 48 * 1024, 7)):
-        pipes.add(dict(kv.split("=") for kv in plan_of(emu, kind, values, head, None, limits).split(";"))["pipe"])
+        pipes.add(dict(kv.split("=") for kv in plan_of(emu, op_kind, values, head, None, limits).split(";"))["pipe"])
         for name, feats in layouts.items():
             phi, stats = emulate(emu, feats, head, labels, None, "accuracy", limits)
             assert torch.equal(phi, want[0]), f"{name} {limits}"
@@ -489,6 +500,26 @@ def test_cuda_equals_its_cpu_emulation(emu, case):
     # Row 0 is a float sum over the batch, reduced in a different order on each device.
     torch.testing.assert_close(stats[0].cpu(), want_stats[0])
     assert torch.equal(stats[1:].cpu(), want_stats[1:]), case.id
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [((72, 40), 150), ((520, 264), 1000)], ids=["72+40", "520+264"])
+@pytest.mark.parametrize("kind", ["concat", "mlp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_cuda_staging_equals_cpu_kernel(dtype, kind, shape):
+    """The staging paths that only wide features reach (the oracle cases are at most 12 wide): 16-byte
+    loads, and the first layer's cp.async pipeline through two shared-memory stages with its waits and
+    barriers, which the CPU emulation runs synchronously. On the GPU every layout must still give the CPU
+    kernel's bits (dyadic inputs)."""
+    _require_cuda_backend()
+    dims, batch = shape
+    head, labels, layouts, want = _staging_inputs(dtype, kind, dims, batch, device="cuda")
+    dhead, dlabels = copy.deepcopy(head).cuda(), labels.cuda()
+    for name, feats in layouts.items():
+        op_kind, params, _ = op_inputs(feats, dhead, None)
+        phi, stats = getattr(torch.ops.fastshap, f"shapley_{op_kind}")(feats, *params, [], dlabels, "accuracy")
+        assert torch.equal(phi.cpu(), want[0]), f"{name}: {int((phi.cpu() != want[0]).any(1).sum())} rows differ"
+        assert torch.equal(stats[1:].cpu(), want[1][1:]), name
 
 
 def _small_gpu_inputs(kind, device="cuda", batch=33, dtype=torch.float32):
