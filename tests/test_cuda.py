@@ -15,6 +15,7 @@ library GEMM is involved, opcheck, torch.compile, a non-default current stream, 
 from __future__ import annotations
 
 import copy
+import glob
 import math
 import os
 import shutil
@@ -67,7 +68,9 @@ def emu():
     csrc = os.path.join(ROOT, "csrc")
     load(
         name="fastshap_cuda_emulation",
-        sources=[os.path.join(csrc, "cuda", "shapley_emulate.cpp"), os.path.join(csrc, "shapley_common.cpp")],
+        # The block programs are instantiated per input type in emulate_<type>.cpp: ninja builds them in parallel.
+        sources=[os.path.join(csrc, "cuda", "shapley_emulate.cpp"), os.path.join(csrc, "shapley_common.cpp")]
+        + sorted(glob.glob(os.path.join(csrc, "cuda", "emulate_*.cpp"))),
         extra_include_paths=[csrc, os.path.join(csrc, "cuda")],
         extra_cflags=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         is_python_module=False,

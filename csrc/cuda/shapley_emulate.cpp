@@ -4,8 +4,8 @@
 // threads of a phase, launch configuration). setup.py does not build it: tests/test_cuda.py compiles it
 // with torch.utils.cpp_extension.load into the op namespace fastshap_cuda_emulation, whose ops take the
 // shared-memory budgets and the fallback grid as extra arguments so that tests can force every plan.
+#include "shapley_emulate.h"
 #include "shapley_host.h"
-#include "shapley_tile.cuh"
 
 #include <torch/library.h>
 
@@ -38,11 +38,7 @@ struct HostBackend {
     auto* base = reinterpret_cast<unsigned char*>(storage.data());
     unsigned char* smem = base + (reinterpret_cast<uintptr_t>(base) % 16 == 0 ? 0 : 8);
     std::memset(smem, 0xff, static_cast<size_t>(p.plan.smem_bytes));
-    HostExec ex;
-    with_modality_count(p.n, [&](auto count) {
-      constexpr int N = decltype(count)::value;
-      for (int64_t block = 0; block < p.plan.grid; ++block) run_block<In, T, N>(ex, p, smem, block, p.plan.grid);
-    });
+    emulate_blocks<In, T>(p, smem);
   }
 };
 

@@ -1,0 +1,28 @@
+// The CPU emulation of the CUDA kernels (tests only; see shapley_emulate.cpp): every block of a launch run
+// on the CPU, one thread of a phase after the other. Declared here, defined below for the files that
+// instantiate it: emulate_<type>.cpp, one per input type, so that the tests' build of the emulation (4 x 16
+// block programs) runs on several cores.
+#pragma once
+
+#include "shapley_tile.cuh"
+
+namespace fastshap {
+namespace tile {
+
+// Runs every block of the launch p (p.plan.grid of them) with `smem` as their shared memory.
+template <typename In, typename T>
+void emulate_blocks(const Params<T>& p, unsigned char* smem);
+
+#ifdef FASTSHAP_EMULATE_DEFINITION
+template <typename In, typename T>
+void emulate_blocks(const Params<T>& p, unsigned char* smem) {
+  HostExec ex;
+  with_modality_count(p.n, [&](auto count) {
+    constexpr int N = decltype(count)::value;
+    for (int64_t block = 0; block < p.plan.grid; ++block) run_block<In, T, N>(ex, p, smem, block, p.plan.grid);
+  });
+}
+#endif
+
+}  // namespace tile
+}  // namespace fastshap
