@@ -17,6 +17,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string>
 
 namespace fastshap {
 namespace tile {
@@ -48,8 +50,14 @@ struct CudaBackend {
     const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device, optin_cache);
     const int sms = device_attribute(cudaDevAttrMultiProcessorCount, device, sms_cache);
     const int64_t hard = std::max<int64_t>(optin, kDefaultSharedMemory);
+    // FASTSHAP_CUDA_PIPELINE=0 turns the first layer's asynchronous staging off (read once), to compare the
+    // two on a GPU without rebuilding.
+    static const bool pipeline = [] {
+      const char* value = std::getenv("FASTSHAP_CUDA_PIPELINE");
+      return value == nullptr || std::string(value) != "0";
+    }();
     return Limits{std::max<int64_t>(hard / 2, kDefaultSharedMemory), hard, 2 * int64_t{std::max(sms, 1)},
-                  int64_t{1} << 24};
+                  int64_t{1} << 24, pipeline};
   }
 
   void prepare_scratch(Tensor&) {}

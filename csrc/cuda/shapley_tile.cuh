@@ -839,6 +839,7 @@ struct Limits {
   int64_t hard_budget;    // shared memory a block may use
   int64_t fallback_grid;  // blocks when buffers live in global scratch (bounds its size)
   int64_t max_grid;
+  bool pipeline = true;   // plans may stage the first layer asynchronously (FASTSHAP_CUDA_PIPELINE=0: never)
 };
 
 inline int64_t align16(int64_t x) { return (x + 15) & ~int64_t{15}; }
@@ -925,6 +926,7 @@ inline Plan make_plan(const Shape& sh, const Limits& lim) {
   for (const int64_t budget : {lim.soft_budget, lim.hard_budget}) {
     for (const int tb : kTiles) {
       for (const bool pipe : {true, false}) {
+        if (pipe && !lim.pipeline) continue;
         if (mlp) {
           for (const int rows : kRows) {
             const Plan pl = layout(sh, tb, rows, true, true, true, pipe);
