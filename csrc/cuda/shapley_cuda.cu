@@ -45,18 +45,24 @@ struct CudaBackend {
   }
 
   Limits limits() const {
-    static std::atomic<int> optin_cache[kMaxDevices], sms_cache[kMaxDevices];
+    static std::atomic<int> optin_cache[kMaxDevices], sms_cache[kMaxDevices], per_sm_cache[kMaxDevices],
+        reserved_cache[kMaxDevices];
     const int device = c10::cuda::current_device();
     const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device, optin_cache);
     const int sms = device_attribute(cudaDevAttrMultiProcessorCount, device, sms_cache);
+    const int per_sm = device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor, device, per_sm_cache);
+    const int reserved = device_attribute(cudaDevAttrReservedSharedMemoryPerBlock, device, reserved_cache);
     const int64_t hard = std::max<int64_t>(optin, kDefaultSharedMemory);
+    // Two blocks per multiprocessor: half its shared memory less what the system keeps per block (H100: 228
+    // KB, 1 KB reserved -> 113 KB).
+    const int64_t soft = std::min<int64_t>(hard, int64_t{per_sm} / 2 - reserved);
     // FASTSHAP_CUDA_PIPELINE=0 turns the first layer's asynchronous staging off (read once), to compare the
     // two on a GPU without rebuilding.
     static const bool pipeline = [] {
       const char* value = std::getenv("FASTSHAP_CUDA_PIPELINE");
       return value == nullptr || std::string(value) != "0";
     }();
-    return Limits{std::max<int64_t>(hard / 2, kDefaultSharedMemory), hard, 2 * int64_t{std::max(sms, 1)},
+    return Limits{std::max<int64_t>(soft, kDefaultSharedMemory), hard, 2 * int64_t{std::max(sms, 1)},
                   int64_t{1} << 24, pipeline};
   }
 
