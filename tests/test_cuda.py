@@ -19,6 +19,8 @@ import glob
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -330,6 +332,23 @@ def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
             assert torch.equal(phi, want[0]), f"{name} {limits}"
             assert torch.equal(stats[1:], want[1][1:]), f"{name} {limits}"
     assert pipes == {"0", "1"}, pipes
+
+
+def test_emulation_reads_no_memory_outside_its_tensors():
+    """The block program under AddressSanitizer (tests/emulation_asan_check.py, in a process with libasan
+    preloaded): every staging path, plan and head on exact-size tensors, no read or write outside them. The
+    results cannot show such a read (rows past the batch are dropped); on a GPU it could fault."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C++ compiler ({compiler})")
+    found = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(found) or not os.path.exists(found):
+        pytest.skip("no libasan for this compiler")
+    env = dict(os.environ, LD_PRELOAD=found, ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "emulation_asan_check.py")], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    assert "oracle cases:" in done.stdout and "no report" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("batch", [0, 1, 7, 129, 300])

@@ -1,0 +1,60 @@
+"""Memory safety of the CUDA kernels' block program, without a GPU: run as a script (tests/test_cuda.py does,
+with libasan preloaded). It builds the CPU emulation of csrc/cuda with AddressSanitizer and runs it on
+tensors allocated to their exact size, under plans from generous to none: the staging reads whole tiles
+(16-byte vectors, the pipelined copies, rows past the batch), and a read outside a tensor, which the
+results cannot show (rows past the batch are dropped), is reported here. It is what compute-sanitizer
+would check on a GPU. Prints one line per input type and exits 0 when nothing was reported.
+"""
+
+import glob
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def main() -> int:
+    from torch.utils.cpp_extension import load
+
+    csrc = os.path.join(os.path.dirname(HERE), "csrc")
+    load(
+        name="fastshap_cuda_emulation_asan",
+        sources=[os.path.join(csrc, "cuda", "shapley_emulate.cpp"), os.path.join(csrc, "shapley_common.cpp")]
+        + sorted(glob.glob(os.path.join(csrc, "cuda", "emulate_*.cpp"))),
+        extra_include_paths=[csrc, os.path.join(csrc, "cuda")],
+        extra_cflags=["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"],
+        extra_ldflags=["-fsanitize=address"],
+        is_python_module=False,
+    )
+    import test_cuda as tc  # noqa: E402  (after the build: it registers the ops test_cuda's helpers call)
+
+    emu = torch.ops.fastshap_cuda_emulation
+    budgets = (tc.H100_LIMITS, (1 << 20, 1 << 20, 264), (0, 0, 2))
+    runs = 0
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for kind in ("concat", "mlp"):
+            for dims, batch in (((72, 40), 150), ((64, 33), 129), ((8, 72), 9)):
+                head, labels, layouts, want = tc._staging_inputs(dtype, kind, dims, batch)
+                for limits in budgets:
+                    for name, feats in layouts.items():
+                        if name != "aligned rows of a wider tensor":  # the others: exact-size copies
+                            feats = [f.clone() for f in feats]
+                        phi, _ = tc.emulate(emu, feats, head, labels, None, "accuracy", limits)
+                        assert torch.equal(phi, want[0]), (dtype, kind, dims, name, limits)
+                        runs += 1
+        print(f"{dtype}: {runs} runs, no report")
+    # Every head, baselines of each kind, odd sizes: the oracle matrix's cases under the same budgets.
+    for case in tc.PLAN_CASES:
+        feats, head, labels, baselines = tc.make_inputs(case)
+        for limits in budgets:
+            tc.emulate(emu, feats, head, labels, baselines, case.benefit, limits)
+            runs += 1
+    print(f"oracle cases: {runs} runs in all, no report")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
