@@ -6,7 +6,6 @@ results cannot show (rows past the batch are dropped), is reported here. It is w
 would check on a GPU. Prints one line per input type and exits 0 when nothing was reported.
 """
 
-import glob
 import os
 import sys
 
@@ -17,21 +16,10 @@ sys.path.insert(0, HERE)
 
 
 def main() -> int:
-    from torch.utils.cpp_extension import load
+    import test_cuda as tc
 
-    csrc = os.path.join(os.path.dirname(HERE), "csrc")
-    load(
-        name="fastshap_cuda_emulation_asan",
-        sources=[os.path.join(csrc, "cuda", "shapley_emulate.cpp"), os.path.join(csrc, "shapley_common.cpp")]
-        + sorted(glob.glob(os.path.join(csrc, "cuda", "emulate_*.cpp"))),
-        extra_include_paths=[csrc, os.path.join(csrc, "cuda")],
-        extra_cflags=["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"],
-        extra_ldflags=["-fsanitize=address"],
-        is_python_module=False,
-    )
-    import test_cuda as tc  # noqa: E402  (after the build: it registers the ops test_cuda's helpers call)
-
-    emu = torch.ops.fastshap_cuda_emulation
+    asan = ("-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer")
+    emu = tc.build_emulation("fastshap_cuda_emulation_asan", asan, ("-fsanitize=address",))
     budgets = (tc.H100_LIMITS, (1 << 20, 1 << 20, 264), (0, 0, 2))
     runs = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):

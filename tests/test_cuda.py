@@ -59,26 +59,33 @@ def test_cuda_kernels_registered_when_built():
 # --- the kernels emulated on the CPU ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def emu():
-    """torch.ops.fastshap_cuda_emulation, compiled from csrc/cuda on first use (cached by torch afterwards)."""
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        pytest.skip(f"no C++ compiler ({compiler}) to build the CPU emulation of the CUDA kernels")
+def build_emulation(name="fastshap_cuda_emulation", cflags=("-O2",), ldflags=()):
+    """Compiles the CPU emulation of csrc/cuda as the extension `name` (cached by torch afterwards) and
+    returns its ops, torch.ops.fastshap_cuda_emulation (one build per process: each registers them)."""
     from torch.utils.cpp_extension import load
 
     csrc = os.path.join(ROOT, "csrc")
     load(
-        name="fastshap_cuda_emulation",
+        name=name,
         # The block programs are instantiated per input type in emulate_<type>.cpp: ninja builds them in parallel.
         sources=[os.path.join(csrc, "cuda", "shapley_emulate.cpp"), os.path.join(csrc, "shapley_common.cpp")]
         + sorted(glob.glob(os.path.join(csrc, "cuda", "emulate_*.cpp"))),
         extra_include_paths=[csrc, os.path.join(csrc, "cuda")],
-        extra_cflags=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        extra_cflags=[*cflags, "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        extra_ldflags=list(ldflags),
         is_python_module=False,
         verbose=False,
     )
     return torch.ops.fastshap_cuda_emulation
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """torch.ops.fastshap_cuda_emulation, compiled from csrc/cuda on first use."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C++ compiler ({compiler}) to build the CPU emulation of the CUDA kernels")
+    return build_emulation()
 
 
 def op_inputs(feats, head, baselines):
