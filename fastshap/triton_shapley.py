@@ -178,7 +178,7 @@ def _fused_configs(max_block_b: int, max_block_d: int, kp: int, coalitions: int,
     # memory for two or more programs per SM, so that one program's pipeline fills (one per modality) and
     # coalition walk overlap another's loads. The H100 run had only 8-warp tiles (a 64-sample tile with 8
     # warps ran at 207 us against 141 us at 128).
-    if sizes_b[0] >= 32 and warps == 8:
+    if sizes_b[0] >= 32 and big.num_warps == 8:
         configs.append(triton.Config({"BLOCK_B": sizes_b[0] // 2, "BLOCK_D": sizes_d[-1], "MB": 1}, num_warps=4,
                                      num_stages=3))
     return configs
