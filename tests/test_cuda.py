@@ -109,6 +109,9 @@ def plan_of(emu, kind, feats, head, baselines, limits):
     per_sample = bool(base) and base[0].dim() == 2
     absent_rows = n if kind == "decision" or (base and not per_sample) else 1
     elem = 8 if feats[0].dtype == torch.float64 else 4
+    if len(limits) == 4:  # tensor cores allowed: taken for 16-bit features with weights of their type (run_op)
+        eligible = feats[0].dtype in (torch.float16, torch.bfloat16) and params[0].dtype == feats[0].dtype
+        limits = (*limits[:3], int(bool(limits[3]) and eligible))
     return emu.describe_plan(
         HEAD_CODES[kind], n, 2 * n if per_sample else n, width, classes, elem, absent_rows, feats[0].shape[0], *limits
     )
@@ -339,6 +342,60 @@ def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
             assert torch.equal(phi, want[0]), f"{name} {limits}"
             assert torch.equal(stats[1:], want[1][1:]), f"{name} {limits}"
     assert pipes == {"0", "1"}, pipes
+
+
+#: Limits that also allow the tensor-core first layer (what FASTSHAP_CUDA_TENSOR_CORES=1 on an sm_80+ GPU gives).
+TC_BUDGETS = [(*H100_LIMITS, 1), (1 << 20, 1 << 20, 264, 1), (64 * 1024, 64 * 1024, 7, 1), (24 * 1024, 24 * 1024, 3, 1)]
+
+
+def _in_dtype(head, dtype):
+    """The head with its parameters in `dtype` (exact for the staging inputs' dyadic values): what makes a
+    16-bit call eligible for the tensor-core first layer."""
+    return copy.deepcopy(head).to(dtype)
+
+
+@pytest.mark.parametrize("dims", [(72, 40), (70, 42)], ids=["aligned-weights", "misaligned-weights"])
+@pytest.mark.parametrize("kind", ["concat", "mlp"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_emulation_tensor_cores_equal_cpu_kernel(emu, dtype, kind, dims):
+    """The tensor-core first layer (plan mma=1: 16-bit features and weights, 64-column steps through two
+    stages, each warp's 16 x 16 output tiles in registers) in the emulation, where each tile's MMA sums in the
+    CPU kernel's order: every feature layout (cp.async or element staging), weights whose columns start
+    16-byte aligned or not (dims 70 + 42), a tail step and a partial last tile give the CPU kernel's bits."""
+    head, labels, layouts, want = _staging_inputs(dtype, kind, dims)
+    head = _in_dtype(head, dtype)
+    op_kind = op_inputs(layouts["contiguous"], head, None)[0]
+    tiles = set()
+    for limits in TC_BUDGETS:
+        plan = dict(kv.split("=") for kv in plan_of(emu, op_kind, layouts["contiguous"], head, None, limits).split(";"))
+        if plan["mma"] == "1":
+            tiles.add(plan["tb"])
+        for name, feats in layouts.items():
+            phi, stats = emulate(emu, feats, head, labels, None, "accuracy", limits)
+            assert torch.equal(phi, want[0]), f"{name} {limits}: {int((phi != want[0]).any(1).sum())} rows differ"
+            assert torch.equal(stats[1:], want[1][1:]), f"{name} {limits}"
+    assert len(tiles) >= 2, f"tensor-core plans seen for tiles {tiles}: want two sizes"
+
+
+def test_tensor_cores_only_for_16_bit_weights_of_the_features_type(emu):
+    """The tensor-core plan is taken only when allowed and when the weights are of the features' 16-bit type
+    (their products are then those of the other plans); fp32 weights with bf16 features keep the FMA plan."""
+    head, labels, layouts, want = _staging_inputs(torch.bfloat16, "concat")
+    feats = layouts["contiguous"]
+
+    def plan_mma(h, limits):
+        kind = op_inputs(feats, h, None)[0]
+        return dict(kv.split("=") for kv in plan_of(emu, kind, feats, h, None, limits).split(";"))["mma"]
+
+    assert plan_mma(_in_dtype(head, torch.bfloat16), TC_BUDGETS[0]) == "1"
+    assert plan_mma(_in_dtype(head, torch.bfloat16), H100_LIMITS) == "0"  # not allowed
+    assert plan_mma(head, TC_BUDGETS[0]) == "0"  # fp32 weights
+    phi, _ = emulate(emu, feats, head, labels, None, "accuracy", TC_BUDGETS[0])
+    assert torch.equal(phi, want[0])
+    plan = emu.describe_plan(0, 2, 2, 31, 31, 4, 1, 65536, *H100_LIMITS, 1)
+    got = dict(kv.split("=") for kv in plan.split(";"))
+    # The benchmark shape: 128-sample tiles, two blocks per multiprocessor.
+    assert got["mma"] == "1" and got["tb"] == "128" and int(got["smem"]) <= H100_LIMITS[0], got
 
 
 def test_emulation_reads_no_memory_outside_its_tensors():

@@ -46,7 +46,7 @@ struct CudaBackend {
 
   Limits limits() const {
     static std::atomic<int> optin_cache[kMaxDevices], sms_cache[kMaxDevices], per_sm_cache[kMaxDevices],
-        reserved_cache[kMaxDevices];
+        reserved_cache[kMaxDevices], major_cache[kMaxDevices];
     const int device = c10::cuda::current_device();
     const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device, optin_cache);
     const int sms = device_attribute(cudaDevAttrMultiProcessorCount, device, sms_cache);
@@ -62,8 +62,14 @@ struct CudaBackend {
       const char* value = std::getenv("FASTSHAP_CUDA_PIPELINE");
       return value == nullptr || std::string(value) != "0";
     }();
+    // FASTSHAP_CUDA_TENSOR_CORES=1: the first layer of 16-bit features with weights of the same type on
+    // tensor cores (sm_80+). Off by default until a GPU run has checked it (bench/GPU-NOTES.md); read on
+    // every call, so that one process can time both.
+    const char* tc = std::getenv("FASTSHAP_CUDA_TENSOR_CORES");
+    const bool tensor_cores = tc != nullptr && std::string(tc) == "1" &&
+                              device_attribute(cudaDevAttrComputeCapabilityMajor, device, major_cache) >= 8;
     return Limits{std::max<int64_t>(soft, kDefaultSharedMemory), hard, 2 * int64_t{std::max(sms, 1)},
-                  int64_t{1} << 24, pipeline};
+                  int64_t{1} << 24, pipeline, tensor_cores};
   }
 
   void prepare_scratch(Tensor&) {}

@@ -39,6 +39,7 @@ struct Prepared {
   int64_t K = 0, C = 0;
   std::vector<at::Tensor> sources;  // n features, then n per-sample baselines (if any)
   at::Tensor weight1, start, dec_bias, absent, weight2, bias2, labels, phi, stats, scratch;
+  at::Tensor weight1_in;  // weight1 in the features' 16-bit type, for a tensor-core plan
   int64_t absent_stride = 0;
   ShapleyCoefficients coef;
   Plan plan;
@@ -61,6 +62,7 @@ Params<T> make_params(const Prepared& pr) {
     p.src[s] = Source{x.data_ptr(), x.stride(0), x.stride(1), pr.shape.offsets[i], pr.shape.dims[i]};
   }
   p.weight1 = pr.weight1.data_ptr<T>();
+  p.weight1_in = pr.weight1_in.defined() ? pr.weight1_in.data_ptr() : nullptr;
   p.start = pr.start.data_ptr<T>();
   p.dec_bias = pr.dec_bias.defined() ? pr.dec_bias.data_ptr<T>() : nullptr;
   p.absent = pr.absent.data_ptr<T>();
@@ -188,7 +190,12 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
     if (per_sample) {
       for (int64_t i = 0; i < n; ++i) pr.sources.push_back(source(baselines[i]));
     }
-    pr.plan = make_plan(plan_shape(pr, wide ? 8 : 4), backend.limits());
+    // Tensor cores take 16-bit operands: only when the weights are of the features' type are the products
+    // those of the other plans (the sums are in the MMA's order).
+    Shape sh = plan_shape(pr, wide ? 8 : 4);
+    sh.mma = (in_type == at::kHalf || in_type == at::kBFloat16) && weight1.scalar_type() == in_type;
+    pr.plan = make_plan(sh, backend.limits());
+    if (pr.plan.mma) pr.weight1_in = weight1.contiguous();
     if (pr.plan.scratch_per_block > 0) {
       pr.scratch = at::empty({pr.plan.grid * pr.plan.scratch_per_block}, opts);
       backend.prepare_scratch(pr.scratch);

@@ -61,6 +61,17 @@ constexpr int kVec = 4;              // terms read per shared-memory vector load
 template <typename T>
 constexpr int kDepth = sizeof(T) == 8 ? 16 : 32;
 
+// The tensor-core first layer (gemm_mma): 16-bit features times weights of the same type, fp32 sums.
+constexpr int kWarps = kThreads / 32;
+constexpr int kMmaTile = 16;      // output tiles of 16 x 16 (two mma.m16n8k16), 16 columns deep per MMA
+constexpr int kMmaTiles = 2;      // 16 x 16 output tiles a warp accumulates (8 fp32 registers each)
+constexpr int kMmaDepth = 64;     // feature columns staged per step: four 16-deep MMAs, 128 bytes a row
+constexpr int kMmaRowBytes = 144;  // a staged row: 64 values + 16 bytes, so that the 8 rows of each 16-byte
+                                   // matrix load (ldmatrix) fall on distinct shared-memory banks
+constexpr int kMmaLd = kMmaRowBytes / 2;  // the same in elements
+template <typename In>
+constexpr bool kMmaInput = std::is_same<In, c10::Half>::value || std::is_same<In, c10::BFloat16>::value;
+
 enum Head : int { kConcat = 0, kDecision = 1, kMlp = 2 };
 enum BenefitCode : int { kPaper = 0, kAccuracy = 1, kProbability = 2 };  // = fastshap::Benefit
 
@@ -87,6 +98,11 @@ struct Plan {
   bool p_shared = false, hl_shared = false, consts_shared = false;
   bool pipe = false;  // the first layer's operands staged asynchronously through two stages at off_pipe
   int64_t off_pipe = 0;
+  // The first layer on tensor cores (16-bit features and weights): two stages of (tb + kpad) rows of
+  // kMmaRowBytes at off_mma.
+  bool mma = false;
+  int kpad = 0;       // K rounded up to whole 16-column tiles
+  int64_t off_mma = 0;
   int64_t off_num = 0, off_vals = 0, off_xs = 0, off_ws = 0, off_start = 0, off_absent = 0, off_b2 = 0;
   int64_t off_p = 0, off_h = 0, off_l = 0;
   int64_t smem_bytes = 0;
@@ -106,6 +122,7 @@ struct Params {
   int64_t D = 0;        // sum d_i: row stride of weight1
   Source src[kMaxSources];
   const T* weight1 = nullptr;   // (K, D) contiguous
+  const void* weight1_in = nullptr;  // the same in the features' 16-bit type, for plan.mma (else null)
   const T* start = nullptr;     // (K): bias (concat), zeros (decision), bias1 (MLP)
   const T* dec_bias = nullptr;  // (n, K): decision fusion's per-classifier bias
   const T* absent = nullptr;    // shared contribution of a removed modality i: absent + i * absent_stride
@@ -135,6 +152,8 @@ struct DeviceExec {
     __syncthreads();
   }
   __device__ __forceinline__ static void add(double* total, double value) { atomicAdd(total, value); }
+  template <typename In>
+  struct Mma;  // defined below
 };
 #else
 struct HostExec {
@@ -143,6 +162,8 @@ struct HostExec {
     for (int t = 0; t < kThreads; ++t) f(t);
   }
   static void add(double* total, double value) { *total += value; }
+  template <typename In>
+  struct Mma;  // defined below
 };
 #endif
 
@@ -259,6 +280,123 @@ FASTSHAP_FN void load_vec(const double* p, double (&out)[kVec]) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// One warp's share of a tensor-core GEMM: fp32 accumulators of up to kMmaTiles 16 x 16 output tiles, tile i
+// accumulating A W^T over kMmaDepth columns a step, where A (16 rows) and W (16 rows) are 16-bit values in
+// shared memory, rows kMmaLd apart, 16-byte aligned. Every lane of the warp calls each method with the same
+// i (the calls are warp-wide on the GPU); i must be a compile-time constant after unrolling, so that the
+// accumulators stay in registers.
+
+#if defined(__CUDACC__)
+template <typename In>
+struct DeviceExec::Mma {
+  // Tile i, columns nb * 8 .. nb * 8 + 8: the accumulator fragment of mma.m16n8k16 (PTX ISA): this lane
+  // holds rows lane / 4 and lane / 4 + 8, columns 2 (lane % 4) and the next.
+  float c[kMmaTiles][2][4];
+
+  __device__ __forceinline__ void zero(int, int i) {
+    FASTSHAP_UNROLL
+    for (int nb = 0; nb < 2; ++nb) {
+      FASTSHAP_UNROLL
+      for (int e = 0; e < 4; ++e) c[i][nb][e] = 0.0f;
+    }
+  }
+
+  __device__ __forceinline__ void step(int tid, int i, const In* a, const In* w) {
+#if __CUDA_ARCH__ >= 800
+    const int lane = tid % 32;
+    // ldmatrix .x4: lane l gives the address of one row of the four 8 x 8 matrices. A: rows l % 16, columns
+    // (l / 16) * 8 -> the four registers of mma's A fragment. W: rows (l % 8) + (l / 16) * 8, columns
+    // ((l / 8) % 2) * 8 -> the two B registers of columns 0-7, then those of columns 8-15.
+    const unsigned a_row = static_cast<unsigned>(__cvta_generic_to_shared(a)) +
+                           static_cast<unsigned>(((lane % 16) * kMmaLd + (lane / 16) * 8) * 2);
+    const unsigned w_row = static_cast<unsigned>(__cvta_generic_to_shared(w)) +
+                           static_cast<unsigned>((((lane % 8) + (lane / 16) * 8) * kMmaLd + ((lane / 8) % 2) * 8) * 2);
+    FASTSHAP_UNROLL
+    for (int ks = 0; ks < kMmaDepth; ks += kMmaTile) {
+      uint32_t ar[4], br[4];
+      load_matrices(ar, a_row + ks * 2);
+      load_matrices(br, w_row + ks * 2);
+      mma(c[i][0], ar, br[0], br[1]);
+      mma(c[i][1], ar, br[2], br[3]);
+    }
+#else
+    __trap();  // the host plans tensor cores only on sm_80 and later
+#endif
+  }
+
+  // put(r, k, value) for this lane's values of tile i (r, k < 16).
+  template <class Put>
+  __device__ __forceinline__ void store(int tid, int i, Put&& put) {
+    const int r = (tid % 32) / 4, k = 2 * (tid % 4);
+    FASTSHAP_UNROLL
+    for (int nb = 0; nb < 2; ++nb) {
+      put(r, nb * 8 + k, c[i][nb][0]);
+      put(r, nb * 8 + k + 1, c[i][nb][1]);
+      put(r + 8, nb * 8 + k, c[i][nb][2]);
+      put(r + 8, nb * 8 + k + 1, c[i][nb][3]);
+    }
+  }
+
+ private:
+  __device__ __forceinline__ static void load_matrices(uint32_t (&out)[4], unsigned address) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
+                 : "r"(address)
+                 : "memory");
+#endif
+  }
+  // d += A B for one 16 x 8 x 16 product (16-bit inputs, fp32 sums).
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
+    if constexpr (std::is_same<In, c10::BFloat16>::value) {
+      asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+          "{%0, %1, %2, %3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+      asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+          "{%0, %1, %2, %3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+#endif
+  }
+};
+#else
+// The CPU emulation: lane 0 does its warp's work, one fma per term in increasing column order (the CPU
+// kernel's order, so that the emulation keeps its bits); it also checks the operands' alignment.
+template <typename In>
+struct HostExec::Mma {
+  float c[kWarps][kMmaTiles][kMmaTile * kMmaTile];
+
+  void zero(int tid, int i) {
+    if (tid % 32 == 0) std::fill_n(c[tid / 32][i], kMmaTile * kMmaTile, 0.0f);
+  }
+  void step(int tid, int i, const In* a, const In* w) {
+    if (tid % 32 != 0) return;
+    // ldmatrix reads 16-byte rows
+    if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0) std::abort();
+    float* acc = c[tid / 32][i];
+    for (int r = 0; r < kMmaTile; ++r) {
+      for (int k = 0; k < kMmaTile; ++k) {
+        float x = acc[r * kMmaTile + k];
+        for (int j = 0; j < kMmaDepth; ++j) {
+          x = fma_rn(static_cast<float>(a[r * kMmaLd + j]), static_cast<float>(w[k * kMmaLd + j]), x);
+        }
+        acc[r * kMmaTile + k] = x;
+      }
+    }
+  }
+  template <class Put>
+  void store(int tid, int i, Put&& put) {
+    if (tid % 32 != 0) return;
+    for (int e = 0; e < kMmaTile * kMmaTile; ++e) put(e / kMmaTile, e % kMmaTile, c[tid / 32][i][e]);
+  }
+};
+#endif
+
+// ---------------------------------------------------------------------------------------------------------
 // Building blocks (each called by every thread of a phase with its index `tid`).
 
 // store(i, load(i)) for i = tid, tid + kThreads, ... < count, kLoadsInFlight loads issued before any store.
@@ -372,22 +510,22 @@ FASTSHAP_FN void wait_copies() {
 #endif
 }
 
-// Vector i of a tile of `rows` rows and kDepth<T> columns of `a`: its row and its 16-byte column.
-template <typename T, typename In>
+// Vector i of a tile of `rows` rows and Depth columns of `a`: its row and its 16-byte column.
+template <int Depth, typename In>
 struct TileVectors {
   static constexpr int V = VectorRows<In>::V;
-  static constexpr int per_row = kDepth<T> / V;
-  static_assert(kDepth<T> % V == 0, "a staging step must hold whole vectors");
+  static constexpr int per_row = Depth / V;
+  static_assert(Depth % V == 0, "a staging step must hold whole vectors");
   int rows;
   FASTSHAP_FN int count() const { return rows * per_row; }
 };
 
-// Thread tid's share of columns d0 .. d0 + kDepth<T> of `a` (rows past a.rows: zeros) copied asynchronously
+// Thread tid's share of columns d0 .. d0 + Depth of `a` (rows past a.rows: zeros) copied asynchronously
 // to dst, whose rows are row_bytes apart; vector i goes to thread i % kThreads, as in convert_tile.
-template <typename T, typename In>
+template <int Depth, typename In>
 FASTSHAP_FN void copy_tile_async(int tid, const VectorRows<In>& a, int64_t d0, int rows, unsigned char* dst,
                                  int64_t row_bytes) {
-  const TileVectors<T, In> tv{rows};
+  const TileVectors<Depth, In> tv{rows};
   FASTSHAP_NO_UNROLL
   for (int i = tid; i < tv.count(); i += kThreads) {
     const int r = i / tv.per_row, c = i % tv.per_row;
@@ -401,11 +539,11 @@ FASTSHAP_FN void copy_tile_async(int tid, const VectorRows<In>& a, int64_t d0, i
 // into xs (rows xs_stride T apart). Only the thread that copied a vector reads it: no barrier between.
 template <typename T, typename In>
 FASTSHAP_FN void convert_tile(int tid, const unsigned char* src, int64_t row_bytes, int rows, T* xs, int xs_stride) {
-  const TileVectors<T, In> tv{rows};
+  const TileVectors<kDepth<T>, In> tv{rows};
   FASTSHAP_NO_UNROLL
   for (int i = tid; i < tv.count(); i += kThreads) {
     const int r = i / tv.per_row, c = i % tv.per_row;
-    alignas(16) In v[TileVectors<T, In>::V];
+    alignas(16) In v[TileVectors<kDepth<T>, In>::V];
     copy16(v, src + r * row_bytes + c * 16);
     T* dst = xs + r * xs_stride + c * tv.V;
     FASTSHAP_UNROLL
@@ -469,8 +607,8 @@ FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load, const VectorRo
   auto async_w = [&](int64_t step) { return pipe_w && step < full_steps; };
   auto stage_of = [&](int64_t step) { return g.pipe + (step & 1) * stage_bytes; };
   auto issue = [&](int tid, int64_t step) {  // one commit group per step and thread
-    if (async_a(step)) copy_tile_async<T>(tid, a_vec, step * td, g.rows, stage_of(step), a_row_bytes);
-    if (async_w(step)) copy_tile_async<T>(tid, w_first, step * td, kc, stage_of(step) + a_bytes, w_row_bytes);
+    if (async_a(step)) copy_tile_async<td>(tid, a_vec, step * td, g.rows, stage_of(step), a_row_bytes);
+    if (async_w(step)) copy_tile_async<td>(tid, w_first, step * td, kc, stage_of(step) + a_bytes, w_row_bytes);
     commit_copies();
   };
 
@@ -565,6 +703,95 @@ FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load, const VectorRo
         }
       });
     }
+  }
+}
+
+// The first layer on tensor cores, for 16-bit features and weights of the same type: out[r][k] = sum_{j < depth}
+// A(r, j) * w[k][j] (r < rows, k < cols) with fp32 sums in the MMA's order (so the CPU kernel's bits only
+// where every partial sum is exact). kMmaDepth columns a step go through two shared-memory stages, as in
+// gemm: cp.async for full steps of operands laid out in aligned 16-byte rows, element by element otherwise,
+// zero-padded past the batch, past `cols` (to kpad) and past `depth`. Each warp keeps its output tiles'
+// accumulators in registers over all the steps and writes them to `out` after the last.
+template <typename In>
+struct MmaGemm {
+  int rows;               // output rows (the tile's samples), a multiple of kMmaTile
+  int64_t cols;           // output columns (K)
+  int kpad;               // cols rounded up to a multiple of kMmaTile
+  int64_t depth;          // summed terms (d_i)
+  const In* w;            // w[k * w_stride + j]
+  int64_t w_stride;
+  float* out;             // out[r * out_stride + k]
+  int64_t out_stride;
+  unsigned char* stages;  // 2 x (rows + kpad) rows of kMmaRowBytes, 16-byte aligned
+};
+
+template <typename In, class Exec, class ALoad>
+FASTSHAP_FN void gemm_mma(Exec& ex, const MmaGemm<In>& g, ALoad&& a_load, const VectorRows<In>& a_vec) {
+  constexpr int td = kMmaDepth;
+  const int row_tiles = g.rows / kMmaTile;
+  const int tiles = row_tiles * (g.kpad / kMmaTile);  // at most kWarps * kMmaTiles (make_plan)
+  const int64_t a_bytes = int64_t{g.rows} * kMmaRowBytes;
+  const int64_t stage_bytes = a_bytes + int64_t{g.kpad} * kMmaRowBytes;
+  const VectorRows<In> w_vec = vector_rows(g.w, g.w_stride, 1, static_cast<int>(g.cols));
+  const int64_t steps = std::max<int64_t>(1, (g.depth + td - 1) / td);
+  const int64_t full_steps = g.depth / td;
+  auto async_a = [&](int64_t step) { return a_vec.base != nullptr && step < full_steps; };
+  auto async_w = [&](int64_t step) { return w_vec.base != nullptr && step < full_steps; };
+  auto stage_of = [&](int64_t step) { return g.stages + (step & 1) * stage_bytes; };
+  auto issue = [&](int tid, int64_t step) {  // one commit group per step and thread
+    if (async_a(step)) copy_tile_async<td>(tid, a_vec, step * td, g.rows, stage_of(step), kMmaRowBytes);
+    if (async_w(step)) copy_tile_async<td>(tid, w_vec, step * td, g.kpad, stage_of(step) + a_bytes, kMmaRowBytes);
+    commit_copies();
+  };
+  // Output tile t = warp + kWarps * i (i < kMmaTiles): rows (t % row_tiles) * 16, columns (t / row_tiles) * 16.
+  typename Exec::template Mma<In> acc;
+
+  for (int64_t step = 0; step < steps; ++step) {
+    const int64_t d0 = step * td;
+    const int64_t jn = std::min<int64_t>(td, g.depth - d0);  // columns that exist in this step
+    In* a_stage = reinterpret_cast<In*>(stage_of(step));
+    In* w_stage = reinterpret_cast<In*>(stage_of(step) + a_bytes);
+    ex.each([&](int tid) {
+      if (step == 0) {
+        FASTSHAP_UNROLL
+        for (int i = 0; i < kMmaTiles; ++i) acc.zero(tid, i);
+        if (async_a(0) || async_w(0)) issue(tid, 0);
+      }
+      if (async_a(step + 1) || async_w(step + 1)) {
+        issue(tid, step + 1);
+        wait_copies<1>();  // this step's group has landed, the next one is in flight
+      } else {
+        wait_copies<0>();
+      }
+      if (!async_a(step)) {
+        for (int i = tid; i < g.rows * td; i += kThreads) {
+          const int r = i / td, j = i % td;
+          a_stage[r * kMmaLd + j] = j < jn ? a_load(r, d0 + j) : In(0);
+        }
+      }
+      if (!async_w(step)) {
+        for (int i = tid; i < g.kpad * td; i += kThreads) {
+          const int k = i / td, j = i % td;
+          w_stage[k * kMmaLd + j] = k < g.cols && j < jn ? g.w[k * g.w_stride + d0 + j] : In(0);
+        }
+      }
+    });
+    const bool last = step + 1 == steps;
+    ex.each([&](int tid) {
+      const int warp = tid / 32;
+      FASTSHAP_UNROLL
+      for (int i = 0; i < kMmaTiles; ++i) {
+        const int t = warp + kWarps * i;
+        if (t >= tiles) continue;
+        const int r0 = (t % row_tiles) * kMmaTile, k0 = (t / row_tiles) * kMmaTile;
+        acc.step(tid, i, a_stage + r0 * kMmaLd, w_stage + k0 * kMmaLd);
+        if (last) {  // registers to `out`, which no thread reads before a later phase
+          acc.store(tid, i, [&](int r, int k, float v) {
+            if (k0 + k < g.cols) g.out[(r0 + r) * g.out_stride + k0 + k] = v;
+          });
+        }
+      }
+    });
   }
 }
 
@@ -666,8 +893,20 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
     for (int src = 0; src < p.n_sources; ++src) {
       const Source& so = p.src[src];
       const In* x = static_cast<const In*>(so.data) + tile0 * so.row_stride;
+      T* out = P + static_cast<int64_t>(src) * tb * pl.p_stride;
+      if constexpr (kMmaInput<In> && std::is_same<T, float>::value) {
+        if (pl.mma) {
+          const MmaGemm<In> g{tb,  K,   pl.kpad, so.depth, static_cast<const In*>(p.weight1_in) + so.col_offset,
+                              p.D, out, pl.p_stride, smem + pl.off_mma};
+          gemm_mma(
+              ex, g,
+              [&](int r, int64_t j) -> In { return r < count ? x[r * so.row_stride + j * so.col_stride] : In(0); },
+              vector_rows(x, so.row_stride, so.col_stride, count));
+          continue;
+        }
+      }
       const Gemm<T> g{tb, pl.tx1, K, so.depth, p.weight1 + so.col_offset, p.D,
-                      P + static_cast<int64_t>(src) * tb * pl.p_stride, pl.p_stride, xs, pl.xs_stride, ws,
+                      out, pl.p_stride, xs, pl.xs_stride, ws,
                       pl.ws_stride, pl.pipe ? smem + pl.off_pipe : nullptr};
       gemm(
           ex, g,
@@ -832,6 +1071,7 @@ struct Shape {
   int elem;         // bytes per element of the compute type
   int absent_rows;  // rows of the shared absent table
   int64_t batch;
+  bool mma = false;  // 16-bit features and weights of the same type, on a device with tensor cores (sm_80+)
 };
 
 struct Limits {
@@ -840,12 +1080,19 @@ struct Limits {
   int64_t fallback_grid;  // blocks when buffers live in global scratch (bounds its size)
   int64_t max_grid;
   bool pipeline = true;   // plans may stage the first layer asynchronously (FASTSHAP_CUDA_PIPELINE=0: never)
+  bool tensor_cores = false;  // plans may run the first layer on tensor cores (FASTSHAP_CUDA_TENSOR_CORES=1)
 };
 
 inline int64_t align16(int64_t x) { return (x + 15) & ~int64_t{15}; }
 
+inline int mma_kpad(int64_t K) { return static_cast<int>((K + kMmaTile - 1) / kMmaTile * kMmaTile); }
+// Whether a warp's output tiles of the tensor-core first layer fit its kMmaTiles accumulators.
+inline bool mma_fits(int tb, int64_t K) {
+  return K <= kWarps * kMmaTiles * kMmaTile && int64_t{tb / kMmaTile} * (mma_kpad(K) / kMmaTile) <= kWarps * kMmaTiles;
+}
+
 inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_shared, bool consts_shared,
-                   bool pipe = false) {
+                   bool pipe = false, bool mma = false) {
   const bool mlp = sh.head == kMlp;
   const int64_t e = sh.elem;
   Plan pl;
@@ -864,7 +1111,9 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
   pl.p_shared = p_shared;
   pl.hl_shared = mlp && hl_shared;
   pl.consts_shared = consts_shared;
-  pl.pipe = pipe;
+  pl.pipe = pipe && !mma;
+  pl.mma = mma;
+  pl.kpad = mma ? mma_kpad(sh.K) : 0;
 
   int64_t at = 0;
   auto take = [&](int64_t bytes) {
@@ -872,6 +1121,7 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
     at = align16(at + bytes);
     return offset;
   };
+
   int64_t g = 0;
   auto take_global = [&](int64_t elems) {
     const int64_t offset = g;
@@ -880,9 +1130,12 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
   };
   pl.off_num = take(int64_t{tb} * sh.n * 8);
   pl.off_vals = take(int64_t{rows} * 8);
-  pl.off_xs = take(int64_t{xs_rows} * pl.xs_stride * e);
-  pl.off_ws = take(int64_t{ws_rows} * pl.ws_stride * e);
-  if (pipe) pl.off_pipe = take(2 * (int64_t{tb} * pl.xs_stride + int64_t{kMicro} * pl.tx1 * pl.ws_stride) * e);
+  // The FMA GEMMs' staging: the first layer's unless it runs on tensor cores, the MLP's second layer's.
+  const bool fma_staging = !mma || mlp;
+  pl.off_xs = take(fma_staging ? int64_t{xs_rows} * pl.xs_stride * e : 0);
+  pl.off_ws = take(fma_staging ? int64_t{ws_rows} * pl.ws_stride * e : 0);
+  if (pl.pipe) pl.off_pipe = take(2 * (int64_t{tb} * pl.xs_stride + int64_t{kMicro} * pl.tx1 * pl.ws_stride) * e);
+  if (mma) pl.off_mma = take(2 * int64_t{tb + pl.kpad} * kMmaRowBytes);  // the two stages of gemm_mma
   if (consts_shared) {
     pl.off_start = take(sh.K * e);
     pl.off_absent = take(sh.absent_rows * sh.K * e);
@@ -923,7 +1176,17 @@ inline Plan make_plan(const Shape& sh, const Limits& lim) {
     pl.grid = std::max<int64_t>(1, std::min(pl.num_tiles, max_grid));
     return pl;
   };
+  const bool mma = sh.mma && lim.tensor_cores;
   for (const int64_t budget : {lim.soft_budget, lim.hard_budget}) {
+    // The tensor-core first layer first (a smaller tile than the FMA plans' is worth it), then the others.
+    for (const int tb : kTiles) {
+      if (!mma || !mma_fits(tb, sh.K)) continue;
+      for (const int rows : kRows) {
+        if (!mlp && rows != kRows[0]) break;
+        const Plan pl = layout(sh, tb, mlp ? rows : chunk_rows(tb), true, true, true, false, true);
+        if (pl.smem_bytes <= budget) return done(pl, lim.max_grid);
+      }
+    }
     for (const int tb : kTiles) {
       for (const bool pipe : {true, false}) {
         if (pipe && !lim.pipeline) continue;
