@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -52,7 +54,8 @@ SPECS = (
     Spec("mlp", 2, 31, torch.bfloat16, hidden=256),
 )
 PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "fastshap_triton_checked",
-             "fastshap_triton_graph", "fastshap_cuda_graph", "triton_op", "naive_batched")
+             "fastshap_triton_graph", "fastshap_cuda_graph", "fastshap_cuda_tc", "fastshap_cuda_tc_graph", "triton_op",
+             "naive_batched")
 NOTES = {
     "plain_forward": "yardstick: torch.cat + the head, one prediction",
     "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
@@ -62,6 +65,9 @@ NOTES = {
     "fastshap_triton_graph": "the fastshap_triton call captured once in a CUDA graph and replayed: the GPU's "
     "time without the host's (Python, launches)",
     "fastshap_cuda_graph": "the same for backend='cuda': the CUDA kernel's GPU time (and its few small ops)",
+    "fastshap_cuda_tc": "backend='cuda' with FASTSHAP_CUDA_TENSOR_CORES=1, defer_checks: the first layer on tensor "
+    "cores where the plan has room for them (16-bit features and head; here the linear head, not the MLP)",
+    "fastshap_cuda_tc_graph": "the same captured in a CUDA graph: its GPU time",
     "triton_op": "the registered op torch.ops.fastshap_triton.shapley_<head> called directly: the Triton "
     "path without modality_shapley's checks (host time: the launch's own share)",
     "naive_batched": "2^n masked copies in one head forward (the head's dtype)",
@@ -119,6 +125,8 @@ def _callable(provider: str, case: alt.Case):
 
     if provider == "triton_op":
         return _registered_op(case)
+    if "_tc" in provider:
+        return _with_tensor_cores(provider.replace("_tc", ""), case)
     backend = provider.removeprefix("fastshap_").removesuffix("_checked").removesuffix("_graph")
     if provider.endswith("_checked"):
         return lambda: fastshap.modality_shapley(case.features, case.head, case.labels, backend=backend)
@@ -133,6 +141,39 @@ def _callable(provider: str, case: alt.Case):
     if provider.endswith("_graph"):
         return _graphed(run, checks)
     return run
+
+
+TENSOR_CORES = "FASTSHAP_CUDA_TENSOR_CORES"
+
+
+@contextlib.contextmanager
+def _tensor_cores():
+    before = os.environ.get(TENSOR_CORES)
+    os.environ[TENSOR_CORES] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TENSOR_CORES)
+        else:
+            os.environ[TENSOR_CORES] = before
+
+
+def _with_tensor_cores(provider: str, case: alt.Case):
+    """`provider` (a fastshap cuda one) with FASTSHAP_CUDA_TENSOR_CORES=1 around each call: the CUDA launcher
+    reads it per call, and a CUDA graph captures the kernel chosen while it was set. Only 16-bit features
+    with a head of their dtype are eligible: other cases would time the FMA plan under another name."""
+    dtype = case.features[0].dtype
+    if dtype not in (torch.float16, torch.bfloat16) or any(p.dtype != dtype for p in case.head.parameters()):
+        raise Unavailable("tensor cores: 16-bit features and a head of their dtype only")
+    with _tensor_cores():
+        run = _callable(provider, case)
+
+    def call():
+        with _tensor_cores():
+            return run()
+
+    return call
 
 
 def _registered_op(case: alt.Case):

@@ -31,6 +31,8 @@ PROVIDER_ORDER = (
     "triton_op",
     "fastshap_cuda",
     "fastshap_cuda_graph",
+    "fastshap_cuda_tc",
+    "fastshap_cuda_tc_graph",
     "naive_batched",
     "authors_loop",
     "balancemm_loop",
@@ -48,6 +50,8 @@ LABELS = {
     "triton_op": "triton op, no API checks",
     "fastshap_cuda": "fastshap cuda",
     "fastshap_cuda_graph": "fastshap cuda, CUDA graph",
+    "fastshap_cuda_tc": "fastshap cuda, tensor cores",
+    "fastshap_cuda_tc_graph": "fastshap cuda, tensor cores, CUDA graph",
     "naive_batched": "naive batched",
     "authors_loop": "authors' loop",
     "balancemm_loop": "BalanceMM loop",
@@ -275,7 +279,7 @@ def gpu_targets(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[flo
         torch_t = seconds(row["fastshap_torch"]) if "fastshap_torch" in row else None
         info0 = row[next(iter(row))]["extra_info"]
         two = info0.get("n") == 2 and info0.get("head") != "mlp"
-        for p in ("fastshap_triton", "fastshap_cuda"):
+        for p in ("fastshap_triton", "fastshap_cuda", "fastshap_cuda_tc"):
             if p not in row:
                 continue
             info, t = row[p]["extra_info"], seconds(row[p])

@@ -1,9 +1,9 @@
 """Memory safety of the CUDA kernels' block program, without a GPU: run as a script (tests/test_cuda.py does,
 with libasan preloaded). It builds the CPU emulation of csrc/cuda with AddressSanitizer and runs it on
 tensors allocated to their exact size, under plans from generous to none: the staging reads whole tiles
-(16-byte vectors, the pipelined copies, rows past the batch), and a read outside a tensor, which the
-results cannot show (rows past the batch are dropped), is reported here. It is what compute-sanitizer
-would check on a GPU. Prints one line per input type and exits 0 when nothing was reported.
+(16-byte vectors, the pipelined copies, the tensor-core stages, rows past the batch), and a read outside
+a tensor, which the results cannot show (rows past the batch are dropped), is reported here. It is what
+compute-sanitizer would check on a GPU. Prints one line per input type and exits 0 when nothing was reported.
 """
 
 import os
@@ -24,9 +24,12 @@ def main() -> int:
     runs = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         for kind in ("concat", "mlp"):
-            for dims, batch in (((72, 40), 150), ((64, 33), 129), ((8, 72), 9)):
+            for dims, batch in (((72, 40), 150), ((64, 33), 129), ((8, 72), 9), ((70, 42), 33)):
                 head, labels, layouts, want = tc._staging_inputs(dtype, kind, dims, batch)
-                for limits in budgets:
+                plans = [(head, limits) for limits in budgets]
+                if dtype in (torch.float16, torch.bfloat16):  # the tensor-core first layer too
+                    plans += [(tc._in_dtype(head, dtype), limits) for limits in tc.TC_BUDGETS]
+                for head, limits in plans:
                     for name, feats in layouts.items():
                         if name != "aligned rows of a wider tensor":  # the others: exact-size copies
                             feats = [f.clone() for f in feats]

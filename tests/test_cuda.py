@@ -345,7 +345,7 @@ def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
 
 
 #: Limits that also allow the tensor-core first layer (what FASTSHAP_CUDA_TENSOR_CORES=1 on an sm_80+ GPU gives).
-TC_BUDGETS = [(*H100_LIMITS, 1), (1 << 20, 1 << 20, 264, 1), (64 * 1024, 64 * 1024, 7, 1), (24 * 1024, 24 * 1024, 3, 1)]
+TC_BUDGETS = [(*H100_LIMITS, 1), (1 << 20, 1 << 20, 264, 1), (64 * 1024, 64 * 1024, 2, 1), (24 * 1024, 24 * 1024, 3, 1)]
 
 
 def _in_dtype(head, dtype):
@@ -365,16 +365,17 @@ def test_emulation_tensor_cores_equal_cpu_kernel(emu, dtype, kind, dims):
     head, labels, layouts, want = _staging_inputs(dtype, kind, dims)
     head = _in_dtype(head, dtype)
     op_kind = op_inputs(layouts["contiguous"], head, None)[0]
-    tiles = set()
+    tiles, strided = set(), False
     for limits in TC_BUDGETS:
         plan = dict(kv.split("=") for kv in plan_of(emu, op_kind, layouts["contiguous"], head, None, limits).split(";"))
         if plan["mma"] == "1":
             tiles.add(plan["tb"])
+            strided |= int(plan["grid"]) < int(plan["tiles"])  # blocks with several tiles: the cross-tile prefetch
         for name, feats in layouts.items():
             phi, stats = emulate(emu, feats, head, labels, None, "accuracy", limits)
             assert torch.equal(phi, want[0]), f"{name} {limits}: {int((phi != want[0]).any(1).sum())} rows differ"
             assert torch.equal(stats[1:], want[1][1:]), f"{name} {limits}"
-    assert len(tiles) >= 2, f"tensor-core plans seen for tiles {tiles}: want two sizes"
+    assert len(tiles) >= 2 and strided, f"tensor-core plans seen for tiles {tiles}, grid-stride {strided}"
 
 
 def test_tensor_cores_only_for_16_bit_weights_of_the_features_type(emu):
@@ -608,6 +609,71 @@ def test_cuda_staging_equals_cpu_kernel(dtype, kind, shape):
         assert torch.equal(stats[1:].cpu(), want[1][1:]), name
 
 
+@pytest.fixture
+def tensor_cores(monkeypatch):
+    """FASTSHAP_CUDA_TENSOR_CORES=1 for one test (the CUDA launcher reads it on every call); skips on GPUs
+    without them (before sm_80)."""
+    _require_cuda_backend()
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("the tensor-core first layer needs sm_80 or later")
+    monkeypatch.setenv("FASTSHAP_CUDA_TENSOR_CORES", "1")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [((72, 40), 150), ((70, 42), 150), ((520, 264), 1000)],
+                         ids=["72+40", "70+42", "520+264"])
+@pytest.mark.parametrize("kind", ["concat", "mlp"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_tensor_cores_equal_cpu_kernel(tensor_cores, dtype, kind, shape):
+    """The tensor-core first layer (ldmatrix + mma.sync, cp.async stages) on every feature layout, weights
+    aligned or not (70 + 42), tail steps and partial tiles. Dyadic values make every partial sum exact, so
+    the MMA's summation order cannot show: the CPU kernel's bits are the answer."""
+    dims, batch = shape
+    head, labels, layouts, want = _staging_inputs(dtype, kind, dims, batch, device="cuda")
+    dhead, dlabels = _in_dtype(head, dtype).cuda(), labels.cuda()
+    for name, feats in layouts.items():
+        op_kind, params, _ = op_inputs(feats, dhead, None)
+        phi, stats = getattr(torch.ops.fastshap, f"shapley_{op_kind}")(feats, *params, [], dlabels, "accuracy")
+        assert torch.equal(phi.cpu(), want[0]), f"{name}: {int((phi.cpu() != want[0]).any(1).sum())} rows differ"
+        assert torch.equal(stats[1:].cpu(), want[1][1:]), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_tensor_cores_are_used_and_agree(tensor_cores, monkeypatch, dtype):
+    """The switch takes effect: with the probability benefit phi is continuous in the logits, so the MMA's
+    summation order shows in its last bits (some values differ from the FMA plan's), and only there."""
+    g = torch.Generator().manual_seed(4)
+    dims, classes, batch = [520, 264], 31, 2000
+    head = heads.ConcatLinear(dims, classes).to("cuda", dtype)
+    feats = [torch.randn(batch, d, generator=g).to("cuda", dtype) for d in dims]
+    labels = torch.randint(0, classes, (batch,), generator=g).cuda()
+    _, params, _ = op_inputs(feats, head, None)
+    with_tc, _ = torch.ops.fastshap.shapley_concat(feats, *params, [], labels, "probability")
+    monkeypatch.setenv("FASTSHAP_CUDA_TENSOR_CORES", "0")
+    without, _ = torch.ops.fastshap.shapley_concat(feats, *params, [], labels, "probability")
+    assert bool((with_tc != without).any()), "FASTSHAP_CUDA_TENSOR_CORES=1 changed nothing: not taken?"
+    torch.testing.assert_close(with_tc, without, atol=1e-5, rtol=0)
+
+
+TC_CASES = [c for c in KERNEL_CASES if c.dtype in ("fp16", "bf16")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", TC_CASES, ids=[c.id for c in TC_CASES])
+def test_cuda_tensor_cores_match_oracle(tensor_cores, case):
+    """The core case matrix's 16-bit cases with the head in the features' dtype (what makes them eligible),
+    against the oracle of that head, near-ties left out as for the other GPU backends."""
+    feats, head, labels, baselines = make_inputs(case)
+    head = _in_dtype(head, DTYPES[case.dtype])
+    expected = oracle_shapley(feats, head, labels, baselines, case.benefit)
+    dfeats = [on(f, "cuda") for f in feats]
+    dbase = None if baselines is None else [on(b, "cuda") for b in baselines]
+    phi = fastshap.modality_shapley(dfeats, copy.deepcopy(head).cuda(), labels.cuda(), baselines=dbase,
+                                    benefit=case.benefit, backend="cuda")
+    assert_matches_oracle(phi.cpu(), expected, compute_eps(DTYPES[case.dtype]), f"{case.id} [cuda, tensor cores]")
+
+
 def _small_gpu_inputs(kind, device="cuda", batch=33, dtype=torch.float32):
     g = torch.Generator().manual_seed(3)
     dims, classes = [5, 8, 3], 11
@@ -698,12 +764,22 @@ def test_cuda_large_shape_sanity(dtype):
     """B = 65,536, d = 512, C = 31, n = 2 (the benchmark shape): values in {-0.5, 0, 0.5, 1, 1.5}, efficiency
     (phi_0 + phi_1 = v(N)), and agreement with the torch backend on the same GPU except for rare near-ties."""
     _require_cuda_backend()
+    _large_shape_check(dtype, torch.float32)
+
+
+@pytest.mark.gpu
+def test_cuda_tensor_cores_large_shape_sanity(tensor_cores):
+    """The same with a bf16 head: the tensor-core plan at the benchmark shape (128-sample tiles)."""
+    _large_shape_check(torch.bfloat16, torch.bfloat16)
+
+
+def _large_shape_check(dtype, head_dtype):
     g = torch.Generator(device="cuda").manual_seed(0)
     batch, d, classes = 65536, 512, 31
-    head = nn.Linear(2 * d, classes).cuda()
+    head = nn.Linear(2 * d, classes).to("cuda", head_dtype)
     feats = [torch.randn(batch, d, device="cuda", generator=g).to(dtype) for _ in range(2)]
-    with torch.no_grad():
-        full = head(torch.cat(feats, 1).float())
+    with torch.no_grad():  # the full model's logits, exact in float64 whatever the head's dtype
+        full = nn.functional.linear(torch.cat(feats, 1).double(), head.weight.double(), head.bias.double())
     labels = torch.where(torch.rand(batch, device="cuda", generator=g) < 0.5, full.argmax(1),
                          torch.randint(0, classes, (batch,), device="cuda", generator=g))
     phi = fastshap.modality_shapley(feats, head, labels, backend="cuda")

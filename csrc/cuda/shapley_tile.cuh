@@ -706,92 +706,142 @@ FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load, const VectorRo
   }
 }
 
-// The first layer on tensor cores, for 16-bit features and weights of the same type: out[r][k] = sum_{j < depth}
-// A(r, j) * w[k][j] (r < rows, k < cols) with fp32 sums in the MMA's order (so the CPU kernel's bits only
-// where every partial sum is exact). kMmaDepth columns a step go through two shared-memory stages, as in
-// gemm: cp.async for full steps of operands laid out in aligned 16-byte rows, element by element otherwise,
-// zero-padded past the batch, past `cols` (to kpad) and past `depth`. Each warp keeps its output tiles'
-// accumulators in registers over all the steps and writes them to `out` after the last.
-template <typename In>
-struct MmaGemm {
-  int rows;               // output rows (the tile's samples), a multiple of kMmaTile
-  int64_t cols;           // output columns (K)
-  int kpad;               // cols rounded up to a multiple of kMmaTile
-  int64_t depth;          // summed terms (d_i)
-  const In* w;            // w[k * w_stride + j]
-  int64_t w_stride;
-  float* out;             // out[r * out_stride + k]
-  int64_t out_stride;
-  unsigned char* stages;  // 2 x (rows + kpad) rows of kMmaRowBytes, 16-byte aligned
+// The first layer on tensor cores, for 16-bit features and weights of the same type: for every source of a
+// tile, P[src][r][k] = sum_{j < d_src} x_src[r][j] * w[k][off_src + j] with fp32 sums in the MMA's order (so
+// the CPU kernel's bits only where every partial sum is exact). kMmaDepth columns a step go through two
+// shared-memory stages: cp.async for full steps of operands laid out in aligned 16-byte rows, element by
+// element otherwise, zero-padded past the batch, past K (to kpad) and past d_src. Each warp keeps its
+// output tiles' accumulators in registers over a source's steps and writes them to P after the last.
+//
+// The steps of all sources of all the block's tiles form one sequence, so the copies of the next step are
+// in flight during the current one across source boundaries, and the next tile's first step during this
+// tile's coalition phases: MmaPipe carries the stage parity and that prefetch from one tile to the next.
+struct MmaPipe {
+  int64_t position = 0;  // steps run so far by this block (its parity picks the stage)
+  bool issued = false;   // the copies of the coming step were issued by the step before it
 };
 
-template <typename In, class Exec, class ALoad>
-FASTSHAP_FN void gemm_mma(Exec& ex, const MmaGemm<In>& g, ALoad&& a_load, const VectorRows<In>& a_vec) {
+// Source `src` of tile `tile`: where its operands are and how they are staged.
+template <typename In>
+struct MmaSource {
+  VectorRows<In> a_vec;  // the features' rows when they can be copied 16 bytes at a time (else base null)
+  VectorRows<In> w_vec;  // the same for the weight slice
+  const In* x;
+  int64_t row_stride, col_stride;
+  int count;             // samples of the tile
+  const In* w;           // w[k * D + j]: the weight slice's first column
+  int64_t depth, full_steps, steps;
+
+  FASTSHAP_FN bool async_a(int64_t step) const { return a_vec.base != nullptr && step < full_steps; }
+  FASTSHAP_FN bool async_w(int64_t step) const { return w_vec.base != nullptr && step < full_steps; }
+};
+
+template <typename In>
+FASTSHAP_FN MmaSource<In> mma_source(const Params<float>& p, int tb, int64_t tile, int src) {
+  const Source& so = p.src[src];
+  const int64_t t0 = tile * tb;
+  MmaSource<In> m;
+  m.x = static_cast<const In*>(so.data) + t0 * so.row_stride;
+  m.row_stride = so.row_stride;
+  m.col_stride = so.col_stride;
+  m.count = static_cast<int>(std::min<int64_t>(tb, p.batch - t0));
+  m.w = static_cast<const In*>(p.weight1_in) + so.col_offset;
+  m.a_vec = vector_rows(m.x, so.row_stride, so.col_stride, m.count);
+  m.w_vec = vector_rows(m.w, p.D, 1, static_cast<int>(p.K));
+  m.depth = so.depth;
+  m.full_steps = so.depth / kMmaDepth;
+  m.steps = std::max<int64_t>(1, (so.depth + kMmaDepth - 1) / kMmaDepth);
+  return m;
+}
+
+template <typename In, class Exec>
+FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char* smem, float* P, int64_t tile,
+                                 int64_t grid, MmaPipe& pipe) {
   constexpr int td = kMmaDepth;
-  const int row_tiles = g.rows / kMmaTile;
-  const int tiles = row_tiles * (g.kpad / kMmaTile);  // at most kWarps * kMmaTiles (make_plan)
-  const int64_t a_bytes = int64_t{g.rows} * kMmaRowBytes;
-  const int64_t stage_bytes = a_bytes + int64_t{g.kpad} * kMmaRowBytes;
-  const VectorRows<In> w_vec = vector_rows(g.w, g.w_stride, 1, static_cast<int>(g.cols));
-  const int64_t steps = std::max<int64_t>(1, (g.depth + td - 1) / td);
-  const int64_t full_steps = g.depth / td;
-  auto async_a = [&](int64_t step) { return a_vec.base != nullptr && step < full_steps; };
-  auto async_w = [&](int64_t step) { return w_vec.base != nullptr && step < full_steps; };
-  auto stage_of = [&](int64_t step) { return g.stages + (step & 1) * stage_bytes; };
-  auto issue = [&](int tid, int64_t step) {  // one commit group per step and thread
-    if (async_a(step)) copy_tile_async<td>(tid, a_vec, step * td, g.rows, stage_of(step), kMmaRowBytes);
-    if (async_w(step)) copy_tile_async<td>(tid, w_vec, step * td, g.kpad, stage_of(step) + a_bytes, kMmaRowBytes);
+  const Plan& pl = p.plan;
+  const int tb = pl.tb;
+  const int row_tiles = tb / kMmaTile;
+  const int tiles = row_tiles * (pl.kpad / kMmaTile);  // at most kWarps * kMmaTiles (make_plan)
+  const int64_t a_bytes = int64_t{tb} * kMmaRowBytes;
+  const int64_t stage_bytes = a_bytes + int64_t{pl.kpad} * kMmaRowBytes;
+  auto stage_of = [&](int64_t position) { return smem + pl.off_mma + (position & 1) * stage_bytes; };
+  auto issue = [&](int tid, const MmaSource<In>& m, int64_t step, unsigned char* stage) {  // one commit group
+    if (m.async_a(step)) copy_tile_async<td>(tid, m.a_vec, step * td, tb, stage, kMmaRowBytes);
+    if (m.async_w(step)) copy_tile_async<td>(tid, m.w_vec, step * td, pl.kpad, stage + a_bytes, kMmaRowBytes);
     commit_copies();
   };
   // Output tile t = warp + kWarps * i (i < kMmaTiles): rows (t % row_tiles) * 16, columns (t / row_tiles) * 16.
   typename Exec::template Mma<In> acc;
 
-  for (int64_t step = 0; step < steps; ++step) {
-    const int64_t d0 = step * td;
-    const int64_t jn = std::min<int64_t>(td, g.depth - d0);  // columns that exist in this step
-    In* a_stage = reinterpret_cast<In*>(stage_of(step));
-    In* w_stage = reinterpret_cast<In*>(stage_of(step) + a_bytes);
-    ex.each([&](int tid) {
-      if (step == 0) {
+  for (int src = 0; src < p.n_sources; ++src) {
+    const MmaSource<In> cur = mma_source<In>(p, tb, tile, src);
+    float* out = P + static_cast<int64_t>(src) * tb * pl.p_stride;
+    for (int64_t step = 0; step < cur.steps; ++step, ++pipe.position) {
+      // The step after this one: the next of this source, the next source's first, or the next tile's first.
+      int64_t next_step = step + 1;
+      bool has_next = true;
+      MmaSource<In> next = cur;
+      if (next_step == cur.steps) {
+        next_step = 0;
+        if (src + 1 < p.n_sources) {
+          next = mma_source<In>(p, tb, tile, src + 1);
+        } else if (tile + grid < pl.num_tiles) {
+          next = mma_source<In>(p, tb, tile + grid, 0);
+        } else {
+          has_next = false;
+        }
+      }
+      const bool prefetch = has_next && (next.async_a(next_step) || next.async_w(next_step));
+      const bool issued = pipe.issued;
+      const int64_t d0 = step * td;
+      const int64_t jn = std::min<int64_t>(td, cur.depth - d0);  // columns that exist in this step
+      unsigned char* stage = stage_of(pipe.position);
+      In* a_stage = reinterpret_cast<In*>(stage);
+      In* w_stage = reinterpret_cast<In*>(stage + a_bytes);
+      ex.each([&](int tid) {
+        if (step == 0) {
+          FASTSHAP_UNROLL
+          for (int i = 0; i < kMmaTiles; ++i) acc.zero(tid, i);
+        }
+        if (!issued && (cur.async_a(step) || cur.async_w(step))) issue(tid, cur, step, stage);
+        if (prefetch) {
+          issue(tid, next, next_step, stage_of(pipe.position + 1));
+          wait_copies<1>();  // this step's group has landed, the next one is in flight
+        } else {
+          wait_copies<0>();
+        }
+        if (!cur.async_a(step)) {
+          for (int i = tid; i < tb * td; i += kThreads) {
+            const int r = i / td, j = i % td;
+            a_stage[r * kMmaLd + j] =
+                r < cur.count && j < jn ? cur.x[r * cur.row_stride + (d0 + j) * cur.col_stride] : In(0);
+          }
+        }
+        if (!cur.async_w(step)) {
+          for (int i = tid; i < pl.kpad * td; i += kThreads) {
+            const int k = i / td, j = i % td;
+            w_stage[k * kMmaLd + j] = k < p.K && j < jn ? cur.w[k * p.D + d0 + j] : In(0);
+          }
+        }
+      });
+      pipe.issued = prefetch;
+      const bool last = step + 1 == cur.steps;
+      ex.each([&](int tid) {
+        const int warp = tid / 32;
         FASTSHAP_UNROLL
-        for (int i = 0; i < kMmaTiles; ++i) acc.zero(tid, i);
-        if (async_a(0) || async_w(0)) issue(tid, 0);
-      }
-      if (async_a(step + 1) || async_w(step + 1)) {
-        issue(tid, step + 1);
-        wait_copies<1>();  // this step's group has landed, the next one is in flight
-      } else {
-        wait_copies<0>();
-      }
-      if (!async_a(step)) {
-        for (int i = tid; i < g.rows * td; i += kThreads) {
-          const int r = i / td, j = i % td;
-          a_stage[r * kMmaLd + j] = j < jn ? a_load(r, d0 + j) : In(0);
+        for (int i = 0; i < kMmaTiles; ++i) {
+          const int t = warp + kWarps * i;
+          if (t >= tiles) continue;
+          const int r0 = (t % row_tiles) * kMmaTile, k0 = (t / row_tiles) * kMmaTile;
+          acc.step(tid, i, a_stage + r0 * kMmaLd, w_stage + k0 * kMmaLd);
+          if (last) {  // registers to P, which no thread reads before a later phase
+            acc.store(tid, i, [&](int r, int k, float v) {
+              if (k0 + k < p.K) out[(r0 + r) * pl.p_stride + k0 + k] = v;
+            });
+          }
         }
-      }
-      if (!async_w(step)) {
-        for (int i = tid; i < g.kpad * td; i += kThreads) {
-          const int k = i / td, j = i % td;
-          w_stage[k * kMmaLd + j] = k < g.cols && j < jn ? g.w[k * g.w_stride + d0 + j] : In(0);
-        }
-      }
-    });
-    const bool last = step + 1 == steps;
-    ex.each([&](int tid) {
-      const int warp = tid / 32;
-      FASTSHAP_UNROLL
-      for (int i = 0; i < kMmaTiles; ++i) {
-        const int t = warp + kWarps * i;
-        if (t >= tiles) continue;
-        const int r0 = (t % row_tiles) * kMmaTile, k0 = (t / row_tiles) * kMmaTile;
-        acc.step(tid, i, a_stage + r0 * kMmaLd, w_stage + k0 * kMmaLd);
-        if (last) {  // registers to `out`, which no thread reads before a later phase
-          acc.store(tid, i, [&](int r, int k, float v) {
-            if (k0 + k < g.cols) g.out[(r0 + r) * g.out_stride + k0 + k] = v;
-          });
-        }
-      }
-    });
+      });
+    }
   }
 }
 
@@ -885,26 +935,23 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
     return absent + i * p.absent_stride;
   };
 
+  MmaPipe mma_pipe;  // the tensor-core first layer's pipeline, which runs on from one tile to the next
   for (int64_t tile = block; tile < pl.num_tiles; tile += grid) {
     const int64_t tile0 = tile * tb;
     const int count = static_cast<int>(std::min<int64_t>(tb, p.batch - tile0));  // >= 1
 
     // 1. Partial products of every source (rows of samples past the batch are zeros).
-    for (int src = 0; src < p.n_sources; ++src) {
+    bool on_tensor_cores = false;
+    if constexpr (kMmaInput<In> && std::is_same<T, float>::value) {
+      if (pl.mma) {
+        first_layer_mma<In>(ex, p, smem, P, tile, grid, mma_pipe);
+        on_tensor_cores = true;
+      }
+    }
+    for (int src = 0; src < p.n_sources && !on_tensor_cores; ++src) {
       const Source& so = p.src[src];
       const In* x = static_cast<const In*>(so.data) + tile0 * so.row_stride;
       T* out = P + static_cast<int64_t>(src) * tb * pl.p_stride;
-      if constexpr (kMmaInput<In> && std::is_same<T, float>::value) {
-        if (pl.mma) {
-          const MmaGemm<In> g{tb,  K,   pl.kpad, so.depth, static_cast<const In*>(p.weight1_in) + so.col_offset,
-                              p.D, out, pl.p_stride, smem + pl.off_mma};
-          gemm_mma(
-              ex, g,
-              [&](int r, int64_t j) -> In { return r < count ? x[r * so.row_stride + j * so.col_stride] : In(0); },
-              vector_rows(x, so.row_stride, so.col_stride, count));
-          continue;
-        }
-      }
       const Gemm<T> g{tb, pl.tx1, K, so.depth, p.weight1 + so.col_offset, p.D,
                       out, pl.p_stride, xs, pl.xs_stride, ws,
                       pl.ws_stride, pl.pipe ? smem + pl.off_pipe : nullptr};
@@ -1077,7 +1124,8 @@ struct Shape {
 struct Limits {
   int64_t soft_budget;    // shared memory a block should use (leaves room for a second block per SM)
   int64_t hard_budget;    // shared memory a block may use
-  int64_t fallback_grid;  // blocks when buffers live in global scratch (bounds its size)
+  int64_t fallback_grid;  // blocks when buffers live in global scratch (bounds its size), and for the
+                          // tensor-core plans (two per SM on a GPU)
   int64_t max_grid;
   bool pipeline = true;   // plans may stage the first layer asynchronously (FASTSHAP_CUDA_PIPELINE=0: never)
   bool tensor_cores = false;  // plans may run the first layer on tensor cores (FASTSHAP_CUDA_TENSOR_CORES=1)
@@ -1184,7 +1232,9 @@ inline Plan make_plan(const Shape& sh, const Limits& lim) {
       for (const int rows : kRows) {
         if (!mlp && rows != kRows[0]) break;
         const Plan pl = layout(sh, tb, mlp ? rows : chunk_rows(tb), true, true, true, false, true);
-        if (pl.smem_bytes <= budget) return done(pl, lim.max_grid);
+        // A block per SM slot that runs several tiles: its tensor-core pipeline copies the next tile's first
+        // step while this tile's coalitions are computed.
+        if (pl.smem_bytes <= budget) return done(pl, lim.fallback_grid);
       }
     }
     for (const int tb : kTiles) {
