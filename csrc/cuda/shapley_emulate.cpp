@@ -81,7 +81,7 @@ std::string describe_plan(int64_t head, int64_t n, int64_t n_sources, int64_t K,
   out << "tb=" << pl.tb << ";rows=" << pl.rows << ";p=" << (pl.p_shared ? "shared" : "global")
       << ";hl=" << (head == kMlp ? (pl.hl_shared ? "shared" : "global") : "none")
       << ";consts=" << (pl.consts_shared ? "shared" : "global") << ";pipe=" << (pl.pipe ? 1 : 0)
-      << ";mma=" << (pl.mma ? 1 : 0)
+      << ";mma=" << (pl.mma ? 1 : 0) << ";stages=" << pl.mma_stages
       << ";smem=" << pl.smem_bytes << ";grid=" << pl.grid << ";tiles=" << pl.num_tiles
       << ";scratch=" << pl.scratch_per_block;
   return out.str();

@@ -69,6 +69,7 @@ constexpr int kMmaDepth = 64;     // feature columns staged per step: four 16-de
 constexpr int kMmaRowBytes = 144;  // a staged row: 64 values + 16 bytes, so that the 8 rows of each 16-byte
                                    // matrix load (ldmatrix) fall on distinct shared-memory banks
 constexpr int kMmaLd = kMmaRowBytes / 2;  // the same in elements
+constexpr int kMaxMmaStages = 3;   // copies in flight up to two steps ahead
 template <typename In>
 constexpr bool kMmaInput = std::is_same<In, c10::Half>::value || std::is_same<In, c10::BFloat16>::value;
 
@@ -98,10 +99,11 @@ struct Plan {
   bool p_shared = false, hl_shared = false, consts_shared = false;
   bool pipe = false;  // the first layer's operands staged asynchronously through two stages at off_pipe
   int64_t off_pipe = 0;
-  // The first layer on tensor cores (16-bit features and weights): two stages of (tb + kpad) rows of
-  // kMmaRowBytes at off_mma.
+  // The first layer on tensor cores (16-bit features and weights): mma_stages stages of (tb + kpad) rows
+  // of kMmaRowBytes at off_mma.
   bool mma = false;
-  int kpad = 0;       // K rounded up to whole 16-column tiles
+  int kpad = 0;        // K rounded up to whole 16-column tiles
+  int mma_stages = 0;  // 2 or kMaxMmaStages
   int64_t off_mma = 0;
   int64_t off_num = 0, off_vals = 0, off_xs = 0, off_ws = 0, off_start = 0, off_absent = 0, off_b2 = 0;
   int64_t off_p = 0, off_h = 0, off_l = 0;
@@ -708,17 +710,25 @@ FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load, const VectorRo
 
 // The first layer on tensor cores, for 16-bit features and weights of the same type: for every source of a
 // tile, P[src][r][k] = sum_{j < d_src} x_src[r][j] * w[k][off_src + j] with fp32 sums in the MMA's order (so
-// the CPU kernel's bits only where every partial sum is exact). kMmaDepth columns a step go through two
-// shared-memory stages: cp.async for full steps of operands laid out in aligned 16-byte rows, element by
-// element otherwise, zero-padded past the batch, past K (to kpad) and past d_src. Each warp keeps its
-// output tiles' accumulators in registers over a source's steps and writes them to P after the last.
+// the CPU kernel's bits only where every partial sum is exact). kMmaDepth columns a step go through a ring
+// of plan.mma_stages shared-memory stages: cp.async for full steps of operands laid out in aligned 16-byte
+// rows, element by element otherwise, zero-padded past the batch, past K (to kpad) and past d_src. Each
+// warp keeps its output tiles' accumulators in registers over a source's steps and writes them to P after
+// the last.
 //
-// The steps of all sources of all the block's tiles form one sequence, so the copies of the next step are
-// in flight during the current one across source boundaries, and the next tile's first step during this
-// tile's coalition phases: MmaPipe carries the stage parity and that prefetch from one tile to the next.
+// The steps of all sources of all the block's tiles form one sequence, whose copies run stages - 1 steps
+// ahead of the step computed: across source boundaries, and into the next tile during this tile's
+// coalition phases. MmaPipe carries the sequence from one tile to the next.
+struct MmaStep {
+  int64_t tile = -1;  // -1: past the block's last step
+  int src = 0;
+  int64_t step = 0;
+};
+
 struct MmaPipe {
-  int64_t position = 0;  // steps run so far by this block (its parity picks the stage)
-  bool issued = false;   // the copies of the coming step were issued by the step before it
+  int64_t position = 0;  // steps computed so far by this block: position % stages is the current stage
+  int64_t issued = 0;    // steps whose copies have been issued (one commit group each, maybe empty)
+  MmaStep next_issue;    // the step to issue next
 };
 
 // Source `src` of tile `tile`: where its operands are and how they are staged.
@@ -736,6 +746,8 @@ struct MmaSource {
   FASTSHAP_FN bool async_w(int64_t step) const { return w_vec.base != nullptr && step < full_steps; }
 };
 
+FASTSHAP_FN int64_t mma_steps(int64_t depth) { return std::max<int64_t>(1, (depth + kMmaDepth - 1) / kMmaDepth); }
+
 template <typename In>
 FASTSHAP_FN MmaSource<In> mma_source(const Params<float>& p, int tb, int64_t tile, int src) {
   const Source& so = p.src[src];
@@ -750,7 +762,7 @@ FASTSHAP_FN MmaSource<In> mma_source(const Params<float>& p, int tb, int64_t til
   m.w_vec = vector_rows(m.w, p.D, 1, static_cast<int>(p.K));
   m.depth = so.depth;
   m.full_steps = so.depth / kMmaDepth;
-  m.steps = std::max<int64_t>(1, (so.depth + kMmaDepth - 1) / kMmaDepth);
+  m.steps = mma_steps(so.depth);
   return m;
 }
 
@@ -760,16 +772,26 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
   constexpr int td = kMmaDepth;
   const Plan& pl = p.plan;
   const int tb = pl.tb;
+  const int stages = pl.mma_stages;  // 2 or kMaxMmaStages
   const int row_tiles = tb / kMmaTile;
   const int tiles = row_tiles * (pl.kpad / kMmaTile);  // at most kWarps * kMmaTiles (make_plan)
   const int64_t a_bytes = int64_t{tb} * kMmaRowBytes;
   const int64_t stage_bytes = a_bytes + int64_t{pl.kpad} * kMmaRowBytes;
-  auto stage_of = [&](int64_t position) { return smem + pl.off_mma + (position & 1) * stage_bytes; };
-  auto issue = [&](int tid, const MmaSource<In>& m, int64_t step, unsigned char* stage) {  // one commit group
-    if (m.async_a(step)) copy_tile_async<td>(tid, m.a_vec, step * td, tb, stage, kMmaRowBytes);
-    if (m.async_w(step)) copy_tile_async<td>(tid, m.w_vec, step * td, pl.kpad, stage + a_bytes, kMmaRowBytes);
+  auto stage_of = [&](int64_t position) { return smem + pl.off_mma + (position % stages) * stage_bytes; };
+  // The step after s in the block's sequence: the next of its source, the next source's first, the next tile's.
+  auto advance = [&](MmaStep s) {
+    if (s.step + 1 < mma_steps(p.src[s.src].depth)) return MmaStep{s.tile, s.src, s.step + 1};
+    if (s.src + 1 < p.n_sources) return MmaStep{s.tile, s.src + 1, 0};
+    if (s.tile + grid < pl.num_tiles) return MmaStep{s.tile + grid, 0, 0};
+    return MmaStep{};
+  };
+  auto issue = [&](int tid, const MmaStep& s, unsigned char* stage) {  // one commit group, maybe empty
+    const MmaSource<In> m = mma_source<In>(p, tb, s.tile, s.src);
+    if (m.async_a(s.step)) copy_tile_async<td>(tid, m.a_vec, s.step * td, tb, stage, kMmaRowBytes);
+    if (m.async_w(s.step)) copy_tile_async<td>(tid, m.w_vec, s.step * td, pl.kpad, stage + a_bytes, kMmaRowBytes);
     commit_copies();
   };
+  if (pipe.position == 0 && pipe.issued == 0) pipe.next_issue = MmaStep{tile, 0, 0};  // the block's first tile
   // Output tile t = warp + kWarps * i (i < kMmaTiles): rows (t % row_tiles) * 16, columns (t / row_tiles) * 16.
   typename Exec::template Mma<In> acc;
 
@@ -777,22 +799,16 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
     const MmaSource<In> cur = mma_source<In>(p, tb, tile, src);
     float* out = P + static_cast<int64_t>(src) * tb * pl.p_stride;
     for (int64_t step = 0; step < cur.steps; ++step, ++pipe.position) {
-      // The step after this one: the next of this source, the next source's first, or the next tile's first.
-      int64_t next_step = step + 1;
-      bool has_next = true;
-      MmaSource<In> next = cur;
-      if (next_step == cur.steps) {
-        next_step = 0;
-        if (src + 1 < p.n_sources) {
-          next = mma_source<In>(p, tb, tile, src + 1);
-        } else if (tile + grid < pl.num_tiles) {
-          next = mma_source<In>(p, tb, tile + grid, 0);
-        } else {
-          has_next = false;
-        }
+      // The steps to issue now: up to stages - 1 ahead of this one (and this one, at the block's start).
+      MmaStep todo[kMaxMmaStages];
+      int count = 0;
+      while (pipe.next_issue.tile >= 0 && pipe.issued < pipe.position + stages) {
+        todo[count++] = pipe.next_issue;
+        pipe.next_issue = advance(pipe.next_issue);
+        ++pipe.issued;
       }
-      const bool prefetch = has_next && (next.async_a(next_step) || next.async_w(next_step));
-      const bool issued = pipe.issued;
+      const int64_t first = pipe.issued - count;                         // sequence index of todo[0]
+      const int pending = static_cast<int>(pipe.issued - pipe.position - 1);  // groups that may stay in flight
       const int64_t d0 = step * td;
       const int64_t jn = std::min<int64_t>(td, cur.depth - d0);  // columns that exist in this step
       unsigned char* stage = stage_of(pipe.position);
@@ -803,12 +819,13 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
           FASTSHAP_UNROLL
           for (int i = 0; i < kMmaTiles; ++i) acc.zero(tid, i);
         }
-        if (!issued && (cur.async_a(step) || cur.async_w(step))) issue(tid, cur, step, stage);
-        if (prefetch) {
-          issue(tid, next, next_step, stage_of(pipe.position + 1));
-          wait_copies<1>();  // this step's group has landed, the next one is in flight
-        } else {
+        for (int c = 0; c < count; ++c) issue(tid, todo[c], stage_of(first + c));
+        if (pending <= 0) {  // this step's group has landed; the later ones may still be in flight
           wait_copies<0>();
+        } else if (pending == 1) {
+          wait_copies<1>();
+        } else {
+          wait_copies<kMaxMmaStages - 1>();
         }
         if (!cur.async_a(step)) {
           for (int i = tid; i < tb * td; i += kThreads) {
@@ -824,7 +841,6 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
           }
         }
       });
-      pipe.issued = prefetch;
       const bool last = step + 1 == cur.steps;
       ex.each([&](int tid) {
         const int warp = tid / 32;
@@ -1140,7 +1156,8 @@ inline bool mma_fits(int tb, int64_t K) {
 }
 
 inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_shared, bool consts_shared,
-                   bool pipe = false, bool mma = false) {
+                   bool pipe = false, int mma_stages = 0) {
+  const bool mma = mma_stages > 0;
   const bool mlp = sh.head == kMlp;
   const int64_t e = sh.elem;
   Plan pl;
@@ -1162,6 +1179,7 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
   pl.pipe = pipe && !mma;
   pl.mma = mma;
   pl.kpad = mma ? mma_kpad(sh.K) : 0;
+  pl.mma_stages = mma_stages;
 
   int64_t at = 0;
   auto take = [&](int64_t bytes) {
@@ -1183,7 +1201,7 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
   pl.off_xs = take(fma_staging ? int64_t{xs_rows} * pl.xs_stride * e : 0);
   pl.off_ws = take(fma_staging ? int64_t{ws_rows} * pl.ws_stride * e : 0);
   if (pl.pipe) pl.off_pipe = take(2 * (int64_t{tb} * pl.xs_stride + int64_t{kMicro} * pl.tx1 * pl.ws_stride) * e);
-  if (mma) pl.off_mma = take(2 * int64_t{tb + pl.kpad} * kMmaRowBytes);  // the two stages of gemm_mma
+  if (mma) pl.off_mma = take(mma_stages * int64_t{tb + pl.kpad} * kMmaRowBytes);  // first_layer_mma's stages
   if (consts_shared) {
     pl.off_start = take(sh.K * e);
     pl.off_absent = take(sh.absent_rows * sh.K * e);
@@ -1229,12 +1247,14 @@ inline Plan make_plan(const Shape& sh, const Limits& lim) {
     // The tensor-core first layer first (a smaller tile than the FMA plans' is worth it), then the others.
     for (const int tb : kTiles) {
       if (!mma || !mma_fits(tb, sh.K)) continue;
-      for (const int rows : kRows) {
-        if (!mlp && rows != kRows[0]) break;
-        const Plan pl = layout(sh, tb, mlp ? rows : chunk_rows(tb), true, true, true, false, true);
-        // A block per SM slot that runs several tiles: its tensor-core pipeline copies the next tile's first
-        // step while this tile's coalitions are computed.
-        if (pl.smem_bytes <= budget) return done(pl, lim.fallback_grid);
+      for (const int stages : {kMaxMmaStages, 2}) {
+        for (const int rows : kRows) {
+          if (!mlp && rows != kRows[0]) break;
+          const Plan pl = layout(sh, tb, mlp ? rows : chunk_rows(tb), true, true, true, false, stages);
+          // A block per SM slot that runs several tiles: its tensor-core pipeline copies the next tile's
+          // first steps while this tile's coalitions are computed.
+          if (pl.smem_bytes <= budget) return done(pl, lim.fallback_grid);
+        }
       }
     }
     for (const int tb : kTiles) {
