@@ -358,24 +358,26 @@ def _in_dtype(head, dtype):
 @pytest.mark.parametrize("kind", ["concat", "mlp"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_emulation_tensor_cores_equal_cpu_kernel(emu, dtype, kind, dims):
-    """The tensor-core first layer (plan mma=1: 16-bit features and weights, 64-column steps through two
-    stages, each warp's 16 x 16 output tiles in registers) in the emulation, where each tile's MMA sums in the
-    CPU kernel's order: every feature layout (cp.async or element staging), weights whose columns start
-    16-byte aligned or not (dims 70 + 42), a tail step and a partial last tile give the CPU kernel's bits."""
+    """The tensor-core first layer (plan mma=1: 16-bit features and weights, 64-column steps through a ring of
+    two or three stages, each warp's 16 x 16 output tiles in registers) in the emulation, where each tile's
+    MMA sums in the CPU kernel's order: every feature layout (cp.async or element staging), weights whose
+    columns start 16-byte aligned or not (dims 70 + 42), tail steps, a partial last tile and blocks that run
+    several tiles (the copies run ahead across sources and tiles) give the CPU kernel's bits."""
     head, labels, layouts, want = _staging_inputs(dtype, kind, dims)
     head = _in_dtype(head, dtype)
     op_kind = op_inputs(layouts["contiguous"], head, None)[0]
-    tiles, strided = set(), False
+    tiles, stages, strided = set(), set(), False
     for limits in TC_BUDGETS:
         plan = dict(kv.split("=") for kv in plan_of(emu, op_kind, layouts["contiguous"], head, None, limits).split(";"))
         if plan["mma"] == "1":
             tiles.add(plan["tb"])
+            stages.add(plan["stages"])
             strided |= int(plan["grid"]) < int(plan["tiles"])  # blocks with several tiles: the cross-tile prefetch
         for name, feats in layouts.items():
             phi, stats = emulate(emu, feats, head, labels, None, "accuracy", limits)
             assert torch.equal(phi, want[0]), f"{name} {limits}: {int((phi != want[0]).any(1).sum())} rows differ"
             assert torch.equal(stats[1:], want[1][1:]), f"{name} {limits}"
-    assert len(tiles) >= 2 and strided, f"tensor-core plans seen for tiles {tiles}, grid-stride {strided}"
+    assert len(tiles) >= 2 and stages == {"2", "3"} and strided, f"tensor-core plans: {tiles} {stages} {strided}"
 
 
 def test_tensor_cores_only_for_16_bit_weights_of_the_features_type(emu):

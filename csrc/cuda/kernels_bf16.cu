@@ -3,6 +3,6 @@
 
 namespace fastshap {
 namespace tile {
-template void launch_tile_kernel<c10::BFloat16, float>(const Params<float>&, int, cudaStream_t);
+template void launch_tile_kernels<c10::BFloat16, float, false>(const Params<float>&, int, cudaStream_t);
 }  // namespace tile
 }  // namespace fastshap

@@ -3,6 +3,6 @@
 
 namespace fastshap {
 namespace tile {
-template void launch_tile_kernel<float, float>(const Params<float>&, int, cudaStream_t);
+template void launch_tile_kernels<float, float, false>(const Params<float>&, int, cudaStream_t);
 }  // namespace tile
 }  // namespace fastshap

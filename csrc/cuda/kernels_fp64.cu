@@ -3,6 +3,6 @@
 
 namespace fastshap {
 namespace tile {
-template void launch_tile_kernel<double, double>(const Params<double>&, int, cudaStream_t);
+template void launch_tile_kernels<double, double, false>(const Params<double>&, int, cudaStream_t);
 }  // namespace tile
 }  // namespace fastshap

@@ -19,7 +19,15 @@ void emulate_blocks(const Params<T>& p, unsigned char* smem) {
   HostExec ex;
   with_modality_count(p.n, [&](auto count) {
     constexpr int N = decltype(count)::value;
-    for (int64_t block = 0; block < p.plan.grid; ++block) run_block<In, T, N>(ex, p, smem, block, p.plan.grid);
+    for (int64_t block = 0; block < p.plan.grid; ++block) {
+      if constexpr (kMmaInput<In> && std::is_same<T, float>::value) {
+        if (p.plan.mma) {
+          run_block<In, T, N, true>(ex, p, smem, block, p.plan.grid);
+          continue;
+        }
+      }
+      run_block<In, T, N, false>(ex, p, smem, block, p.plan.grid);
+    }
   });
 }
 #endif

@@ -17,32 +17,32 @@ static_assert(sizeof(Params<double>) <= 4096 && sizeof(Params<float>) <= 4096, "
 // At least two blocks per multiprocessor (at most 128 registers a thread): the plan's soft shared-memory
 // budget is half of a multiprocessor's for that, and a second block is what keeps loads in flight while
 // the first one syncs. Left free, ptxas took 200-250 registers for some n (one block per SM).
-template <typename In, typename T, int N>
+template <typename In, typename T, int N, bool TensorCores>
 __global__ void __launch_bounds__(kThreads, 2) shapley_kernel(const Params<T> p) {
   extern __shared__ __align__(16) unsigned char smem[];
   DeviceExec ex;
-  run_block<In, T, N>(ex, p, smem, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(gridDim.x));
+  run_block<In, T, N, TensorCores>(ex, p, smem, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(gridDim.x));
 }
 
 // Raises the kernel's dynamic shared-memory limit to `smem` bytes on `device`, asking the driver only when a
 // larger amount than before is needed (the call costs host time on every launch otherwise, and must stay
 // out of CUDA-graph captures after warm-up). Two threads racing only repeat the call.
-template <typename In, typename T, int N>
+template <typename In, typename T, int N, bool TensorCores>
 void allow_shared_memory(int device, int64_t smem) {
   static std::atomic<int64_t> allowed[kMaxDevices];
   if (device < kMaxDevices && allowed[device].load(std::memory_order_relaxed) >= smem) return;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(&shapley_kernel<In, T, N>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(&shapley_kernel<In, T, N, TensorCores>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   if (device < kMaxDevices) allowed[device].store(smem);
 }
 
-template <typename In, typename T>
-void launch_tile_kernel(const Params<T>& p, int device, cudaStream_t stream) {
+template <typename In, typename T, bool TensorCores>
+void launch_tile_kernels(const Params<T>& p, int device, cudaStream_t stream) {
   const int64_t smem = p.plan.smem_bytes;
   with_modality_count(p.n, [&](auto count) {
     constexpr int N = decltype(count)::value;
-    if (smem > kDefaultSharedMemory) allow_shared_memory<In, T, N>(device, smem);
-    shapley_kernel<In, T, N>
+    if (smem > kDefaultSharedMemory) allow_shared_memory<In, T, N, TensorCores>(device, smem);
+    shapley_kernel<In, T, N, TensorCores>
         <<<static_cast<unsigned int>(p.plan.grid), kThreads, static_cast<size_t>(smem), stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -800,12 +800,17 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
     float* out = P + static_cast<int64_t>(src) * tb * pl.p_stride;
     for (int64_t step = 0; step < cur.steps; ++step, ++pipe.position) {
       // The steps to issue now: up to stages - 1 ahead of this one (and this one, at the block's start).
+      // (Unrolled, constant indices: the array stays in registers.)
       MmaStep todo[kMaxMmaStages];
       int count = 0;
-      while (pipe.next_issue.tile >= 0 && pipe.issued < pipe.position + stages) {
-        todo[count++] = pipe.next_issue;
-        pipe.next_issue = advance(pipe.next_issue);
-        ++pipe.issued;
+      FASTSHAP_UNROLL
+      for (int c = 0; c < kMaxMmaStages; ++c) {
+        if (pipe.next_issue.tile >= 0 && pipe.issued < pipe.position + stages) {
+          todo[c] = pipe.next_issue;
+          pipe.next_issue = advance(pipe.next_issue);
+          ++pipe.issued;
+          count = c + 1;
+        }
       }
       const int64_t first = pipe.issued - count;                         // sequence index of todo[0]
       const int pending = static_cast<int>(pipe.issued - pipe.position - 1);  // groups that may stay in flight
@@ -819,7 +824,10 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
           FASTSHAP_UNROLL
           for (int i = 0; i < kMmaTiles; ++i) acc.zero(tid, i);
         }
-        for (int c = 0; c < count; ++c) issue(tid, todo[c], stage_of(first + c));
+        FASTSHAP_UNROLL
+        for (int c = 0; c < kMaxMmaStages; ++c) {
+          if (c < count) issue(tid, todo[c], stage_of(first + c));
+        }
         if (pending <= 0) {  // this step's group has landed; the later ones may still be in flight
           wait_copies<0>();
         } else if (pending == 1) {
@@ -900,9 +908,13 @@ FASTSHAP_FN double coalition_value(Score&& score, int64_t C, int64_t y, int size
 // index arithmetic (g >> n, masks) get constant bounds, and the per-row pointers to the modalities' partial
 // products stay in registers (ptxas for sm_90: no spills for n <= 10 and n = 15, 16, where n known only at
 // run time spilled 148 bytes a thread).
-template <typename In, typename T, int N, class Exec>
+//
+// TensorCores: the program of the plans with plan.mma (the first layer on tensor cores; 16-bit features). A
+// separate instantiation, so that its registers do not weigh on the other plans' program.
+template <typename In, typename T, int N, bool TensorCores, class Exec>
 FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, int64_t block, int64_t grid) {
   static_assert(N >= 1 && N <= kMaxN, "1 <= n <= kMaxN modalities");
+  static_assert(!TensorCores || (kMmaInput<In> && std::is_same<T, float>::value), "tensor cores: 16-bit inputs");
   const Plan& pl = p.plan;
   constexpr int n = N;
   const int tb = pl.tb;
@@ -951,20 +963,14 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
     return absent + i * p.absent_stride;
   };
 
-  MmaPipe mma_pipe;  // the tensor-core first layer's pipeline, which runs on from one tile to the next
+  [[maybe_unused]] MmaPipe mma_pipe;  // the tensor-core first layer's pipeline, run on from tile to tile
   for (int64_t tile = block; tile < pl.num_tiles; tile += grid) {
     const int64_t tile0 = tile * tb;
     const int count = static_cast<int>(std::min<int64_t>(tb, p.batch - tile0));  // >= 1
 
     // 1. Partial products of every source (rows of samples past the batch are zeros).
-    bool on_tensor_cores = false;
-    if constexpr (kMmaInput<In> && std::is_same<T, float>::value) {
-      if (pl.mma) {
-        first_layer_mma<In>(ex, p, smem, P, tile, grid, mma_pipe);
-        on_tensor_cores = true;
-      }
-    }
-    for (int src = 0; src < p.n_sources && !on_tensor_cores; ++src) {
+    if constexpr (TensorCores) first_layer_mma<In>(ex, p, smem, P, tile, grid, mma_pipe);
+    for (int src = 0; src < p.n_sources && !TensorCores; ++src) {
       const Source& so = p.src[src];
       const In* x = static_cast<const In*>(so.data) + tile0 * so.row_stride;
       T* out = P + static_cast<int64_t>(src) * tb * pl.p_stride;
