@@ -380,6 +380,29 @@ def test_emulation_tensor_cores_equal_cpu_kernel(emu, dtype, kind, dims):
     assert len(tiles) >= 2 and stages == {"2", "3"} and strided, f"tensor-core plans: {tiles} {stages} {strided}"
 
 
+#: The widest first layer (C or H) the tensor-core plans take: kWarps * kMmaTiles 16-column tiles.
+MAX_MMA_WIDTH = 256
+TC_PLAN_CASES = [c for c in PLAN_CASES if c.dtype in ("fp16", "bf16") and c.C <= MAX_MMA_WIDTH]
+
+
+@pytest.mark.parametrize("case", TC_PLAN_CASES, ids=[c.id for c in TC_PLAN_CASES])
+def test_emulation_tensor_cores_same_bits_as_fma_plans(emu, case):
+    """The core matrix's 16-bit cases (every head, baseline kind, layout, n up to 8, odd shapes) with the
+    head in the features' dtype: the emulated tensor-core plans give the FMA plans' bits (the emulation sums
+    each MMA tile in the same order), per-sample baselines as extra sources included."""
+    feats, head, labels, baselines = make_inputs(case)
+    head = _in_dtype(head, DTYPES[case.dtype])
+    kind = op_inputs(feats, head, baselines)[0]
+    want = emulate(emu, feats, head, labels, baselines, case.benefit)
+    mma = 0
+    for limits in TC_BUDGETS:
+        plan = dict(kv.split("=") for kv in plan_of(emu, kind, feats, head, baselines, limits).split(";"))
+        mma += plan["mma"] == "1"
+        got = emulate(emu, feats, head, labels, baselines, case.benefit, limits)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), f"{case.id} {plan}"
+    assert mma >= 1
+
+
 def test_tensor_cores_only_for_16_bit_weights_of_the_features_type(emu):
     """The tensor-core plan is taken only when allowed and when the weights are of the features' 16-bit type
     (their products are then those of the other plans); fp32 weights with bf16 features keep the FMA plan."""
