@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -33,6 +34,15 @@ def report() -> str:
         lines += [
             "extension           fastshap._C loaded",
             f"  CUDA kernels      {cuda}",
+        ]
+        if info.get("cuda") == "1":  # the launcher's run-time switches (README), as this process has them
+            tensor_cores = os.environ.get("FASTSHAP_CUDA_TENSOR_CORES") == "1"
+            pipeline = os.environ.get("FASTSHAP_CUDA_PIPELINE") != "0"
+            lines.append(f"  tensor cores      {'on' if tensor_cores else 'off'} for fp16/bf16 first layers "
+                         f"(FASTSHAP_CUDA_TENSOR_CORES=1{'' if tensor_cores else ' to try'})")
+            lines.append(f"  cp.async pipeline {'on' if pipeline else 'off (FASTSHAP_CUDA_PIPELINE=0)'}")
+        lines += [
+
             f"  OpenMP            {'yes' if info.get('openmp') == '1' else 'no'}",
             f"  compiler          {info.get('compiler', '?')}",
         ]
