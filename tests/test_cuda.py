@@ -56,6 +56,22 @@ def test_cuda_kernels_registered_when_built():
         assert _extension.has_kernel(op, "CPU"), f"fastshap::{op} lost its CPU kernel"
 
 
+def test_info_reports_the_cuda_switches(monkeypatch):
+    """python -m fastshap.info says whether this process would take the tensor-core and cp.async paths."""
+    if not _extension.LOADED or _extension.build_info().get("cuda") != "1":
+        pytest.skip("fastshap._C was built without its CUDA part")
+    from fastshap import info
+
+    monkeypatch.setenv("FASTSHAP_CUDA_TENSOR_CORES", "1")
+    monkeypatch.setenv("FASTSHAP_CUDA_PIPELINE", "0")
+    report = info.report()
+    assert "tensor cores      on" in report and "cp.async pipeline off" in report, report
+    monkeypatch.delenv("FASTSHAP_CUDA_TENSOR_CORES")
+    monkeypatch.delenv("FASTSHAP_CUDA_PIPELINE")
+    report = info.report()
+    assert "tensor cores      off" in report and "cp.async pipeline on" in report, report
+
+
 # --- the kernels emulated on the CPU ------------------------------------------------------------------------
 
 
