@@ -66,7 +66,7 @@ NOTES = {
     "time without the host's (Python, launches)",
     "fastshap_cuda_graph": "the same for backend='cuda': the CUDA kernel's GPU time (and its few small ops)",
     "fastshap_cuda_tc": "backend='cuda' with FASTSHAP_CUDA_TENSOR_CORES=1, defer_checks: the first layer on tensor "
-    "cores where the plan has room for them (16-bit features and head; here the linear head, not the MLP)",
+    "cores (fp32 as 3xTF32) where the plan has room for them (here the linear heads, not the MLP)",
     "fastshap_cuda_tc_graph": "the same captured in a CUDA graph: its GPU time",
     "triton_op": "the registered op torch.ops.fastshap_triton.shapley_<head> called directly: the Triton "
     "path without modality_shapley's checks (host time: the launch's own share)",
@@ -161,11 +161,12 @@ def _tensor_cores():
 
 def _with_tensor_cores(provider: str, case: alt.Case):
     """`provider` (a fastshap cuda one) with FASTSHAP_CUDA_TENSOR_CORES=1 around each call: the CUDA launcher
-    reads it per call, and a CUDA graph captures the kernel chosen while it was set. Only 16-bit features
-    with a head of their dtype are eligible: other cases would time the FMA plan under another name."""
+    reads it per call, and a CUDA graph captures the kernel chosen while it was set. Only fp16/bf16/fp32
+    features with a head of their dtype are eligible: other cases would time the FMA plan under another name."""
     dtype = case.features[0].dtype
-    if dtype not in (torch.float16, torch.bfloat16) or any(p.dtype != dtype for p in case.head.parameters()):
-        raise Unavailable("tensor cores: 16-bit features and a head of their dtype only")
+    eligible = dtype in (torch.float16, torch.bfloat16, torch.float32)
+    if not eligible or any(p.dtype != dtype for p in case.head.parameters()):
+        raise Unavailable("tensor cores: fp16/bf16/fp32 features and a head of their dtype only")
     with _tensor_cores():
         run = _callable(provider, case)
 

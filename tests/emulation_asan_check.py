@@ -27,7 +27,7 @@ def main() -> int:
             for dims, batch in (((72, 40), 150), ((64, 33), 129), ((8, 72), 9), ((70, 42), 33)):
                 head, labels, layouts, want = tc._staging_inputs(dtype, kind, dims, batch)
                 plans = [(head, limits) for limits in budgets]
-                if dtype in (torch.float16, torch.bfloat16):  # the tensor-core first layer too
+                if dtype in tc.TC_DTYPES:  # the tensor-core first layer too
                     plans += [(tc._in_dtype(head, dtype), limits) for limits in tc.TC_BUDGETS]
                 for head, limits in plans:
                     for name, feats in layouts.items():

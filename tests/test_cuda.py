@@ -126,7 +126,7 @@ def plan_of(emu, kind, feats, head, baselines, limits):
     absent_rows = n if kind == "decision" or (base and not per_sample) else 1
     elem = 8 if feats[0].dtype == torch.float64 else 4
     if len(limits) == 4:  # tensor cores allowed: taken for 16-bit features with weights of their type (run_op)
-        eligible = feats[0].dtype in (torch.float16, torch.bfloat16) and params[0].dtype == feats[0].dtype
+        eligible = feats[0].dtype in TC_DTYPES and params[0].dtype == feats[0].dtype
         limits = (*limits[:3], int(bool(limits[3]) and eligible))
     return emu.describe_plan(
         HEAD_CODES[kind], n, 2 * n if per_sample else n, width, classes, elem, absent_rows, feats[0].shape[0], *limits
@@ -360,21 +360,23 @@ def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
     assert pipes == {"0", "1"}, pipes
 
 
+#: Feature dtypes whose first layer may run on tensor cores (with a head of the same dtype).
+TC_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: Limits that also allow the tensor-core first layer (what FASTSHAP_CUDA_TENSOR_CORES=1 on an sm_80+ GPU gives).
 TC_BUDGETS = [(*H100_LIMITS, 1), (1 << 20, 1 << 20, 264, 1), (64 * 1024, 64 * 1024, 2, 1), (24 * 1024, 24 * 1024, 3, 1)]
 
 
 def _in_dtype(head, dtype):
     """The head with its parameters in `dtype` (exact for the staging inputs' dyadic values): what makes a
-    16-bit call eligible for the tensor-core first layer."""
+    call eligible for the tensor-core first layer."""
     return copy.deepcopy(head).to(dtype)
 
 
 @pytest.mark.parametrize("dims", [(72, 136), (70, 42)], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("kind", ["concat", "mlp"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", TC_DTYPES)
 def test_emulation_tensor_cores_equal_cpu_kernel(emu, dtype, kind, dims):
-    """The tensor-core first layer (plan mma=1: 16-bit features and weights, 64-column steps through a ring of
+    """The tensor-core first layer (plan mma=1: weights of the features' dtype, 128-byte steps through a ring of
     two or three stages, each warp's 16 x 16 output tiles in registers) in the emulation, where each tile's
     MMA sums in the CPU kernel's order: every feature layout (cp.async or element staging), weights whose
     columns start 16-byte aligned or not (dims 70 + 42), tail steps, a partial last tile and blocks that run
@@ -398,13 +400,13 @@ def test_emulation_tensor_cores_equal_cpu_kernel(emu, dtype, kind, dims):
 
 #: The widest first layer (C or H) the tensor-core plans take: kWarps * kMmaTiles 16-column tiles.
 MAX_MMA_WIDTH = 256
-TC_PLAN_CASES = [c for c in PLAN_CASES if c.dtype in ("fp16", "bf16") and c.C <= MAX_MMA_WIDTH]
+TC_PLAN_CASES = [c for c in PLAN_CASES if c.dtype in ("fp16", "bf16", "fp32") and c.C <= MAX_MMA_WIDTH]
 
 
 @pytest.mark.parametrize("case", TC_PLAN_CASES, ids=[c.id for c in TC_PLAN_CASES])
 def test_emulation_tensor_cores_same_bits_as_fma_plans(emu, case):
-    """The core matrix's 16-bit cases (every head, baseline kind, layout, n up to 8, odd shapes) with the
-    head in the features' dtype: the emulated tensor-core plans give the FMA plans' bits (the emulation sums
+    """The core matrix's fp16/bf16/fp32 cases (every head, baseline kind, layout, n up to 8, odd shapes) with
+    the head in the features' dtype: the emulated tensor-core plans give the FMA plans' bits (the emulation sums
     each MMA tile in the same order), per-sample baselines as extra sources included."""
     feats, head, labels, baselines = make_inputs(case)
     head = _in_dtype(head, DTYPES[case.dtype])
@@ -419,8 +421,8 @@ def test_emulation_tensor_cores_same_bits_as_fma_plans(emu, case):
     assert mma >= 1
 
 
-def test_tensor_cores_only_for_16_bit_weights_of_the_features_type(emu):
-    """The tensor-core plan is taken only when allowed and when the weights are of the features' 16-bit type
+def test_tensor_cores_only_for_weights_of_the_features_type(emu):
+    """The tensor-core plan is taken only when allowed and when the weights are of the features' type
     (their products are then those of the other plans); fp32 weights with bf16 features keep the FMA plan."""
     head, labels, layouts, want = _staging_inputs(torch.bfloat16, "concat")
     feats = layouts["contiguous"]
@@ -661,14 +663,15 @@ def tensor_cores(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [((72, 40), 150), ((70, 42), 150), ((520, 264), 1000)],
-                         ids=["72+40", "70+42", "520+264"])
+@pytest.mark.parametrize("shape", [((72, 136), 150), ((70, 42), 150), ((520, 264), 1000)],
+                         ids=["72+136", "70+42", "520+264"])
 @pytest.mark.parametrize("kind", ["concat", "mlp"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", TC_DTYPES)
 def test_cuda_tensor_cores_equal_cpu_kernel(tensor_cores, dtype, kind, shape):
     """The tensor-core first layer (ldmatrix + mma.sync, cp.async stages) on every feature layout, weights
-    aligned or not (70 + 42), tail steps and partial tiles. Dyadic values make every partial sum exact, so
-    the MMA's summation order cannot show: the CPU kernel's bits are the answer."""
+    aligned or not (70 + 42), tail steps and partial tiles. Dyadic values with few significant bits make
+    every product (tf32 ones too: their remainders are zero) and every partial sum exact, so the MMA's
+    summation order cannot show: the CPU kernel's bits are the answer."""
     dims, batch = shape
     head, labels, layouts, want = _staging_inputs(dtype, kind, dims, batch, device="cuda")
     dhead, dlabels = _in_dtype(head, dtype).cuda(), labels.cuda()
@@ -680,7 +683,7 @@ def test_cuda_tensor_cores_equal_cpu_kernel(tensor_cores, dtype, kind, shape):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", TC_DTYPES)
 def test_cuda_tensor_cores_are_used_and_agree(tensor_cores, monkeypatch, dtype):
     """The switch takes effect: with the probability benefit phi is continuous in the logits, so the MMA's
     summation order shows in its last bits (some values differ from the FMA plan's), and only there."""
@@ -697,14 +700,14 @@ def test_cuda_tensor_cores_are_used_and_agree(tensor_cores, monkeypatch, dtype):
     torch.testing.assert_close(with_tc, without, atol=1e-5, rtol=0)
 
 
-TC_CASES = [c for c in KERNEL_CASES if c.dtype in ("fp16", "bf16")]
+TC_CASES = [c for c in KERNEL_CASES if c.dtype in ("fp16", "bf16", "fp32")]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", TC_CASES, ids=[c.id for c in TC_CASES])
 def test_cuda_tensor_cores_match_oracle(tensor_cores, case):
-    """The core case matrix's 16-bit cases with the head in the features' dtype (what makes them eligible),
-    against the oracle of that head, near-ties left out as for the other GPU backends."""
+    """The core case matrix's fp16/bf16/fp32 cases with the head in the features' dtype (what makes them
+    eligible), against the oracle of that head, near-ties left out as for the other GPU backends."""
     feats, head, labels, baselines = make_inputs(case)
     head = _in_dtype(head, DTYPES[case.dtype])
     expected = oracle_shapley(feats, head, labels, baselines, case.benefit)
@@ -809,9 +812,10 @@ def test_cuda_large_shape_sanity(dtype):
 
 
 @pytest.mark.gpu
-def test_cuda_tensor_cores_large_shape_sanity(tensor_cores):
-    """The same with a bf16 head: the tensor-core plan at the benchmark shape (128-sample tiles)."""
-    _large_shape_check(torch.bfloat16, torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_tensor_cores_large_shape_sanity(tensor_cores, dtype):
+    """The same with the head in the features' dtype: the tensor-core plan at the benchmark shape."""
+    _large_shape_check(dtype, dtype)
 
 
 def _large_shape_check(dtype, head_dtype):

@@ -62,7 +62,7 @@ struct CudaBackend {
       const char* value = std::getenv("FASTSHAP_CUDA_PIPELINE");
       return value == nullptr || std::string(value) != "0";
     }();
-    // FASTSHAP_CUDA_TENSOR_CORES=1: the first layer of 16-bit features with weights of the same type on
+    // FASTSHAP_CUDA_TENSOR_CORES=1: the first layer of fp16/bf16/fp32 features with weights of their type on
     // tensor cores (sm_80+). Off by default until a GPU run has checked it (bench/GPU-NOTES.md); read on
     // every call, so that one process can time both.
     const char* tc = std::getenv("FASTSHAP_CUDA_TENSOR_CORES");

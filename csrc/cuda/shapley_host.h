@@ -39,7 +39,7 @@ struct Prepared {
   int64_t K = 0, C = 0;
   std::vector<at::Tensor> sources;  // n features, then n per-sample baselines (if any)
   at::Tensor weight1, start, dec_bias, absent, weight2, bias2, labels, phi, stats, scratch;
-  at::Tensor weight1_in;  // weight1 in the features' 16-bit type, for a tensor-core plan
+  at::Tensor weight1_in;  // weight1 in the features' type, for a tensor-core plan
   int64_t absent_stride = 0;
   ShapleyCoefficients coef;
   Plan plan;
@@ -190,10 +190,11 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
     if (per_sample) {
       for (int64_t i = 0; i < n; ++i) pr.sources.push_back(source(baselines[i]));
     }
-    // Tensor cores take 16-bit operands: only when the weights are of the features' type are the products
-    // those of the other plans (the sums are in the MMA's order).
+    // Tensor cores read the weights in the features' type: only when the head is of that type are the
+    // products those of the other plans (the sums are in the MMA's order; fp32 as 3xTF32).
     Shape sh = plan_shape(pr, wide ? 8 : 4);
-    sh.mma = (in_type == at::kHalf || in_type == at::kBFloat16) && weight1.scalar_type() == in_type;
+    sh.mma = (in_type == at::kHalf || in_type == at::kBFloat16 || in_type == at::kFloat) &&
+             weight1.scalar_type() == in_type;
     pr.plan = make_plan(sh, backend.limits());
     if (pr.plan.mma) pr.weight1_in = weight1.contiguous();
     if (pr.plan.scratch_per_block > 0) {

@@ -1,7 +1,7 @@
 // The launch of the fused CUDA kernel for one input type, declared here and defined in shapley_kernel.cuh.
 // Each input type's kernels (one per modality count, 1..kMaxN) are compiled in their own translation unit,
-// kernels_<type>.cu, and the tensor-core programs of fp16 and bf16 in kernels_<type>_tc.cu, so that a
-// parallel build compiles the 6 x 16 kernels on several cores at once.
+// kernels_<type>.cu, and the tensor-core programs of fp16, bf16 and fp32 in kernels_<type>_tc.cu, so that
+// a parallel build compiles the 7 x 16 kernels on several cores at once.
 #pragma once
 
 #include "shapley_tile.cuh"
@@ -19,7 +19,7 @@ constexpr int kMaxDevices = 64;
 
 // Launches shapley_kernel<In, T, p.n, TensorCores> on `stream` of the current device `device` (p.plan fixes
 // the grid and the dynamic shared memory) and checks the launch. Defined in shapley_kernel.cuh, instantiated
-// in kernels_<type>.cu (and kernels_<type>_tc.cu for the tensor-core programs of 16-bit inputs).
+// in kernels_<type>.cu (and kernels_<type>_tc.cu for the tensor-core programs of fp16, bf16, fp32).
 template <typename In, typename T, bool TensorCores>
 void launch_tile_kernels(const Params<T>& p, int device, cudaStream_t stream);
 

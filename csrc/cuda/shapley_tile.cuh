@@ -61,17 +61,23 @@ constexpr int kVec = 4;              // terms read per shared-memory vector load
 template <typename T>
 constexpr int kDepth = sizeof(T) == 8 ? 16 : 32;
 
-// The tensor-core first layer (gemm_mma): 16-bit features times weights of the same type, fp32 sums.
+// The tensor-core first layer (first_layer_mma): features times weights of the same type, fp32 sums. fp16 and
+// bf16 take mma.m16n8k16; fp32 takes mma.m16n8k8 on tf32 three times ("3xTF32": each operand split into a
+// tf32 head and a tf32 remainder, the remainders' product dropped), which is about as accurate as fp32 FMAs.
 constexpr int kWarps = kThreads / 32;
-constexpr int kMmaTile = 16;      // output tiles of 16 x 16 (two mma.m16n8k16), 16 columns deep per MMA
-constexpr int kMmaTiles = 2;      // 16 x 16 output tiles a warp accumulates (8 fp32 registers each)
-constexpr int kMmaDepth = 64;     // feature columns staged per step: four 16-deep MMAs, 128 bytes a row
-constexpr int kMmaRowBytes = 144;  // a staged row: 64 values + 16 bytes, so that the 8 rows of each 16-byte
-                                   // matrix load (ldmatrix) fall on distinct shared-memory banks
-constexpr int kMmaLd = kMmaRowBytes / 2;  // the same in elements
-constexpr int kMaxMmaStages = 3;   // copies in flight up to two steps ahead
+constexpr int kMmaTile = 16;        // output tiles of 16 x 16 (two 16 x 8 MMAs)
+constexpr int kMmaTiles = 2;        // 16 x 16 output tiles a warp accumulates (8 fp32 registers each)
+constexpr int kMmaStepBytes = 128;  // bytes of each row staged per step: four MMA depths of 32 bytes
+constexpr int kMmaRowBytes = 144;   // a staged row: 128 bytes + 16, so that the 8 rows of each 16-byte
+                                    // matrix load (ldmatrix) fall on distinct shared-memory banks
+constexpr int kMaxMmaStages = 3;    // copies in flight up to two steps ahead
 template <typename In>
-constexpr bool kMmaInput = std::is_same<In, c10::Half>::value || std::is_same<In, c10::BFloat16>::value;
+constexpr int kMmaDepth = kMmaStepBytes / static_cast<int>(sizeof(In));  // feature columns per step
+template <typename In>
+constexpr int kMmaLd = kMmaRowBytes / static_cast<int>(sizeof(In));      // staged row stride in elements
+template <typename In>
+constexpr bool kMmaInput = std::is_same<In, c10::Half>::value || std::is_same<In, c10::BFloat16>::value ||
+                           std::is_same<In, float>::value;
 
 enum Head : int { kConcat = 0, kDecision = 1, kMlp = 2 };
 enum BenefitCode : int { kPaper = 0, kAccuracy = 1, kProbability = 2 };  // = fastshap::Benefit
@@ -99,7 +105,7 @@ struct Plan {
   bool p_shared = false, hl_shared = false, consts_shared = false;
   bool pipe = false;  // the first layer's operands staged asynchronously through two stages at off_pipe
   int64_t off_pipe = 0;
-  // The first layer on tensor cores (16-bit features and weights): mma_stages stages of (tb + kpad) rows
+  // The first layer on tensor cores (features and weights of one type): mma_stages stages of (tb + kpad) rows
   // of kMmaRowBytes at off_mma.
   bool mma = false;
   int kpad = 0;        // K rounded up to whole 16-column tiles
@@ -124,7 +130,7 @@ struct Params {
   int64_t D = 0;        // sum d_i: row stride of weight1
   Source src[kMaxSources];
   const T* weight1 = nullptr;   // (K, D) contiguous
-  const void* weight1_in = nullptr;  // the same in the features' 16-bit type, for plan.mma (else null)
+  const void* weight1_in = nullptr;  // the same in the features' type, for plan.mma (else null)
   const T* start = nullptr;     // (K): bias (concat), zeros (decision), bias1 (MLP)
   const T* dec_bias = nullptr;  // (n, K): decision fusion's per-classifier bias
   const T* absent = nullptr;    // shared contribution of a removed modality i: absent + i * absent_stride
@@ -283,10 +289,10 @@ FASTSHAP_FN void load_vec(const double* p, double (&out)[kVec]) {
 
 // ---------------------------------------------------------------------------------------------------------
 // One warp's share of a tensor-core GEMM: fp32 accumulators of up to kMmaTiles 16 x 16 output tiles, tile i
-// accumulating A W^T over kMmaDepth columns a step, where A (16 rows) and W (16 rows) are 16-bit values in
-// shared memory, rows kMmaLd apart, 16-byte aligned. Every lane of the warp calls each method with the same
-// i (the calls are warp-wide on the GPU); i must be a compile-time constant after unrolling, so that the
-// accumulators stay in registers.
+// accumulating A W^T over kMmaDepth<In> columns (128 bytes) a step, where A (16 rows) and W (16 rows) are
+// in shared memory, rows kMmaRowBytes apart, 16-byte aligned. Every lane of the warp calls each method
+// with the same i (the calls are warp-wide on the GPU); i must be a compile-time constant after unrolling,
+// so that the accumulators stay in registers.
 
 #if defined(__CUDACC__)
 template <typename In>
@@ -306,18 +312,20 @@ struct DeviceExec::Mma {
   __device__ __forceinline__ void step(int tid, int i, const In* a, const In* w) {
 #if __CUDA_ARCH__ >= 800
     const int lane = tid % 32;
-    // ldmatrix .x4: lane l gives the address of one row of the four 8 x 8 matrices. A: rows l % 16, columns
-    // (l / 16) * 8 -> the four registers of mma's A fragment. W: rows (l % 8) + (l / 16) * 8, columns
-    // ((l / 8) % 2) * 8 -> the two B registers of columns 0-7, then those of columns 8-15.
+    // ldmatrix .x4 over 16-byte rows: lane l gives the address of one row of four 8 x 16-byte matrices. A:
+    // row l % 16, bytes (l / 16) * 16 -> the four registers of the MMA's A fragment. W: row (l % 8) +
+    // (l / 16) * 8, bytes ((l / 8) % 2) * 16 -> the two B registers of output columns 0-7, then those of
+    // columns 8-15. The same bytes make the fragments of m16n8k16 (fp16/bf16: 8 values a 16-byte row) and of
+    // m16n8k8 on tf32 (fp32: 4 values a row), so one addressing serves both.
     const unsigned a_row = static_cast<unsigned>(__cvta_generic_to_shared(a)) +
-                           static_cast<unsigned>(((lane % 16) * kMmaLd + (lane / 16) * 8) * 2);
+                           static_cast<unsigned>((lane % 16) * kMmaRowBytes + (lane / 16) * 16);
     const unsigned w_row = static_cast<unsigned>(__cvta_generic_to_shared(w)) +
-                           static_cast<unsigned>((((lane % 8) + (lane / 16) * 8) * kMmaLd + ((lane / 8) % 2) * 8) * 2);
+                           static_cast<unsigned>(((lane % 8) + (lane / 16) * 8) * kMmaRowBytes + ((lane / 8) % 2) * 16);
     FASTSHAP_UNROLL
-    for (int ks = 0; ks < kMmaDepth; ks += kMmaTile) {
+    for (int kb = 0; kb < kMmaStepBytes; kb += 32) {  // one MMA depth: 32 bytes of each row
       uint32_t ar[4], br[4];
-      load_matrices(ar, a_row + ks * 2);
-      load_matrices(br, w_row + ks * 2);
+      load_matrices(ar, a_row + kb);
+      load_matrices(br, w_row + kb);
       mma(c[i][0], ar, br[0], br[1]);
       mma(c[i][1], ar, br[2], br[3]);
     }
@@ -348,10 +356,35 @@ struct DeviceExec::Mma {
                  : "memory");
 #endif
   }
-  // d += A B for one 16 x 8 x 16 product (16-bit inputs, fp32 sums).
+  // x = head + remainder, both tf32 (round to nearest): head * head + head * remainder + remainder * head
+  // misses x * y by the remainders' product only.
+  __device__ __forceinline__ static void split_tf32(uint32_t x, uint32_t& head, uint32_t& rest) {
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(head) : "f"(__uint_as_float(x)));
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(rest) : "f"(__fsub_rn(__uint_as_float(x), __uint_as_float(head))));
+#endif
+  }
+  __device__ __forceinline__ static void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+  }
+  // d += A B for one MMA depth: 16 x 8 x 16 (fp16/bf16) or 16 x 8 x 8 in three tf32 products (fp32).
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if __CUDA_ARCH__ >= 800
-    if constexpr (std::is_same<In, c10::BFloat16>::value) {
+    if constexpr (std::is_same<In, float>::value) {
+      uint32_t a_head[4], a_rest[4], b_head[2], b_rest[2];
+      FASTSHAP_UNROLL
+      for (int e = 0; e < 4; ++e) split_tf32(a[e], a_head[e], a_rest[e]);
+      split_tf32(b0, b_head[0], b_rest[0]);
+      split_tf32(b1, b_head[1], b_rest[1]);
+      mma_tf32(d, a_rest, b_head[0], b_head[1]);  // the small terms first
+      mma_tf32(d, a_head, b_rest[0], b_rest[1]);
+      mma_tf32(d, a_head, b_head[0], b_head[1]);
+    } else if constexpr (std::is_same<In, c10::BFloat16>::value) {
       asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
           "{%0, %1, %2, %3};\n"
           : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -383,8 +416,8 @@ struct HostExec::Mma {
     for (int r = 0; r < kMmaTile; ++r) {
       for (int k = 0; k < kMmaTile; ++k) {
         float x = acc[r * kMmaTile + k];
-        for (int j = 0; j < kMmaDepth; ++j) {
-          x = fma_rn(static_cast<float>(a[r * kMmaLd + j]), static_cast<float>(w[k * kMmaLd + j]), x);
+        for (int j = 0; j < kMmaDepth<In>; ++j) {
+          x = fma_rn(static_cast<float>(a[r * kMmaLd<In> + j]), static_cast<float>(w[k * kMmaLd<In> + j]), x);
         }
         acc[r * kMmaTile + k] = x;
       }
@@ -708,13 +741,13 @@ FASTSHAP_FN void gemm(Exec& ex, const Gemm<T>& g, ALoad&& a_load, const VectorRo
   }
 }
 
-// The first layer on tensor cores, for 16-bit features and weights of the same type: for every source of a
-// tile, P[src][r][k] = sum_{j < d_src} x_src[r][j] * w[k][off_src + j] with fp32 sums in the MMA's order (so
-// the CPU kernel's bits only where every partial sum is exact). kMmaDepth columns a step go through a ring
-// of plan.mma_stages shared-memory stages: cp.async for full steps of operands laid out in aligned 16-byte
-// rows, element by element otherwise, zero-padded past the batch, past K (to kpad) and past d_src. Each
-// warp keeps its output tiles' accumulators in registers over a source's steps and writes them to P after
-// the last.
+// The first layer on tensor cores, for fp16/bf16/fp32 features and weights of the same type: for every
+// source of a tile, P[src][r][k] = sum_{j < d_src} x_src[r][j] * w[k][off_src + j] with fp32 sums in the
+// MMA's order (so the CPU kernel's bits only where every product and partial sum is exact). kMmaDepth<In>
+// columns (128 bytes) a step go through a ring of plan.mma_stages shared-memory stages: cp.async for full
+// steps of operands laid out in aligned 16-byte rows, element by element otherwise, zero-padded past the
+// batch, past K (to kpad) and past d_src. Each warp keeps its output tiles' accumulators in registers over
+// a source's steps and writes them to P after the last.
 //
 // The steps of all sources of all the block's tiles form one sequence, whose copies run stages - 1 steps
 // ahead of the step computed: across source boundaries, and into the next tile during this tile's
@@ -746,7 +779,10 @@ struct MmaSource {
   FASTSHAP_FN bool async_w(int64_t step) const { return w_vec.base != nullptr && step < full_steps; }
 };
 
-FASTSHAP_FN int64_t mma_steps(int64_t depth) { return std::max<int64_t>(1, (depth + kMmaDepth - 1) / kMmaDepth); }
+template <typename In>
+FASTSHAP_FN int64_t mma_steps(int64_t depth) {
+  return std::max<int64_t>(1, (depth + kMmaDepth<In> - 1) / kMmaDepth<In>);
+}
 
 template <typename In>
 FASTSHAP_FN MmaSource<In> mma_source(const Params<float>& p, int tb, int64_t tile, int src) {
@@ -761,15 +797,16 @@ FASTSHAP_FN MmaSource<In> mma_source(const Params<float>& p, int tb, int64_t til
   m.a_vec = vector_rows(m.x, so.row_stride, so.col_stride, m.count);
   m.w_vec = vector_rows(m.w, p.D, 1, static_cast<int>(p.K));
   m.depth = so.depth;
-  m.full_steps = so.depth / kMmaDepth;
-  m.steps = mma_steps(so.depth);
+  m.full_steps = so.depth / kMmaDepth<In>;
+  m.steps = mma_steps<In>(so.depth);
   return m;
 }
 
 template <typename In, class Exec>
 FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char* smem, float* P, int64_t tile,
                                  int64_t grid, MmaPipe& pipe) {
-  constexpr int td = kMmaDepth;
+  constexpr int td = kMmaDepth<In>;
+  constexpr int ld = kMmaLd<In>;
   const Plan& pl = p.plan;
   const int tb = pl.tb;
   const int stages = pl.mma_stages;  // 2 or kMaxMmaStages
@@ -780,7 +817,7 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
   auto stage_of = [&](int64_t position) { return smem + pl.off_mma + (position % stages) * stage_bytes; };
   // The step after s in the block's sequence: the next of its source, the next source's first, the next tile's.
   auto advance = [&](MmaStep s) {
-    if (s.step + 1 < mma_steps(p.src[s.src].depth)) return MmaStep{s.tile, s.src, s.step + 1};
+    if (s.step + 1 < mma_steps<In>(p.src[s.src].depth)) return MmaStep{s.tile, s.src, s.step + 1};
     if (s.src + 1 < p.n_sources) return MmaStep{s.tile, s.src + 1, 0};
     if (s.tile + grid < pl.num_tiles) return MmaStep{s.tile + grid, 0, 0};
     return MmaStep{};
@@ -838,14 +875,14 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
         if (!cur.async_a(step)) {
           for (int i = tid; i < tb * td; i += kThreads) {
             const int r = i / td, j = i % td;
-            a_stage[r * kMmaLd + j] =
+            a_stage[r * ld + j] =
                 r < cur.count && j < jn ? cur.x[r * cur.row_stride + (d0 + j) * cur.col_stride] : In(0);
           }
         }
         if (!cur.async_w(step)) {
           for (int i = tid; i < pl.kpad * td; i += kThreads) {
             const int k = i / td, j = i % td;
-            w_stage[k * kMmaLd + j] = k < p.K && j < jn ? cur.w[k * p.D + d0 + j] : In(0);
+            w_stage[k * ld + j] = k < p.K && j < jn ? cur.w[k * p.D + d0 + j] : In(0);
           }
         }
       });
@@ -857,7 +894,7 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
           const int t = warp + kWarps * i;
           if (t >= tiles) continue;
           const int r0 = (t % row_tiles) * kMmaTile, k0 = (t / row_tiles) * kMmaTile;
-          acc.step(tid, i, a_stage + r0 * kMmaLd, w_stage + k0 * kMmaLd);
+          acc.step(tid, i, a_stage + r0 * ld, w_stage + k0 * ld);
           if (last) {  // registers to P, which no thread reads before a later phase
             acc.store(tid, i, [&](int r, int k, float v) {
               if (k0 + k < p.K) out[(r0 + r) * pl.p_stride + k0 + k] = v;
@@ -909,12 +946,12 @@ FASTSHAP_FN double coalition_value(Score&& score, int64_t C, int64_t y, int size
 // products stay in registers (ptxas for sm_90: no spills for n <= 10 and n = 15, 16, where n known only at
 // run time spilled 148 bytes a thread).
 //
-// TensorCores: the program of the plans with plan.mma (the first layer on tensor cores; 16-bit features). A
+// TensorCores: the program of the plans with plan.mma (the first layer on tensor cores; fp16, bf16, fp32). A
 // separate instantiation, so that its registers do not weigh on the other plans' program.
 template <typename In, typename T, int N, bool TensorCores, class Exec>
 FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, int64_t block, int64_t grid) {
   static_assert(N >= 1 && N <= kMaxN, "1 <= n <= kMaxN modalities");
-  static_assert(!TensorCores || (kMmaInput<In> && std::is_same<T, float>::value), "tensor cores: 16-bit inputs");
+  static_assert(!TensorCores || (kMmaInput<In> && std::is_same<T, float>::value), "tensor cores: fp16, bf16, fp32");
   const Plan& pl = p.plan;
   constexpr int n = N;
   const int tb = pl.tb;
@@ -1140,7 +1177,7 @@ struct Shape {
   int elem;         // bytes per element of the compute type
   int absent_rows;  // rows of the shared absent table
   int64_t batch;
-  bool mma = false;  // 16-bit features and weights of the same type, on a device with tensor cores (sm_80+)
+  bool mma = false;  // fp16/bf16/fp32 features and weights of the same type, tensor cores allowed (sm_80+)
 };
 
 struct Limits {
