@@ -297,8 +297,8 @@ FASTSHAP_FN void load_vec(const double* p, double (&out)[kVec]) {
 #if defined(__CUDACC__)
 template <typename In>
 struct DeviceExec::Mma {
-  // Tile i, columns nb * 8 .. nb * 8 + 8: the accumulator fragment of mma.m16n8k16 (PTX ISA): this lane
-  // holds rows lane / 4 and lane / 4 + 8, columns 2 (lane % 4) and the next.
+  // Tile i, columns nb * 8 .. nb * 8 + 8: the accumulator fragment of mma.m16n8k16 and m16n8k8 alike (PTX
+  // ISA): this lane holds rows lane / 4 and lane / 4 + 8, columns 2 (lane % 4) and the next.
   float c[kMmaTiles][2][4];
 
   __device__ __forceinline__ void zero(int, int i) {
