@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch import nn
 
 import alternatives as alt  # bench/ is on sys.path: the script's own folder, or pytest's prepend import
 import harness
@@ -167,6 +168,9 @@ def _with_tensor_cores(provider: str, case: alt.Case):
     eligible = dtype in (torch.float16, torch.bfloat16, torch.float32)
     if not eligible or any(p.dtype != dtype for p in case.head.parameters()):
         raise Unavailable("tensor cores: fp16/bf16/fp32 features and a head of their dtype only")
+    if not isinstance(case.head, nn.Linear):  # not timed: the rows would repeat the cuda ones (and cost time)
+        raise Unavailable("tensor cores: the MLP at H = 256 keeps the FMA plan (its tensor-core stages do not fit "
+                          "two blocks per SM)")
     with _tensor_cores():
         run = _callable(provider, case)
 
