@@ -38,8 +38,8 @@ def report() -> str:
         if info.get("cuda") == "1":  # the launcher's run-time switches (README), as this process has them
             tensor_cores = os.environ.get("FASTSHAP_CUDA_TENSOR_CORES") == "1"
             pipeline = os.environ.get("FASTSHAP_CUDA_PIPELINE") != "0"
-            lines.append(f"  tensor cores      {'on' if tensor_cores else 'off'} for fp16/bf16 first layers "
-                         f"(FASTSHAP_CUDA_TENSOR_CORES=1{'' if tensor_cores else ' to try'})")
+            lines.append(f"  tensor cores      {'on' if tensor_cores else 'off'} for first layers with a head of the "
+                         f"features' dtype (FASTSHAP_CUDA_TENSOR_CORES=1{'' if tensor_cores else ' to try'})")
             lines.append(f"  cp.async pipeline {'on' if pipeline else 'off (FASTSHAP_CUDA_PIPELINE=0)'}")
         lines += [
 

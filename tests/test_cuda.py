@@ -125,7 +125,7 @@ def plan_of(emu, kind, feats, head, baselines, limits):
     per_sample = bool(base) and base[0].dim() == 2
     absent_rows = n if kind == "decision" or (base and not per_sample) else 1
     elem = 8 if feats[0].dtype == torch.float64 else 4
-    if len(limits) == 4:  # tensor cores allowed: taken for 16-bit features with weights of their type (run_op)
+    if len(limits) == 4:  # tensor cores allowed: taken when the weights have the features' dtype (run_op)
         eligible = feats[0].dtype in TC_DTYPES and params[0].dtype == feats[0].dtype
         limits = (*limits[:3], int(bool(limits[3]) and eligible))
     return emu.describe_plan(
