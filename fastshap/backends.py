@@ -103,7 +103,7 @@ class CppBackend(Backend):
 
 class CudaBackend(Backend):
     """The compiled CUDA kernels (csrc/cuda). Their first layer runs on CUDA-core FMAs (the CPU kernel's
-    bits) unless FASTSHAP_CUDA_TENSOR_CORES=1 puts it on tensor cores (README: run-time switches)."""
+    bits) unless FASTSHAP_CUDA_TENSOR_CORES=1 puts it on tensor cores (README: the environment table)."""
 
     name = "cuda"
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
