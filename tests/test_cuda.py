@@ -719,22 +719,9 @@ def test_cuda_tensor_cores_match_oracle(tensor_cores, case):
     dbase = None if baselines is None else [on(b, "cuda") for b in baselines]
     phi = fastshap.modality_shapley(dfeats, copy.deepcopy(head).cuda(), labels.cuda(), baselines=dbase,
                                     benefit=case.benefit, backend="cuda")
-    assert_decided_match(phi.cpu(), expected, TENSOR_CORE_EPS, f"{case.id} [cuda, tensor cores]")
-
-
-def assert_decided_match(phi, expected, eps, what, max_excluded=0.5):
-    """phi against the oracle on the samples that no error of unit `eps` can flip, as test_triton.py checks
-    its GPU runs (at the wider bound, small batches have many near-ties: at most `max_excluded` of them);
-    continuous values (probability benefit) to 1e-5."""
-    assert phi.dtype == torch.float32 and tuple(phi.shape) == tuple(expected.phi.shape), what
-    if expected.benefit == "probability":
-        torch.testing.assert_close(phi.double(), expected.phi, atol=1e-5, rtol=0, msg=what)
-        return
-    decided = expected.decided(eps)
-    excluded, batch = int((~decided).sum()), phi.shape[0]
-    assert excluded <= max(2, max_excluded * batch), f"{what}: {excluded} of {batch} samples are near-ties"
-    wrong = decided & (phi != expected.phi_float32()).any(1)
-    assert not bool(wrong.any()), f"{what}: {int(wrong.sum())} decided samples differ from the oracle"
+    # At the wider bound small batches have many near-ties (as in test_triton.py's GPU runs): up to half.
+    assert_matches_oracle(phi.cpu(), expected, TENSOR_CORE_EPS, f"{case.id} [cuda, tensor cores]",
+                          max_excluded=0.5, max_near_tie_pairs=0.5)
 
 
 def _small_gpu_inputs(kind, device="cuda", batch=33, dtype=torch.float32):

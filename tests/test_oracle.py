@@ -133,8 +133,11 @@ def compute_eps(dtype: torch.dtype) -> float:
     return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
 
 
-def assert_matches_oracle(phi: torch.Tensor, expected, eps: float, what: str) -> int:
-    """Checks phi (B, n) against the oracle; returns the number of near-tie samples left out."""
+def assert_matches_oracle(phi: torch.Tensor, expected, eps: float, what: str, *,
+                          max_excluded: float = MAX_EXCLUDED_SAMPLES,
+                          max_near_tie_pairs: float = MAX_NEAR_TIE_COALITIONS) -> int:
+    """Checks phi (B, n) against the oracle; returns the number of near-tie samples left out. A wider `eps`
+    (GPU tensor-core sums) leaves more near-ties: the shares allowed can be raised for it."""
     batch = expected.phi.shape[0]
     assert phi.dtype == torch.float32 and tuple(phi.shape) == tuple(expected.phi.shape), what
     if expected.benefit == "probability":
@@ -142,9 +145,9 @@ def assert_matches_oracle(phi: torch.Tensor, expected, eps: float, what: str) ->
         return 0
     decided = expected.decided(eps)
     excluded = int((~decided).sum())
-    assert excluded <= max(1, MAX_EXCLUDED_SAMPLES * batch), f"{what}: {excluded} of {batch} samples are near-ties"
+    assert excluded <= max(1, max_excluded * batch), f"{what}: {excluded} of {batch} samples are near-ties"
     pairs = expected.near_tie_coalitions(eps)
-    assert pairs <= max(1, MAX_NEAR_TIE_COALITIONS * expected.margins.numel()), f"{what}: {pairs} near-tie coalitions"
+    assert pairs <= max(1, max_near_tie_pairs * expected.margins.numel()), f"{what}: {pairs} near-tie coalitions"
     want = expected.phi_float32()
     wrong = decided & (phi != want).any(1)
     if bool(wrong.any()):
