@@ -3,9 +3,11 @@
 Here, on any machine:
 * when fastshap._C was built with its CUDA part, the kernels are registered for the CUDA dispatch key;
 * the kernels' block program (csrc/cuda/shapley_tile.cuh) and host code, compiled for the CPU
-  (csrc/cuda/shapley_emulate.cpp: the threads of each phase run one after the other), against the oracle
-  over the core case matrix, bit for bit the same under every plan (shared memory or global scratch for each
-  buffer, tile sizes, grid-stride), exact ties, NaN counts, odd sizes and argument errors.
+  (csrc/cuda/shapley_emulate.cpp: the threads of each phase run one after the other, in a shuffled order;
+  cp.async copies land only at the wait that covers them; a model of each warp's ldmatrix and mma registers
+  after the PTX ISA's tables), against the oracle over the core case matrix, bit for bit the same under every
+  plan (shared memory or global scratch for each buffer, tile sizes, grid-stride, FMA or tensor cores), exact
+  ties, NaN counts, odd sizes and argument errors.
 
 On a GPU (``@pytest.mark.gpu``, skipped by conftest without one): backend="cuda" against the oracle over the
 same case matrix, against the torch and triton backends, bit for bit against its CPU emulation where no

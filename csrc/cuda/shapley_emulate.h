@@ -20,6 +20,7 @@ void emulate_blocks(const Params<T>& p, unsigned char* smem) {
   with_modality_count(p.n, [&](auto count) {
     constexpr int N = decltype(count)::value;
     for (int64_t block = 0; block < p.plan.grid; ++block) {
+      ex.begin_block();
       if constexpr (kMmaInput<In> && std::is_same<T, float>::value) {
         if (p.plan.mma) {
           run_block<In, T, N, true>(ex, p, smem, block, p.plan.grid);

@@ -15,9 +15,12 @@
 //
 // The program is written as a sequence of phases `ex.each(f)`: every thread runs f(thread index), then the
 // block synchronises. The CUDA kernel (shapley_kernel.cuh) runs it with DeviceExec; a CPU build of the same
-// code with HostExec (shapley_emulate.cpp, tests only) runs the threads of a phase one after the other, which
-// is how the kernels' indexing and numerics are tested on machines without a GPU. Nothing a thread keeps
-// in registers outlives its phase; all state between phases lives in shared or global memory. Asynchronous
+// code with HostExec (shapley_emulate.cpp, tests only) runs the threads of a phase one after the other, in an
+// order shuffled for every phase, lands asynchronous copies as late as the PTX ISA allows and models each
+// warp's MMA registers: that is how the kernels' indexing, numerics, barriers, copy waits and fragment layouts
+// are tested on machines without a GPU. Nothing a thread keeps in registers outlives its phase (except the
+// tensor-core accumulators, which each warp keeps over a source's steps: HostExec::Mma keeps them per warp
+// too); all other state between phases lives in shared or global memory. Asynchronous
 // copies (cp.async, the first layer's pipelined staging) may still be in flight when their phase ends: the
 // issuing thread waits for them in a later phase, and only it reads them before that phase's barrier.
 //
@@ -33,9 +36,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #if defined(__CUDACC__)
 #define FASTSHAP_FN __device__ __forceinline__
@@ -164,14 +169,92 @@ struct DeviceExec {
   struct Mma;  // defined below
 };
 #else
+// The CPU emulation's model of cp.async, as late as the PTX ISA lets a copy land: from its issue the
+// destination holds garbage (NaN bytes in every floating-point type), and its bytes land when the issuing
+// thread's cp.async.wait_group covers its commit group; a copy never committed or never waited for never
+// lands. So a read of a stage before the wait for its group, or a copy issued into a stage that a thread
+// still reads, shows up as NaN in the results. (The copy's source is read at the issue: it is input that no
+// kernel writes.)
+class EmulatedCopies {
+ public:
+  void begin_block() {  // copies a block leaves in flight die with its shared memory
+    for (Thread& t : threads_) {
+      t.open.clear();
+      t.committed.clear();
+    }
+  }
+  void set_thread(int tid) { current_ = tid; }
+  void issue(void* dst, const void* src, bool valid) {
+    Copy c{static_cast<unsigned char*>(dst), {}};
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0)) {
+      std::abort();  // cp.async of 16 bytes needs both addresses 16-byte aligned
+    }
+    if (valid) std::memcpy(c.bytes, src, sizeof c.bytes);  // else zeros, as cp.async's src-size 0
+    std::memset(dst, 0xff, sizeof c.bytes);
+    threads_[current_].open.push_back(c);
+  }
+  void commit() {
+    Thread& t = threads_[current_];
+    t.committed.push_back(std::move(t.open));
+    t.open.clear();
+  }
+  void wait(int pending) {  // lands the oldest groups until at most `pending` are in flight
+    Thread& t = threads_[current_];
+    while (static_cast<int>(t.committed.size()) > pending) {
+      for (const Copy& c : t.committed.front()) std::memcpy(c.dst, c.bytes, sizeof c.bytes);
+      t.committed.pop_front();
+    }
+  }
+
+ private:
+  struct Copy {
+    unsigned char* dst;
+    unsigned char bytes[16];
+  };
+  struct Thread {
+    std::vector<Copy> open;
+    std::deque<std::vector<Copy>> committed;
+  };
+  Thread threads_[kThreads];
+  int current_ = 0;
+};
+// The model the emulated phase now running uses (set by HostExec::each).
+inline thread_local EmulatedCopies* emulated_copies = nullptr;
+
+// Runs a phase's threads one after the other, in an order shuffled anew for each phase (a fixed seed, so
+// runs repeat): a thread that reads in one phase what another thread of the phase writes (a missing barrier)
+// sees the write in some phases and not in others, and the results change.
 struct HostExec {
+  EmulatedCopies copies;
+  uint64_t state = 0x9e3779b97f4a7c15ull;
+  int order[kThreads];
+
+  HostExec() {
+    for (int t = 0; t < kThreads; ++t) order[t] = t;
+  }
+  void begin_block() { copies.begin_block(); }
   template <class F>
   void each(F&& f) {
-    for (int t = 0; t < kThreads; ++t) f(t);
+    for (int i = kThreads - 1; i > 0; --i) std::swap(order[i], order[next() % static_cast<uint64_t>(i + 1)]);
+    EmulatedCopies* const outer = emulated_copies;
+    emulated_copies = &copies;
+    for (int t : order) {
+      copies.set_thread(t);
+      f(t);
+    }
+    emulated_copies = outer;
   }
   static void add(double* total, double value) { *total += value; }
   template <typename In>
   struct Mma;  // defined below
+
+ private:
+  uint64_t next() {  // xorshift64*
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    return state * 0x2545f4914f6cdd1dull;
+  }
 };
 #endif
 
@@ -263,6 +346,14 @@ FASTSHAP_FN int popcount(uint32_t m) {
 #endif
 }
 
+// The emulation stops where a GPU would fault: a 16-byte access at an address not 16-byte aligned. (Called
+// only from the CPU branches of the functions below.)
+FASTSHAP_FN void check_aligned16(const void* p) {
+#if !defined(__CUDACC__)
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) std::abort();
+#endif
+}
+
 // out[0..kVec) = p[0..kVec); p is 16-byte aligned (one 128-bit shared-memory load for fp32, two for fp64).
 FASTSHAP_FN void load_vec(const float* p, float (&out)[kVec]) {
 #if defined(__CUDA_ARCH__)
@@ -272,6 +363,7 @@ FASTSHAP_FN void load_vec(const float* p, float (&out)[kVec]) {
   out[2] = v.z;
   out[3] = v.w;
 #else
+  check_aligned16(p);
   for (int i = 0; i < kVec; ++i) out[i] = p[i];
 #endif
 }
@@ -283,6 +375,7 @@ FASTSHAP_FN void load_vec(const double* p, double (&out)[kVec]) {
   out[2] = v1.x;
   out[3] = v1.y;
 #else
+  check_aligned16(p);
   for (int i = 0; i < kVec; ++i) out[i] = p[i];
 #endif
 }
@@ -294,11 +387,28 @@ FASTSHAP_FN void load_vec(const double* p, double (&out)[kVec]) {
 // with the same i (the calls are warp-wide on the GPU); i must be a compile-time constant after unrolling,
 // so that the accumulators stay in registers.
 
+// Where each lane's data sits, shared by the device code and the CPU emulation's warp model, which computes
+// from them what ldmatrix and mma give each lane by the PTX ISA's fragment tables, so that the emulation
+// tests these formulas:
+// ldmatrix .x4 over 16-byte rows: lane l gives the address of one row of four 8 x 16-byte matrices. A: row
+// l % 16, bytes (l / 16) * 16 -> the four registers of the MMA's A fragment. W: row (l % 8) + (l / 16) * 8,
+// bytes ((l / 8) % 2) * 16 -> the two B registers of output columns 0-7, then those of columns 8-15. The same
+// bytes make the fragments of m16n8k16 (fp16/bf16: 8 values a 16-byte row) and of m16n8k8 on tf32 (fp32: 4
+// values a row), so one addressing serves both.
+FASTSHAP_FN int mma_a_lane_offset(int lane) { return (lane % 16) * kMmaRowBytes + (lane / 16) * 16; }
+FASTSHAP_FN int mma_w_lane_offset(int lane) {
+  return ((lane % 8) + (lane / 16) * 8) * kMmaRowBytes + ((lane / 8) % 2) * 16;
+}
+// Accumulator e (< 4) of the 16 x 8 MMA that makes output columns nb * 8 .. nb * 8 + 8 of a 16 x 16 tile: its
+// row and column in the tile (the accumulator fragment of m16n8k16 and m16n8k8 alike: rows lane / 4 and
+// lane / 4 + 8, columns 2 (lane % 4) and the next).
+FASTSHAP_FN int mma_acc_row(int lane, int e) { return lane / 4 + 8 * (e / 2); }
+FASTSHAP_FN int mma_acc_col(int lane, int nb, int e) { return nb * 8 + 2 * (lane % 4) + e % 2; }
+
 #if defined(__CUDACC__)
 template <typename In>
 struct DeviceExec::Mma {
-  // Tile i, columns nb * 8 .. nb * 8 + 8: the accumulator fragment of mma.m16n8k16 and m16n8k8 alike (PTX
-  // ISA): this lane holds rows lane / 4 and lane / 4 + 8, columns 2 (lane % 4) and the next.
+  // Tile i, columns nb * 8 .. nb * 8 + 8: accumulator e at (mma_acc_row, mma_acc_col).
   float c[kMmaTiles][2][4];
 
   __device__ __forceinline__ void zero(int, int i) {
@@ -312,15 +422,8 @@ struct DeviceExec::Mma {
   __device__ __forceinline__ void step(int tid, int i, const In* a, const In* w) {
 #if __CUDA_ARCH__ >= 800
     const int lane = tid % 32;
-    // ldmatrix .x4 over 16-byte rows: lane l gives the address of one row of four 8 x 16-byte matrices. A:
-    // row l % 16, bytes (l / 16) * 16 -> the four registers of the MMA's A fragment. W: row (l % 8) +
-    // (l / 16) * 8, bytes ((l / 8) % 2) * 16 -> the two B registers of output columns 0-7, then those of
-    // columns 8-15. The same bytes make the fragments of m16n8k16 (fp16/bf16: 8 values a 16-byte row) and of
-    // m16n8k8 on tf32 (fp32: 4 values a row), so one addressing serves both.
-    const unsigned a_row = static_cast<unsigned>(__cvta_generic_to_shared(a)) +
-                           static_cast<unsigned>((lane % 16) * kMmaRowBytes + (lane / 16) * 16);
-    const unsigned w_row = static_cast<unsigned>(__cvta_generic_to_shared(w)) +
-                           static_cast<unsigned>(((lane % 8) + (lane / 16) * 8) * kMmaRowBytes + ((lane / 8) % 2) * 16);
+    const unsigned a_row = static_cast<unsigned>(__cvta_generic_to_shared(a) + mma_a_lane_offset(lane));
+    const unsigned w_row = static_cast<unsigned>(__cvta_generic_to_shared(w) + mma_w_lane_offset(lane));
     FASTSHAP_UNROLL
     for (int kb = 0; kb < kMmaStepBytes; kb += 32) {  // one MMA depth: 32 bytes of each row
       uint32_t ar[4], br[4];
@@ -337,13 +440,11 @@ struct DeviceExec::Mma {
   // put(r, k, value) for this lane's values of tile i (r, k < 16).
   template <class Put>
   __device__ __forceinline__ void store(int tid, int i, Put&& put) {
-    const int r = (tid % 32) / 4, k = 2 * (tid % 4);
+    const int lane = tid % 32;
     FASTSHAP_UNROLL
     for (int nb = 0; nb < 2; ++nb) {
-      put(r, nb * 8 + k, c[i][nb][0]);
-      put(r, nb * 8 + k + 1, c[i][nb][1]);
-      put(r + 8, nb * 8 + k, c[i][nb][2]);
-      put(r + 8, nb * 8 + k + 1, c[i][nb][3]);
+      FASTSHAP_UNROLL
+      for (int e = 0; e < 4; ++e) put(mma_acc_row(lane, e), mma_acc_col(lane, nb, e), c[i][nb][e]);
     }
   }
 
@@ -399,34 +500,107 @@ struct DeviceExec::Mma {
   }
 };
 #else
-// The CPU emulation: lane 0 does its warp's work, one fma per term in increasing column order (the CPU
-// kernel's order, so that the emulation keeps its bits); it also checks the operands' alignment.
+// The CPU emulation's model of one warp (run by lane 0 for all 32): each lane's registers as ldmatrix and mma
+// fill them by the PTX ISA's tables, from the addresses the lanes give (mma_a_lane_offset,
+// mma_w_lane_offset), and each lane's accumulators stored where mma_acc_row / mma_acc_col say. A wrong
+// formula puts values in the wrong place and the results change. Each MMA sums in increasing column order
+// with one fma a term (the CPU kernel's order, so the emulation keeps its bits; fp32 is not split into tf32).
 template <typename In>
 struct HostExec::Mma {
-  float c[kWarps][kMmaTiles][kMmaTile * kMmaTile];
+  static constexpr int kLanes = 32;
+  float c[kWarps][kMmaTiles][kLanes][2][4];  // [warp][tile][lane][nb][accumulator e]
 
   void zero(int tid, int i) {
-    if (tid % 32 == 0) std::fill_n(c[tid / 32][i], kMmaTile * kMmaTile, 0.0f);
+    if (tid % kLanes == 0) std::memset(c[tid / kLanes][i], 0, sizeof c[0][0]);
   }
   void step(int tid, int i, const In* a, const In* w) {
-    if (tid % 32 != 0) return;
+    if (tid % kLanes != 0) return;
     // ldmatrix reads 16-byte rows
     if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0) std::abort();
-    float* acc = c[tid / 32][i];
-    for (int r = 0; r < kMmaTile; ++r) {
-      for (int k = 0; k < kMmaTile; ++k) {
-        float x = acc[r * kMmaTile + k];
-        for (int j = 0; j < kMmaDepth<In>; ++j) {
-          x = fma_rn(static_cast<float>(a[r * kMmaLd<In> + j]), static_cast<float>(w[k * kMmaLd<In> + j]), x);
-        }
-        acc[r * kMmaTile + k] = x;
-      }
+    for (int kb = 0; kb < kMmaStepBytes; kb += 32) {
+      uint32_t ar[kLanes][4], br[kLanes][4];
+      load_matrices(ar, reinterpret_cast<const unsigned char*>(a) + kb, mma_a_lane_offset);
+      load_matrices(br, reinterpret_cast<const unsigned char*>(w) + kb, mma_w_lane_offset);
+      mma(c[tid / kLanes][i], 0, ar, br, 0);  // columns 0-7: B registers 0 and 1
+      mma(c[tid / kLanes][i], 1, ar, br, 2);  // columns 8-15: B registers 2 and 3
     }
   }
   template <class Put>
   void store(int tid, int i, Put&& put) {
-    if (tid % 32 != 0) return;
-    for (int e = 0; e < kMmaTile * kMmaTile; ++e) put(e / kMmaTile, e % kMmaTile, c[tid / 32][i][e]);
+    if (tid % kLanes != 0) return;
+    for (int lane = 0; lane < kLanes; ++lane) {
+      for (int nb = 0; nb < 2; ++nb) {
+        for (int e = 0; e < 4; ++e) put(mma_acc_row(lane, e), mma_acc_col(lane, nb, e), c[tid / kLanes][i][lane][nb][e]);
+      }
+    }
+  }
+
+ private:
+  static constexpr bool kTf32 = std::is_same<In, float>::value;  // m16n8k8 on tf32, else m16n8k16
+  static constexpr int kDepthPerMma = kTf32 ? 8 : 16;
+
+  // ldmatrix.x4 (no .trans): lanes 8j .. 8j + 7 give the addresses of rows 0-7 of matrix j; lane l receives in
+  // its register j the 32-bit word l % 4 of row l / 4 of matrix j.
+  template <class Offset>
+  static void load_matrices(uint32_t (&regs)[kLanes][4], const unsigned char* base, Offset&& offset) {
+    for (int l = 0; l < kLanes; ++l) {
+      for (int j = 0; j < 4; ++j) std::memcpy(&regs[l][j], base + offset(8 * j + l / 4) + 4 * (l % 4), 4);
+    }
+  }
+  // Element e (low to high) of a fragment register holding 32 / sizeof(In) values.
+  static float element(uint32_t reg, int e) {
+    if constexpr (kTf32) {
+      float x;
+      std::memcpy(&x, &reg, 4);
+      return x;
+    } else {
+      return static_cast<float>(In(static_cast<uint16_t>(reg >> (16 * e)), In::from_bits()));
+    }
+  }
+  // d += A B for lanes' fragments: A from registers ar, B from registers b, b + 1 of br; d = accumulators of
+  // column block nb. The fragment tables (PTX ISA, "Matrix Fragments for mma.m16n8k16 / m16n8k8"), with
+  // g = lane >> 2 and t = lane % 4:
+  //   m16n8k16 .f16/.bf16: A value q (0-7): row g + 8 ((q / 2) % 2), col 2t + (q & 1) + 8 (q / 4);
+  //                        B value q (0-3): row 2t + (q & 1) + 8 (q / 2), col g;
+  //   m16n8k8 .tf32:       A value q (0-3): row g + 8 (q % 2), col t + 4 (q / 2);
+  //                        B value q (0-1): row t + 4 q, col g;
+  //   accumulators (both): value q (0-3): row g + 8 (q / 2), col 2t + (q & 1).
+  // Value q of a fragment sits in register q / (values per register), element q % (values per register).
+  static void mma(float (&acc)[kLanes][2][4], int nb, const uint32_t (&ar)[kLanes][4],
+                  const uint32_t (&br)[kLanes][4], int b) {
+    constexpr int per_reg = kTf32 ? 1 : 2;
+    float A[16][kDepthPerMma], B[kDepthPerMma][8];
+    for (int l = 0; l < kLanes; ++l) {
+      const int g = l >> 2, t = l % 4;
+      for (int q = 0; q < 4 * per_reg; ++q) {
+        const float v = element(ar[l][q / per_reg], q % per_reg);
+        if (kTf32) {
+          A[g + 8 * (q % 2)][t + 4 * (q / 2)] = v;
+        } else {
+          A[g + 8 * ((q / 2) % 2)][2 * t + (q & 1) + 8 * (q / 4)] = v;
+        }
+      }
+      for (int q = 0; q < 2 * per_reg; ++q) {
+        const float v = element(br[l][b + q / per_reg], q % per_reg);
+        if (kTf32) {
+          B[t + 4 * q][g] = v;
+        } else {
+          B[2 * t + (q & 1) + 8 * (q / 2)][g] = v;
+        }
+      }
+    }
+    float D[16][8];
+    for (int l = 0; l < kLanes; ++l) {
+      for (int q = 0; q < 4; ++q) D[(l >> 2) + 8 * (q / 2)][2 * (l % 4) + (q & 1)] = acc[l][nb][q];
+    }
+    for (int r = 0; r < 16; ++r) {
+      for (int col = 0; col < 8; ++col) {
+        for (int k = 0; k < kDepthPerMma; ++k) D[r][col] = fma_rn(A[r][k], B[k][col], D[r][col]);
+      }
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      for (int q = 0; q < 4; ++q) acc[l][nb][q] = D[(l >> 2) + 8 * (q / 2)][2 * (l % 4) + (q & 1)];
+    }
   }
 };
 #endif
@@ -500,6 +674,8 @@ FASTSHAP_FN void load16(const In* p, In* out) {
 #if defined(__CUDA_ARCH__)
   *reinterpret_cast<uint4*>(out) = __ldg(reinterpret_cast<const uint4*>(p));
 #else
+  check_aligned16(p);
+  check_aligned16(out);
   std::memcpy(out, p, 16);
 #endif
 }
@@ -509,13 +685,15 @@ FASTSHAP_FN void copy16(void* dst, const void* src) {
 #if defined(__CUDA_ARCH__)
   *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
 #else
+  check_aligned16(dst);
+  check_aligned16(src);
   std::memcpy(dst, src, 16);
 #endif
 }
 
 // 16 bytes from global `src` to shared `dst` without a round trip through registers (cp.async, sm_80+):
 // the copy lands while the thread goes on, and is complete after wait_copies. `valid` false writes zeros.
-// The CPU emulation copies at once.
+// The CPU emulation lands it at that wait (EmulatedCopies).
 FASTSHAP_FN void copy_async16(void* dst, const void* src, bool valid) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -523,18 +701,16 @@ FASTSHAP_FN void copy_async16(void* dst, const void* src, bool valid) {
                : "memory");
 #elif defined(__CUDA_ARCH__)
   *reinterpret_cast<uint4*>(dst) = valid ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
-#else
-  if (valid) {
-    std::memcpy(dst, src, 16);
-  } else {
-    std::memset(dst, 0, 16);
-  }
+#elif !defined(__CUDACC__)
+  emulated_copies->issue(dst, src, valid);
 #endif
 }
 // Closes the group of this thread's copies issued since the last commit.
 FASTSHAP_FN void commit_copies() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif !defined(__CUDACC__)
+  emulated_copies->commit();
 #endif
 }
 // Waits until at most `Pending` of this thread's committed groups are still in flight.
@@ -542,6 +718,8 @@ template <int Pending>
 FASTSHAP_FN void wait_copies() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+#elif !defined(__CUDACC__)
+  emulated_copies->wait(Pending);
 #endif
 }
 
