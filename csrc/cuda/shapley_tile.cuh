@@ -515,8 +515,6 @@ struct HostExec::Mma {
   }
   void step(int tid, int i, const In* a, const In* w) {
     if (tid % kLanes != 0) return;
-    // ldmatrix reads 16-byte rows
-    if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0) std::abort();
     for (int kb = 0; kb < kMmaStepBytes; kb += 32) {
       uint32_t ar[kLanes][4], br[kLanes][4];
       load_matrices(ar, reinterpret_cast<const unsigned char*>(a) + kb, mma_a_lane_offset);
@@ -539,10 +537,11 @@ struct HostExec::Mma {
   static constexpr bool kTf32 = std::is_same<In, float>::value;  // m16n8k8 on tf32, else m16n8k16
   static constexpr int kDepthPerMma = kTf32 ? 8 : 16;
 
-  // ldmatrix.x4 (no .trans): lanes 8j .. 8j + 7 give the addresses of rows 0-7 of matrix j; lane l receives in
-  // its register j the 32-bit word l % 4 of row l / 4 of matrix j.
+  // ldmatrix.x4 (no .trans): lanes 8j .. 8j + 7 give the addresses of rows 0-7 of matrix j (16-byte aligned);
+  // lane l receives in its register j the 32-bit word l % 4 of row l / 4 of matrix j.
   template <class Offset>
   static void load_matrices(uint32_t (&regs)[kLanes][4], const unsigned char* base, Offset&& offset) {
+    for (int l = 0; l < kLanes; ++l) check_aligned16(base + offset(l));
     for (int l = 0; l < kLanes; ++l) {
       for (int j = 0; j < 4; ++j) std::memcpy(&regs[l][j], base + offset(8 * j + l / 4) + 4 * (l % 4), 4);
     }
