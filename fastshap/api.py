@@ -52,6 +52,11 @@ def modality_shapley(
         phi ``(B, n)`` float32 on the features' device (and the stats when ``with_stats``).
         Computed without gradients.
     """
+    if defer_checks is not None and not isinstance(defer_checks, DeferredChecks):
+        raise TypeError(
+            f"fastshap: defer_checks must be a fastshap.DeferredChecks (checks = fastshap.DeferredChecks(), then "
+            f"checks.raise_if_any() later) or None, got {type(defer_checks).__name__}"
+        )
     feats = _check_features(features)
     n, batch = len(feats), feats[0].shape[0]
     dims = [f.shape[1] for f in feats]

@@ -215,6 +215,14 @@ def test_unknown_backend():
         fastshap.modality_shapley(call["features"], call["head"], call["labels"], backend=None)
 
 
+@pytest.mark.parametrize("value", [True, "yes"])
+def test_defer_checks_must_be_a_deferred_checks(value):
+    """defer_checks=True reads naturally but would have nowhere to put the counts: a clear TypeError."""
+    call = valid_call()
+    with pytest.raises(TypeError, match=r"defer_checks must be a fastshap.DeferredChecks .* got (bool|str)"):
+        fastshap.modality_shapley(call["features"], call["head"], call["labels"], defer_checks=value)
+
+
 # Errors specific to callable heads (torch backend): the callable is only known by what it returns.
 
 
