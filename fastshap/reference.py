@@ -302,7 +302,17 @@ def shapley_callable(
             torch.where(block[:, i].view(k, 1, 1), f.unsqueeze(0), fill.unsqueeze(0)).reshape(k * batch, -1)
             for i, (f, fill) in enumerate(zip(features, fills))
         ]
-        out = head(inputs)
+        try:
+            out = head(inputs)
+        except TypeError as exc:
+            if m0:
+                raise
+            # The usual cause: a module written for one concatenated tensor (e.g. an nn.Sequential).
+            raise TypeError(
+                f"fastshap: the head, called with the list of the {n} modalities' feature tensors, raised "
+                f"TypeError: {exc}. A callable head takes that list; for a module over the concatenated "
+                f"features pass `lambda feats: head(torch.cat(feats, 1))` (or an nn.Linear / fastshap.heads module)"
+            ) from exc
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"fastshap: the head returned {type(out).__name__}, expected a logits tensor")
         expected = (k * batch, *labels.shape[1:])

@@ -245,6 +245,7 @@ def _callable_call(**changes):
         ({"head": lambda xs: torch.zeros(xs[0].shape[0] + 1, CLASSES)}, ValueError, "logits of shape"),
         ({"head": lambda xs: [torch.zeros(xs[0].shape[0], CLASSES)]}, TypeError, "returned list"),
         ({"head": lambda xs: torch.full((xs[0].shape[0], CLASSES), math.nan)}, ValueError, "NaN or Inf"),
+        ({"head": nn.Sequential(nn.Linear(sum(DIMS), CLASSES))}, TypeError, r"called with the list .*torch\.cat"),
     ],
     ids=[
         "label-out-of-range",
@@ -253,6 +254,7 @@ def _callable_call(**changes):
         "wrong-rows",
         "not-a-tensor",
         "nan-logits",
+        "module-for-concatenated-features",
     ],
 )
 def test_malformed_callable(changes, error, match, backend):
