@@ -71,6 +71,22 @@ def test_cli_rejects_bad_flags_with_a_clear_message(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "uci-mfeat", "--views", "fou,xyz"], "uci-mfeat: unknown view 'xyz'"),
+        (["--dataset", "uci-mfeat", "--views", "fou,fou"], "uci-mfeat: view 'fou' is listed twice"),
+    ],
+)
+def test_cli_rejects_bad_dataset_options_with_a_clear_message(args, message, tmp_path, capsys):
+    """Options that only the dataset can judge (checked when it is built) end the run with an error line,
+    not a traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--out", str(tmp_path), "--epochs", "1"])
+    assert exc.value.code == 1
+    assert message in capsys.readouterr().err
+
+
 def test_config_layers_and_bad_yaml(tmp_path):
     good = tmp_path / "a.yaml"
     good.write_text("dataset: synthetic\nepochs: 7\nlr: 0.5\nmethods:\n  sample-level: {lr: 0.25}\n")

@@ -99,14 +99,14 @@ def main(argv=None) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=True), end="")
         return 0
 
-    from training.data.base import DataFileError
+    from training.data.base import DataFileError, DataOptionError
     from training.engine import train
     from training.methods._common import NotApplicable
     from training.outputs import CheckpointError
 
     try:
         results = train(cfg)
-    except (DataFileError, CheckpointError, FileNotFoundError, NotApplicable) as exc:
+    except (DataFileError, DataOptionError, CheckpointError, FileNotFoundError, NotApplicable) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(1)
     if results.get("world_size", 1) == 1 or _is_rank0():

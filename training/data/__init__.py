@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 from training.config import Option, register_options
 from training.data.base import (  # noqa: F401
     DataFileError,
+    DataOptionError,
     MultimodalDataset,
     Plan,
     PlanDataset,

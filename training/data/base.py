@@ -29,6 +29,11 @@ class DataFileError(OSError):
         return f"data file {self.filename}: {self.problem}"
 
 
+class DataOptionError(ValueError):
+    """A dataset option the dataset cannot take (an unknown or repeated view, a modality kind, shares):
+    the command line reports it as an error instead of a traceback."""
+
+
 class MultimodalDataset(Dataset):
     """Base class. Subclasses set ``modalities``, ``num_classes`` and implement ``__len__``/``__getitem__``.
 

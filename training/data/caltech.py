@@ -32,7 +32,7 @@ import numpy as np
 from training.config import Option
 from training.data import register_dataset
 from training.data._media import require_file, require_root
-from training.data.base import DataFileError, FeatureViews
+from training.data.base import DataFileError, DataOptionError, FeatureViews
 from training.data.uci_mfeat import stratified_split
 
 VIEWS = ("gabor", "wm", "centrist", "hog", "gist", "lbp")
@@ -58,12 +58,12 @@ def parse_views(views: Sequence) -> list:
         elif key in VIEWS:
             number = VIEWS.index(key)
         else:
-            raise ValueError(f"caltech101-20: unknown view {v!r}; views are {', '.join(VIEWS)} (or 0-5)")
+            raise DataOptionError(f"caltech101-20: unknown view {v!r}; views are {', '.join(VIEWS)} (or 0-5)")
         if number in out:
-            raise ValueError(f"caltech101-20: view {VIEWS[number]!r} is listed twice")
+            raise DataOptionError(f"caltech101-20: view {VIEWS[number]!r} is listed twice")
         out.append(number)
     if not 2 <= len(out) <= len(VIEWS):
-        raise ValueError(f"caltech101-20: choose 2 to 6 views, got {len(out)}")
+        raise DataOptionError(f"caltech101-20: choose 2 to 6 views, got {len(out)}")
     return out
 
 

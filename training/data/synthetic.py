@@ -21,7 +21,7 @@ import torch
 
 from training.config import Option
 from training.data import register_dataset
-from training.data.base import MultimodalDataset
+from training.data.base import DataOptionError, MultimodalDataset
 
 KINDS = ("vector", "audio", "visual", "flow", "text")
 _SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
@@ -57,7 +57,7 @@ def modality_keys(kinds) -> tuple:
     keys, counts = [], {}
     for i, kind in enumerate(kinds):
         if kind not in KINDS:
-            raise ValueError(f"synthetic: unknown modality kind {kind!r}; choose from {', '.join(KINDS)}")
+            raise DataOptionError(f"synthetic: unknown modality kind {kind!r}; choose from {', '.join(KINDS)}")
         if kind == "vector":
             keys.append(f"view{i}")
         else:
@@ -77,12 +77,12 @@ class SyntheticMultimodal(MultimodalDataset):
                  seed=0, augment=False, text_len=12):
         n = len(kinds)
         if len(strength) != n or len(dominance) != n:
-            raise ValueError(
+            raise DataOptionError(
                 f"synthetic: {n} modalities need {n} strengths and {n} dominance shares, "
                 f"got {len(strength)} and {len(dominance)}"
             )
         if sum(dominance) <= 0:
-            raise ValueError("synthetic: the dominance shares must not all be zero")
+            raise DataOptionError("synthetic: the dominance shares must not all be zero")
         self.kinds = tuple(kinds)
         self.modalities = modality_keys(kinds)
         self.num_classes = int(classes)

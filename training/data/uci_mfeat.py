@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from training.data import register_dataset
-from training.data.base import DataFileError, FeatureViews
+from training.data.base import DataFileError, DataOptionError, FeatureViews
 
 VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 WIDTHS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
@@ -69,12 +69,12 @@ def parse_views(views: Sequence) -> list:
         if key.startswith("view") and key[4:].isdigit() and int(key[4:]) < len(VIEWS):
             key = VIEWS[int(key[4:])]
         if key not in VIEWS:
-            raise ValueError(f"uci-mfeat: unknown view {v!r}; views are {', '.join(VIEWS)} (or 0-5)")
+            raise DataOptionError(f"uci-mfeat: unknown view {v!r}; views are {', '.join(VIEWS)} (or 0-5)")
         if key in out:
-            raise ValueError(f"uci-mfeat: view {key!r} is listed twice")
+            raise DataOptionError(f"uci-mfeat: view {key!r} is listed twice")
         out.append(key)
     if len(out) < 1:
-        raise ValueError("uci-mfeat: choose at least one view")
+        raise DataOptionError("uci-mfeat: choose at least one view")
     return out
 
 
