@@ -60,7 +60,8 @@ PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torc
 NOTES = {
     "plain_forward": "yardstick: torch.cat + the head, one prediction",
     "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
-    "fastshap_cuda": "fastshap backend='cuda', defer_checks",
+    "fastshap_cuda": "fastshap backend='cuda', defer_checks, first layer on CUDA-core FMAs "
+    "(FASTSHAP_CUDA_TENSOR_CORES=0)",
     "fastshap_torch": "fastshap backend='torch' (the reference on this GPU), defer_checks",
     "fastshap_triton_checked": "fastshap backend='triton' with immediate value checks (one host sync per call)",
     "fastshap_triton_graph": "the fastshap_triton call captured once in a CUDA graph and replayed: the GPU's "
@@ -118,6 +119,16 @@ def head_flops(spec: Spec, case: alt.Case) -> float:
 
 
 def _callable(provider: str, case: alt.Case):
+    """The timed call of `provider`. The cuda rows pin the first layer's path (FASTSHAP_CUDA_TENSOR_CORES=0 for
+    "fastshap_cuda*", 1 for "fastshap_cuda_tc*") so that each row means the same whatever the default is."""
+    if "_tc" in provider:
+        return _with_tensor_cores(provider.replace("_tc", ""), case)
+    if provider.startswith("fastshap_cuda"):
+        return _pinned(lambda: _unpinned_callable(provider, case), "0")
+    return _unpinned_callable(provider, case)
+
+
+def _unpinned_callable(provider: str, case: alt.Case):
     if provider == "plain_forward":
         return lambda: alt.plain_forward(case.features, case.head)
     if provider == "naive_batched":
@@ -126,8 +137,6 @@ def _callable(provider: str, case: alt.Case):
 
     if provider == "triton_op":
         return _registered_op(case)
-    if "_tc" in provider:
-        return _with_tensor_cores(provider.replace("_tc", ""), case)
     backend = provider.removeprefix("fastshap_").removesuffix("_checked").removesuffix("_graph")
     if provider.endswith("_checked"):
         return lambda: fastshap.modality_shapley(case.features, case.head, case.labels, backend=backend)
@@ -148,9 +157,9 @@ TENSOR_CORES = "FASTSHAP_CUDA_TENSOR_CORES"
 
 
 @contextlib.contextmanager
-def _tensor_cores():
+def _tensor_cores(value: str):
     before = os.environ.get(TENSOR_CORES)
-    os.environ[TENSOR_CORES] = "1"
+    os.environ[TENSOR_CORES] = value
     try:
         yield
     finally:
@@ -171,11 +180,17 @@ def _with_tensor_cores(provider: str, case: alt.Case):
     if not isinstance(case.head, nn.Linear):  # not timed: the rows would repeat the cuda ones (and cost time)
         raise Unavailable("tensor cores: the MLP at H = 256 keeps the FMA plan (its tensor-core stages do not fit "
                           "two blocks per SM)")
-    with _tensor_cores():
-        run = _callable(provider, case)
+    return _pinned(lambda: _unpinned_callable(provider, case), "1")
+
+
+def _pinned(make_run, value: str):
+    """make_run()'s callable with FASTSHAP_CUDA_TENSOR_CORES=value while it is made (warm-up, a CUDA graph's
+    capture) and around each call (the CUDA launcher reads it per call)."""
+    with _tensor_cores(value):
+        run = make_run()
 
     def call():
-        with _tensor_cores():
+        with _tensor_cores(value):
             return run()
 
     return call

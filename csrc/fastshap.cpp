@@ -15,6 +15,8 @@
 
 #include <string>
 
+#include "shapley.h"
+
 // A module named _C so that `import fastshap._C` loads this library and runs the registrations below.
 extern "C" {
 PyObject* PyInit__C(void) {
@@ -34,6 +36,8 @@ static std::string build_info() {
   info += FASTSHAP_WITH_CUDA ? "1" : "0";
   info += ";cuda_arch=";
   info += FASTSHAP_CUDA_ARCH_LIST;
+  info += ";cuda_tensor_cores_default=";
+  info += kCudaTensorCoresByDefault ? "1" : "0";
 #ifdef _OPENMP
   info += ";openmp=1";
 #else

@@ -18,6 +18,12 @@ namespace fastshap {
 // numerators below stay exact integers in a double.
 constexpr int64_t kMaxModalities = 16;
 
+// Whether the CUDA kernels run the first layer on tensor cores when FASTSHAP_CUDA_TENSOR_CORES is unset
+// (sm_80+, features and head weights of one dtype among fp16/bf16/fp32). Off until a GPU run has checked the
+// tensor-core path and timed it against the FMA one (bench/GPU-NOTES.md); the GPU tests pin the variable,
+// so flipping this default changes no test's expectations. build_info reports it.
+constexpr bool kCudaTensorCoresByDefault = false;
+
 enum class Benefit : int {
   Paper = 0,        // v(S) = |S| * 1[argmax H(S) == y], v(empty) = 0
   Accuracy = 1,     // v(S) = 1[argmax H(S) == y], v(empty) evaluated on the all-removed input

@@ -36,10 +36,14 @@ def report() -> str:
             f"  CUDA kernels      {cuda}",
         ]
         if info.get("cuda") == "1":  # the launcher's run-time switches (README), as this process has them
-            tensor_cores = os.environ.get("FASTSHAP_CUDA_TENSOR_CORES") == "1"
+            switch = os.environ.get("FASTSHAP_CUDA_TENSOR_CORES")
+            default = info.get("cuda_tensor_cores_default") == "1"
+            tensor_cores = default if switch is None else switch == "1"
             pipeline = os.environ.get("FASTSHAP_CUDA_PIPELINE") != "0"
+            why = "by default" if switch is None else f"FASTSHAP_CUDA_TENSOR_CORES={switch}"
             lines.append(f"  tensor cores      {'on' if tensor_cores else 'off'} for first layers with a head of the "
-                         f"features' dtype (FASTSHAP_CUDA_TENSOR_CORES=1{'' if tensor_cores else ' to try'})")
+                         f"features' dtype ({why}; FASTSHAP_CUDA_TENSOR_CORES={0 if tensor_cores else 1} to "
+                         f"{'leave them' if tensor_cores else 'try them'})")
             lines.append(f"  cp.async pipeline {'on' if pipeline else 'off (FASTSHAP_CUDA_PIPELINE=0)'}")
         lines += [
 

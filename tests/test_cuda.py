@@ -58,6 +58,14 @@ def test_cuda_kernels_registered_when_built():
         assert _extension.has_kernel(op, "CPU"), f"fastshap::{op} lost its CPU kernel"
 
 
+@pytest.fixture(autouse=True)
+def fma_first_layer(monkeypatch):
+    """Every test here runs the CUDA kernels' first layer on FMAs (the CPU kernel's bits) unless it asks for
+    tensor cores (the `tensor_cores` fixture): so the tests mean the same whichever path is the default
+    (kCudaTensorCoresByDefault)."""
+    monkeypatch.setenv("FASTSHAP_CUDA_TENSOR_CORES", "0")
+
+
 def test_info_reports_the_cuda_switches(monkeypatch):
     """python -m fastshap.info says whether this process would take the tensor-core and cp.async paths."""
     if not _extension.LOADED or _extension.build_info().get("cuda") != "1":
@@ -68,10 +76,26 @@ def test_info_reports_the_cuda_switches(monkeypatch):
     monkeypatch.setenv("FASTSHAP_CUDA_PIPELINE", "0")
     report = info.report()
     assert "tensor cores      on" in report and "cp.async pipeline off" in report, report
-    monkeypatch.delenv("FASTSHAP_CUDA_TENSOR_CORES")
+    monkeypatch.setenv("FASTSHAP_CUDA_TENSOR_CORES", "0")
     monkeypatch.delenv("FASTSHAP_CUDA_PIPELINE")
     report = info.report()
     assert "tensor cores      off" in report and "cp.async pipeline on" in report, report
+    monkeypatch.delenv("FASTSHAP_CUDA_TENSOR_CORES")
+    default = _extension.build_info()["cuda_tensor_cores_default"]
+    assert f"tensor cores      {'on' if default == '1' else 'off'} for first layers" in info.report()
+    assert "(by default;" in info.report()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("value", ["yes", "2", ""])
+def test_cuda_rejects_a_bad_tensor_core_switch(monkeypatch, value):
+    """FASTSHAP_CUDA_TENSOR_CORES takes 0 or 1: anything else is an error, not silently the default."""
+    _require_cuda_backend()
+    monkeypatch.setenv("FASTSHAP_CUDA_TENSOR_CORES", value)
+    feats = [torch.randn(4, 3, device="cuda"), torch.randn(4, 2, device="cuda")]
+    head = heads.ConcatLinear([3, 2], 3).cuda()
+    with pytest.raises(ValueError, match="FASTSHAP_CUDA_TENSOR_CORES must be 0 or 1"):
+        fastshap.modality_shapley(feats, head, torch.zeros(4, dtype=torch.long, device="cuda"), backend="cuda")
 
 
 # --- the kernels emulated on the CPU ------------------------------------------------------------------------

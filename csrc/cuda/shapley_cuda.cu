@@ -62,11 +62,13 @@ struct CudaBackend {
       const char* value = std::getenv("FASTSHAP_CUDA_PIPELINE");
       return value == nullptr || std::string(value) != "0";
     }();
-    // FASTSHAP_CUDA_TENSOR_CORES=1: the first layer of fp16/bf16/fp32 features with weights of their type on
-    // tensor cores (sm_80+). Off by default until a GPU run has checked it (bench/GPU-NOTES.md); read on
-    // every call, so that one process can time both.
+    // FASTSHAP_CUDA_TENSOR_CORES=1 / 0: the first layer of fp16/bf16/fp32 features with weights of their type
+    // on tensor cores (sm_80+) or on FMAs; unset: kCudaTensorCoresByDefault. Read on every call, so that one
+    // process can time both.
     const char* tc = std::getenv("FASTSHAP_CUDA_TENSOR_CORES");
-    const bool tensor_cores = tc != nullptr && std::string(tc) == "1" &&
+    TORCH_CHECK_VALUE(tc == nullptr || std::string(tc) == "0" || std::string(tc) == "1",
+                      "fastshap: FASTSHAP_CUDA_TENSOR_CORES must be 0 or 1 (or unset), got '", tc, "'");
+    const bool tensor_cores = (tc == nullptr ? kCudaTensorCoresByDefault : std::string(tc) == "1") &&
                               device_attribute(cudaDevAttrComputeCapabilityMajor, device, major_cache) >= 8;
     return Limits{std::max<int64_t>(soft, kDefaultSharedMemory), hard, 2 * int64_t{std::max(sms, 1)},
                   int64_t{1} << 24, pipeline, tensor_cores};
