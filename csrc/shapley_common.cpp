@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <string>
+
 namespace fastshap {
 
 Benefit parse_benefit(c10::string_view name) {
@@ -63,13 +65,20 @@ ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer
   if (!baselines.empty()) {
     TORCH_CHECK_VALUE(static_cast<int64_t>(baselines.size()) == p.n, "fastshap: ", baselines.size(),
                       " baselines for ", p.n, " modalities");
-    p.baseline_rows = baselines[0].dim() == 1 ? 1 : p.batch;
+    // All shared (d_i,) or all per-sample (B, d_i): baselines[0] says which.
+    const bool shared = baselines[0].dim() == 1;
+    p.baseline_rows = shared ? 1 : p.batch;
     for (int64_t i = 0; i < p.n; ++i) {
       const auto& b = baselines[i];
-      const bool ok = (p.baseline_rows == 1 && b.dim() == 1 && b.size(0) == p.dims[i]) ||
-                      (p.baseline_rows == p.batch && b.dim() == 2 && b.size(0) == p.batch && b.size(1) == p.dims[i]);
-      TORCH_CHECK_VALUE(ok, "fastshap: baselines[", i, "] must be (", p.dims[i], ",) or (", p.batch, ", ",
-                        p.dims[i], ") like baselines[0], got ", b.sizes());
+      const bool ok = shared ? b.dim() == 1 && b.size(0) == p.dims[i]
+                             : b.dim() == 2 && b.size(0) == p.batch && b.size(1) == p.dims[i];
+      if (i == 0) {
+        TORCH_CHECK_VALUE(ok, "fastshap: baselines[0] must be (", p.dims[0], ",) or (", p.batch, ", ", p.dims[0],
+                          "), got ", b.sizes());
+      }
+      TORCH_CHECK_VALUE(ok, "fastshap: baselines[", i, "] must be (", shared ? "" : std::to_string(p.batch) + ", ",
+                        p.dims[i], shared ? ",)" : ")", ": baselines are all shared (d_i,) or all per-sample (B, d_i), "
+                        "as baselines[0] is; got ", b.sizes());
       TORCH_CHECK_VALUE(b.scalar_type() == f0.scalar_type() && b.device() == f0.device(), "fastshap: baselines[",
                         i, "] must match the features' dtype and device");
     }

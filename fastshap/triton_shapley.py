@@ -140,8 +140,8 @@ def _check(head, features, weight, weight2, baselines, labels, benefit):
             want = (f.shape[1],) if shared else (f.shape[0], f.shape[1])
             if tuple(b.shape) != want or b.dtype != f0.dtype or b.device != f0.device:
                 raise ValueError(
-                    f"fastshap: baselines[{i}] must be {want} {f0.dtype} on {f0.device} like baselines[0], "
-                    f"got {tuple(b.shape)} {b.dtype} on {b.device}"
+                    f"fastshap: baselines[{i}] must be {want} {f0.dtype} on {f0.device} (baselines are all shared "
+                    f"(d_i,) or all per-sample (B, d_i), as baselines[0] is), got {tuple(b.shape)} {b.dtype} on {b.device}"
                 )
     if benefit not in _BENEFITS:
         raise ValueError(f"fastshap: unknown benefit {benefit!r}; expected 'paper', 'accuracy' or 'probability'")

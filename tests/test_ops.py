@@ -335,3 +335,21 @@ def test_sixteen_modalities_exact(backend, benefit):
     # Not vacuous: many distinct values, some with large odd denominators that float32 must round.
     assert len(set(phi.flatten().tolist())) > 10
     assert max(x.denominator for row in expected.phi_exact for x in row) > 100_000
+
+
+@pytest.mark.parametrize(
+    "baselines,message",
+    [
+        ([torch.zeros(4), torch.zeros(2)], r"baselines\[0\] must be \(3,\) or \(5, 3\), got \[4\]"),
+        ([torch.zeros(3), torch.zeros(5, 2)], r"baselines\[1\] must be \(2,\): baselines are all shared .* got \[5, 2\]"),
+        ([torch.zeros(5, 3), torch.zeros(2)], r"baselines\[1\] must be \(5, 2\): baselines are all shared .* got \[2\]"),
+    ],
+    ids=["wrong-first", "per-sample-after-shared", "shared-after-per-sample"],
+)
+def test_ops_say_what_baselines_they_take(baselines, message):
+    """Called directly, the compiled ops check their baselines themselves: every modality's is shared (d_i,) or
+    every one per sample (B, d_i), as baselines[0] is (modality_shapley expands a mixed list before)."""
+    feats, weight, bias = [torch.randn(5, 3), torch.randn(5, 2)], torch.randn(4, 5), torch.randn(4)
+    labels = torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match=message):
+        torch.ops.fastshap.shapley_concat(feats, weight, bias, baselines, labels, "paper")
