@@ -159,6 +159,18 @@ def plan_of(emu, kind, feats, head, baselines, limits):
     )
 
 
+def test_emulation_schedule_and_models_are_strict(emu):
+    """The emulation catches what it claims to (csrc/cuda/shapley_emulate.cpp, self_check): a phase's threads run
+    in a shuffled order, so a thread reading its neighbour's write of the same phase sees it sometimes, not
+    always or never; a cp.async destination is garbage until the issuing thread's wait, right after it; the
+    warp model of ldmatrix + mma (lane addresses, fragment tables, accumulator positions) gives a bf16 tile
+    product's exact value in all 256 entries."""
+    saw_write, garbage_before, right_after, mma_right = emu.self_check()
+    assert 16 < saw_write < 240, saw_write
+    assert garbage_before == 256 and right_after == 256, (garbage_before, right_after)
+    assert mma_right == 256, mma_right
+
+
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=[c.id for c in KERNEL_CASES])
 def test_emulation_matches_oracle(emu, case):
     feats, head, labels, baselines = make_inputs(case)

@@ -13,6 +13,8 @@
 
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -90,6 +92,61 @@ std::string describe_plan(int64_t head, int64_t n, int64_t n_sources, int64_t K,
   return out.str();
 }
 
+// What the emulation's schedule and models catch, on tiny programs of their own (so that a change that
+// weakens them fails a test): [threads of a 256-thread phase that saw a neighbour's write of the same phase
+// (neither 0 nor 256 when the order is shuffled), copies read before their wait that were garbage, copies read
+// after it that were right, tile entries the warp model got right out of 256].
+std::vector<int64_t> self_check() {
+  HostExec ex;
+  ex.begin_block();
+  // A missing barrier: thread t writes slot t, then reads slot t + 1 in the same phase.
+  std::vector<int> slots(kThreads, 0);
+  int64_t saw_write = 0;
+  ex.each([&](int tid) {
+    slots[tid] = 1;
+    saw_write += slots[(tid + 1) % kThreads];
+  });
+  // cp.async: 16 bytes a thread, read before and after the wait for its group.
+  alignas(16) float src[kThreads][4], dst[kThreads][4];
+  for (int t = 0; t < kThreads; ++t) std::fill_n(src[t], 4, static_cast<float>(t));
+  int64_t garbage_before = 0, right_after = 0;
+  ex.each([&](int tid) {
+    copy_async16(dst[tid], src[tid], true);
+    commit_copies();
+    garbage_before += std::isnan(dst[tid][0]) ? 1 : 0;
+    wait_copies<0>();
+    right_after += dst[tid][0] == static_cast<float>(tid) ? 1 : 0;
+  });
+  // The warp model: one 16 x 16 tile of A W^T over one step, against the plain product.
+  using In = c10::BFloat16;
+  alignas(16) In a[kMmaTile * kMmaLd<In>], w[kMmaTile * kMmaLd<In>];
+  for (int r = 0; r < kMmaTile; ++r) {
+    for (int j = 0; j < kMmaLd<In>; ++j) {
+      a[r * kMmaLd<In> + j] = In(static_cast<float>((r * 7 + j * 3) % 11 - 5));
+      w[r * kMmaLd<In> + j] = In(static_cast<float>((r * 5 + j) % 9 - 4));
+    }
+  }
+  HostExec::Mma<In> mma;
+  float got[kMmaTile][kMmaTile] = {};
+  ex.each([&](int tid) {
+    if (tid >= 32) return;
+    mma.zero(tid, 0);
+    mma.step(tid, 0, a, w);
+    mma.store(tid, 0, [&](int r, int k, float v) { got[r][k] = v; });
+  });
+  int64_t mma_right = 0;
+  for (int r = 0; r < kMmaTile; ++r) {
+    for (int k = 0; k < kMmaTile; ++k) {
+      float want = 0.0f;
+      for (int j = 0; j < kMmaDepth<In>; ++j) {
+        want += static_cast<float>(a[r * kMmaLd<In> + j]) * static_cast<float>(w[k * kMmaLd<In> + j]);
+      }
+      mma_right += got[r][k] == want ? 1 : 0;
+    }
+  }
+  return {saw_write, garbage_before, right_after, mma_right};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fastshap_cuda_emulation, m) {
@@ -110,6 +167,7 @@ TORCH_LIBRARY(fastshap_cuda_emulation, m) {
       "describe_plan(int head, int n, int n_sources, int K, int C, int elem, int absent_rows, int batch, "
       "int soft_budget, int hard_budget, int fallback_grid, int tensor_cores=0) -> str",
       &describe_plan);
+  m.def("self_check() -> int[]", &self_check);
 }
 
 }  // namespace tile
