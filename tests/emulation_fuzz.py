@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 def draw(rng: random.Random, seed: int):
-    """(features, head, labels, baselines or None, benefit, description) for one random call."""
+    """(features, head, labels, baselines or None, benefit, head kind, description) for one random call."""
     from fastshap import heads
     from oracle import dyadic
 
