@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <atomic>
+#include <mutex>
 
 namespace fastshap {
 namespace tile {
@@ -24,16 +25,22 @@ __global__ void __launch_bounds__(kThreads, 2) shapley_kernel(const Params<T> p)
   run_block<In, T, N, TensorCores>(ex, p, smem, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(gridDim.x));
 }
 
-// Raises the kernel's dynamic shared-memory limit to `smem` bytes on `device`, asking the driver only when a
-// larger amount than before is needed (the call costs host time on every launch otherwise, and must stay
-// out of CUDA-graph captures after warm-up). Two threads racing only repeat the call.
+// Raises the kernel's dynamic shared-memory limit to `smem` bytes on `device` (the current device), asking
+// the driver only when a larger amount than before is needed (the call costs host time on every launch
+// otherwise, and must stay out of CUDA-graph captures after warm-up). The limit only ever grows: threads
+// that miss the fast path take a lock, so that one asking for less cannot lower the limit under another's
+// launch.
 template <typename In, typename T, int N, bool TensorCores>
 void allow_shared_memory(int device, int64_t smem) {
   static std::atomic<int64_t> allowed[kMaxDevices];
-  if (device < kMaxDevices && allowed[device].load(std::memory_order_relaxed) >= smem) return;
+  static std::mutex raising;
+  const bool known = device < kMaxDevices;
+  if (known && allowed[device].load(std::memory_order_acquire) >= smem) return;
+  std::lock_guard<std::mutex> lock(raising);
+  if (known && allowed[device].load(std::memory_order_relaxed) >= smem) return;
   C10_CUDA_CHECK(cudaFuncSetAttribute(&shapley_kernel<In, T, N, TensorCores>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  if (device < kMaxDevices) allowed[device].store(smem);
+  if (known) allowed[device].store(smem, std::memory_order_release);
 }
 
 template <typename In, typename T, bool TensorCores>
