@@ -209,7 +209,7 @@ def _registered_op(case: alt.Case):
     import fastshap.triton_shapley  # noqa: F401  (registers torch.ops.fastshap_triton)
 
     dims = [f.shape[1] for f in case.features]
-    spec = _head_spec(case.head, dims, case.features[0].device, fastshap.DeferredChecks())
+    spec = _head_spec(case.head, dims, case.features[0].device)
     op = getattr(torch.ops.fastshap_triton, f"shapley_{spec.kind}")
     return lambda: op(list(case.features), *spec.params, [], case.labels, "paper")[0]
 

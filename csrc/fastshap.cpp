@@ -7,9 +7,11 @@
 //   phi   (B, n) float32  per-sample Shapley values
 //   stats (4, n) float32  row 0: sum over the batch of phi[:, i]; row 1: count of phi[:, i] < 1;
 //                         row 2: count of samples whose modality-i contribution was not finite
-//                         (NaN/Inf features or baselines); row 3: [count of labels outside [0, C), 0, ...].
-// A sample whose label is outside [0, C) gets a NaN row. The kernels never stop on bad values: they count
-// them, so that a GPU call needs no host-device synchronisation; the Python wrapper raises on the counts.
+//                         (NaN/Inf features or baselines); row 3: [count of NaN rows of phi, 0, ...].
+// A sample gets a NaN row when its label is outside [0, C) or when the scores of a coalition it evaluates
+// (logits; for the MLP also the hidden pre-activations) hold a NaN or an Inf (NaN/Inf head parameters, or an
+// overflow). The kernels never stop on bad values: they count them, so that a GPU call needs no host-device
+// synchronisation; the Python wrapper raises on the counts.
 #include <Python.h>
 #include <torch/library.h>
 

@@ -59,4 +59,8 @@ struct ProblemShape {
 ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer, at::TensorList baselines,
                           const at::Tensor& labels);
 
+// Checks that the head parameter `what` (its shape is the caller's to check) is floating point and on the
+// device of `features0`.
+void check_param(const at::Tensor& param, const char* what, const at::Tensor& features0);
+
 }  // namespace fastshap

@@ -28,6 +28,13 @@ ShapleyCoefficients shapley_coefficients(int64_t n) {
   return c;
 }
 
+void check_param(const at::Tensor& param, const char* what, const at::Tensor& features0) {
+  TORCH_CHECK_VALUE(param.device() == features0.device(), "fastshap: ", what, " is on ", param.device(),
+                    ", features on ", features0.device());
+  TORCH_CHECK_VALUE(at::isFloatingType(param.scalar_type()), "fastshap: ", what, " must be floating point, got ",
+                    param.scalar_type());
+}
+
 ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer, at::TensorList baselines,
                           const at::Tensor& labels) {
   ProblemShape p;
@@ -54,8 +61,7 @@ ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer
   TORCH_CHECK_VALUE(first_layer.dim() == 2 && first_layer.size(1) == p.total_dim,
                     "fastshap: head weight must be (K, ", p.total_dim, ") for features of total width ",
                     p.total_dim, ", got ", first_layer.sizes());
-  TORCH_CHECK_VALUE(first_layer.device() == f0.device(), "fastshap: head weight is on ", first_layer.device(),
-                    ", features on ", f0.device());
+  check_param(first_layer, "the head weight", f0);
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == p.batch, "fastshap: labels must be (", p.batch,
                     ",), got ", labels.sizes());
   TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, "fastshap: labels must be int64, got ",

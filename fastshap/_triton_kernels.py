@@ -19,7 +19,8 @@ fastshap.reference.shapley_coefficients, computed in float64 in the kernel. For 
 k_i(S) and its sums are integers below 2^53 (n <= 16), so phi = numerator / n! is the correctly rounded
 value, as in the reference. The MLP head applies ReLU and its second layer to every coalition's hidden
 pre-activations (fused: one class at a time, fp32 products reduced over H; streaming: ``tl.dot`` per
-class tile), with an online argmax / log-sum-exp across classes.
+class tile), with an online argmax / log-sum-exp across classes. A coalition whose scores (or hidden
+pre-activations, or logits) hold a NaN or an Inf gets v(S) = NaN, so that its sample's phi row is NaN.
 
 Coalitions go MB at a time (a (BLOCK_B, MB, K) score tile): on a GPU MB is small (registers); under the
 interpreter, which pays per operation, it covers up to all 2^n coalitions in one step.
@@ -28,7 +29,7 @@ Heads (``HEAD``): 0 concat-linear (score = logits), 1 decision fusion (score = s
 probabilities, present/absent are probabilities), 2 MLP. Benefits (``BENEFIT``): 0 paper, 1 accuracy,
 2 probability. ``STATS`` is a (4, n) float64 accumulator: sum of phi, count of phi < 1, count of samples
 whose partial products hold a NaN or Inf (fused kernel only; the host counts them for the streaming one),
-and at [3, 0] the count of labels outside [0, C), whose samples get NaN rows.
+and at [3, 0] the count of NaN phi rows (labels outside [0, C), non-finite scores).
 """
 
 from __future__ import annotations
@@ -111,18 +112,28 @@ def _scan_class(logit, c, y, best, arg, top, total, sy, BENEFIT: tl.constexpr):
 
 
 @triton.jit
-def _accumulate(num, mm, arg, top, total, sy, y, gain, loss,
+def _any_nonfinite(s, cmask):
+    """(R, M) int1: whether s (R, M, K) holds a NaN or an Inf in a column where cmask (K,) is set."""
+    bad = ((s != s) | (tl.abs(s) == float("inf"))) & cmask[None, None, :]
+    return tl.max(bad.to(tl.int32), 2) > 0
+
+
+@triton.jit
+def _accumulate(num, mm, arg, top, total, sy, nonfinite, y, gain, loss,
                 N: tl.constexpr, NP: tl.constexpr, NS: tl.constexpr, BENEFIT: tl.constexpr, HEAD: tl.constexpr):
-    """num (BLOCK_B, NP) float64 += sum over the coalitions mm of v(S) k_i(S)."""
+    """num (BLOCK_B, NP) float64 += sum over the coalitions mm of v(S) k_i(S); v(S) is NaN where `nonfinite`
+    (BLOCK_B, MB) says the coalition's scores were not all finite, which makes the sample's phi row NaN."""
     coef, size = _coefficients(mm, gain, loss, N, NP, NS)
     if BENEFIT == 0:
         v = tl.where(arg == y[:, None], size[None, :].to(tl.float64), 0.0)
+        nonfinite = nonfinite & (size > 0)[None, :]  # the empty coalition is worth 0 whatever its scores
     elif BENEFIT == 1:
         v = tl.where(arg == y[:, None], 1.0, 0.0).to(tl.float64)
     elif HEAD == 1:
         v = sy.to(tl.float64) / N  # decision fusion: the mean of the per-modality probabilities
     else:
         v = (tl.exp(sy - top) / total).to(tl.float64)
+    v = tl.where(nonfinite, float("nan"), v)
     return num + tl.sum(v[:, :, None] * coef[None, :, :], 1)
 
 
@@ -137,7 +148,7 @@ def _state(BLOCK_B: tl.constexpr, MB: tl.constexpr):
 @triton.jit
 def _finish(num, y, rows, live, B, C, PHI, STATS, N: tl.constexpr, NP: tl.constexpr):
     """phi = num / n! rounded once to float32 (NaN rows for labels outside [0, C)); into STATS (float64): batch
-    sums and counts of phi < 1, and the count of those labels."""
+    sums and counts of phi < 1, and the count of NaN rows (those labels, non-finite scores)."""
     idx = tl.arange(0, NP)
     nfact = _factorial(idx * 0 + N, N)
     phi = (num / nfact[None, :]).to(tl.float32)
@@ -147,7 +158,8 @@ def _finish(num, y, rows, live, B, C, PHI, STATS, N: tl.constexpr, NP: tl.conste
     tl.store(PHI + rows[:, None] * N + idx[None, :], phi, mask=ok)
     tl.atomic_add(STATS + idx, tl.sum(tl.where(ok, phi.to(tl.float64), 0.0), 0), mask=idx < N)
     tl.atomic_add(STATS + N + idx, tl.sum(tl.where(ok & (phi < 1.0), 1.0, 0.0).to(tl.float64), 0), mask=idx < N)
-    tl.atomic_add(STATS + 3 * N, tl.sum((bad & live).to(tl.float64), 0))
+    nan_row = tl.max(((phi != phi) & (idx < N)[None, :]).to(tl.int32), 1) > 0
+    tl.atomic_add(STATS + 3 * N, tl.sum((nan_row & live).to(tl.float64), 0))
 
 
 @triton.jit
@@ -280,6 +292,7 @@ def fused_kernel(
             inside = (((mm >> i) & 1) == 1)[None, :, None]
             score = score + tl.where(inside, present[i][:, None, :], absent[i][:, None, :])
         best, arg, top, total, sy = _state(BLOCK_B, MB)
+        nonfinite = _any_nonfinite(score, kmask)  # scores, or the MLP's hidden pre-activations
         if HEAD == 2:
             # Second layer one class at a time (fp32 FMAs and a reduction over the hidden units): no
             # tl.dot on fp32 activations, whose "tf32x3" form makes ptxas spill heavily here.
@@ -287,10 +300,11 @@ def fused_kernel(
             for c in range(0, C):
                 w2 = tl.load(W2 + c * W2_rs + kc * W2_cs, mask=kmask, other=0.0).to(tl.float32)
                 logit = tl.sum(z * w2[None, None, :], 2) + tl.load(BIAS2 + c).to(tl.float32)
+                nonfinite = nonfinite | (logit != logit) | (tl.abs(logit) == float("inf"))
                 best, arg, top, total, sy = _scan_class(logit, c, y, best, arg, top, total, sy, BENEFIT)
         else:
             best, arg, top, total, sy = _scan(score, kc, K, y, best, arg, top, total, sy, BENEFIT, HEAD)
-        num = _accumulate(num, mm, arg, top, total, sy, y, gain, loss, N, NP, NS, BENEFIT, HEAD)
+        num = _accumulate(num, mm, arg, top, total, sy, nonfinite, y, gain, loss, N, NP, NS, BENEFIT, HEAD)
 
     _finish(num, y, rows, live, B, C, PHI, STATS, N, NP)
 
@@ -339,6 +353,7 @@ def streaming_kernel(
     for m0 in range(0, 1 << N, MB):
         mm = m0 + tl.arange(0, MB)
         best, arg, top, total, sy = _state(BLOCK_B, MB)
+        nonfinite = tl.zeros((BLOCK_B, MB), tl.int1)
         if HEAD == 2:
             for c0 in range(0, C, BLOCK_C):
                 cc = c0 + tl.arange(0, BLOCK_C)
@@ -348,19 +363,22 @@ def streaming_kernel(
                     hm = hc < K
                     z = _coalition_tile(mm, P, P_ns, P_bs, A, A_ns, A_bs, START, rows, live, hc, hm,
                                         N, HAS_ABSENT, BLOCK_B, MB, BLOCK_K)
+                    nonfinite = nonfinite | _any_nonfinite(z, hm)  # hidden pre-activations
                     z = tl.reshape(tl.maximum(z, 0.0), (BLOCK_B * MB, BLOCK_K))
                     w2 = tl.load(W2 + cc[None, :] * W2_rs + hc[:, None] * W2_cs, mask=hm[:, None] & (cc < C)[None, :],
                                  other=0.0).to(tl.float32)
                     acc = tl.dot(z, w2, acc, input_precision=PREC2)
                 b2 = tl.load(BIAS2 + cc, mask=cc < C, other=0.0).to(tl.float32)
                 logits = tl.reshape(acc, (BLOCK_B, MB, BLOCK_C)) + b2[None, None, :]
+                nonfinite = nonfinite | _any_nonfinite(logits, cc < C)
                 best, arg, top, total, sy = _scan(logits, cc, C, y, best, arg, top, total, sy, BENEFIT, HEAD)
         else:
             for k0 in range(0, K, BLOCK_K):
                 kc = k0 + tl.arange(0, BLOCK_K)
                 s = _coalition_tile(mm, P, P_ns, P_bs, A, A_ns, A_bs, START, rows, live, kc, kc < K,
                                     N, HAS_ABSENT, BLOCK_B, MB, BLOCK_K)
+                nonfinite = nonfinite | _any_nonfinite(s, kc < K)
                 best, arg, top, total, sy = _scan(s, kc, K, y, best, arg, top, total, sy, BENEFIT, HEAD)
-        num = _accumulate(num, mm, arg, top, total, sy, y, gain, loss, N, NP, NS, BENEFIT, HEAD)
+        num = _accumulate(num, mm, arg, top, total, sy, nonfinite, y, gain, loss, N, NP, NS, BENEFIT, HEAD)
 
     _finish(num, y, rows, live, B, C, PHI, STATS, N, NP)

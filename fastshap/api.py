@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import weakref
+import contextlib
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -61,7 +61,7 @@ def modality_shapley(
     n, batch = len(feats), feats[0].shape[0]
     dims = [f.shape[1] for f in feats]
     device, dtype = feats[0].device, feats[0].dtype
-    spec = _head_spec(head, dims, device, defer_checks)
+    spec = _head_spec(head, dims, device)
     labels = _check_labels(labels, batch, device, spec)
     base = _check_baselines(baselines, feats)
     if benefit not in BENEFITS:
@@ -72,37 +72,49 @@ def modality_shapley(
     if batch == 0:
         phi = torch.zeros(0, n, dtype=torch.float32, device=device)
         return (phi, torch.zeros(2, n, device=device)) if with_stats else phi
-    with torch.no_grad():
+    with torch.no_grad(), _no_autocast(device):
         phi, stats = chosen.run(spec, feats, base, labels, benefit)
-    # Every backend counts what the value checks need in stats rows 2 (non-finite partial logits per
-    # modality) and 3 (labels outside [0, C), whose phi rows are NaN) instead of stopping: reading them is
-    # the call's one host-device synchronisation, or none with defer_checks.
+    # Every backend counts what the value checks need instead of stopping: stats row 2, per modality, the
+    # rows whose partial logits hold NaN/Inf; row 3, column 0, the NaN rows of phi (labels outside [0, C),
+    # coalition scores holding NaN/Inf: NaN/Inf head parameters or an overflow). Reading them is the call's
+    # one host-device synchronisation, or none with defer_checks; the head's parameters are never read on
+    # the host (an optimizer step may change them without a trace that a cache could key on).
     if defer_checks is not None:
         defer_checks.calls += 1
         defer_checks.add_stats(stats, spec.num_classes)
     else:
-        nonfinite, (bad_labels, *_) = stats[2:].tolist()
-        if bad_labels:
-            _raise_label(labels, spec.num_classes)
-        if any(nonfinite):
-            _raise_nonfinite(next(i for i, c in enumerate(nonfinite) if c), feats, base, dtype)
+        nonfinite, (nan_rows, *_) = stats[2:].tolist()
+        if nan_rows or any(nonfinite):
+            _raise_bad_values(nonfinite, int(nan_rows), labels, feats, base, spec)
     return (phi, stats[:2]) if with_stats else phi
 
 
-def _raise_nonfinite(i: int, feats, base, dtype) -> None:
-    """Modality i's contribution was not finite: say whether its inputs hold NaN/Inf or the product overflowed."""
+def _raise_bad_values(nonfinite, nan_rows: int, labels, feats, base, spec: HeadSpec) -> None:
+    """The op found bad values: name the cause, in the order a user would look (this path may synchronise)."""
+    num_classes = spec.num_classes
+    if num_classes is not None and bool(((labels < 0) | (labels >= num_classes)).any()):
+        _raise_label(labels, num_classes)
+    first = next((i for i, c in enumerate(nonfinite) if c), None)  # a modality with non-finite partials
     for what, tensors in (("features", feats), ("baselines", base)):
-        if tensors is None:
+        if first is None or tensors is None:
             continue
-        rows = (~torch.isfinite(tensors[i])).reshape(-1, tensors[i].shape[-1]).any(-1)
+        rows = (~torch.isfinite(tensors[first])).reshape(-1, tensors[first].shape[-1]).any(-1)
         if bool(rows.any()):
             raise ValueError(
-                f"fastshap: the {what} of modality {i} hold NaN or Inf values ({int(rows.sum())} rows affected)"
+                f"fastshap: the {what} of modality {first} hold NaN or Inf values ({int(rows.sum())} rows affected)"
             )
-    compute = "float64" if dtype == torch.float64 else "float32"
+    if spec.params is not None and not all(bool(torch.isfinite(p).all()) for p in spec.params):
+        raise ValueError("fastshap: the head parameters hold NaN or Inf values")
+    compute = "float64" if feats[0].dtype == torch.float64 else "float32"
+    if first is not None:
+        raise ValueError(
+            f"fastshap: modality {first}'s finite features (or baselines) times the head weights overflow {compute} "
+            f"(the partial logits hold Inf or NaN); rescale the features or the head"
+        )
+    scores = "hidden pre-activations or logits" if spec.kind == "mlp" else "logits"
     raise ValueError(
-        f"fastshap: modality {i}'s finite features (or baselines) times the head weights overflow {compute} "
-        f"(the partial logits hold Inf or NaN); rescale the features or the head"
+        f"fastshap: the coalitions' {scores} overflow {compute} for {nan_rows} samples (finite inputs and head "
+        f"parameters whose sums hold Inf or NaN; their phi rows are NaN); rescale the features or the head"
     )
 
 
@@ -134,78 +146,112 @@ def _check_features(features) -> list:
             raise TypeError(f"fastshap: features[{i}] is {f.dtype}, features[0] is {first.dtype}; use one dtype")
         if f.device != first.device:
             raise ValueError(f"fastshap: features[{i}] is on {f.device}, features[0] on {first.device}")
+    if first.device.type == "meta":
+        raise ValueError(
+            "fastshap: the features are meta tensors (shapes without values); Shapley values need the values: "
+            "pass CPU or CUDA tensors"
+        )
     return feats
 
 
-# Head parameters found finite, by (storage address, version) of each: an evaluation pass calls the op
-# many times with unchanged parameters, and reading them again each call would cost device reductions and,
-# without defer_checks, a host-device synchronisation per call. An in-place update (an optimizer step)
-# bumps the version, a replaced parameter has another address: either is checked again. Keyed by
-# id(module) with a weak reference to tell a reused id; deferred checks keep their own record
-# (DeferredChecks.verified).
-_FINITE: dict = {}
-_MAX_RECORDED = 256
-
-
-def _check_params(params, device, what: str, deferred: Optional[DeferredChecks], module: nn.Module,
-                  sources=None) -> None:
-    """params: what the kernels take; sources: the module's own parameters they come from (detached), whose
-    finiteness is checked (default: params)."""
+def _check_params(params, device, what: str) -> None:
+    """Where and what the head's parameters are. Their values are not read here: NaN/Inf parameters make NaN
+    partial logits or coalition scores, which the kernels count (see modality_shapley)."""
     for p in params:
         if p.device != device:
             raise ValueError(f"fastshap: the {what} parameters are on {p.device}, the features on {device}")
         if not p.is_floating_point():
             raise TypeError(f"fastshap: the {what} parameters must be floating point, got {p.dtype}")
-    sources = params if sources is None else sources
-    if not sources:
-        return
-    record = _FINITE if deferred is None else deferred.verified
-    signature = tuple((p.data_ptr(), p._version) for p in sources)
-    entry = record.get(id(module))
-    if entry is not None and entry[0]() is module and entry[1] == signature:
-        return
-    finite = torch.stack([torch.isfinite(p).all() for p in sources]).all()
-    if deferred is not None:
-        deferred.add_params(finite)  # counted now, raised later: no need to look at these versions again
-    elif not bool(finite):
-        raise ValueError(f"fastshap: the {what} parameters hold NaN or Inf values")
-    if len(record) >= _MAX_RECORDED:
-        record.clear()
-    record[id(module)] = (weakref.ref(module), signature)
 
 
 def _check_dims(head, dims, what: str) -> None:
-    if list(head.dims) != list(dims):
-        raise ValueError(f"fastshap: the {what} was built for feature widths {list(head.dims)}, got {list(dims)}")
+    try:
+        built = [int(d) for d in head.dims]
+    except (TypeError, ValueError):
+        raise TypeError(f"fastshap: the {what}'s dims must be a list of feature widths, got {head.dims!r}") from None
+    if built != list(dims):
+        raise ValueError(f"fastshap: the {what} was built for feature widths {built}, got {list(dims)}")
 
 
-def _head_spec(head, dims, device, deferred: Optional[DeferredChecks]) -> HeadSpec:
+def _linear(layer, what: str, inputs: int, expected: str, outputs: str = "class"):
+    """(weight, bias or None) of `layer`, detached, after checking that it is an nn.Linear taking `inputs`
+    inputs (`expected` says why) with at least one output (one `outputs`) and a bias of its output count.
+    Shapes only."""
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"fastshap: the {what} must be an nn.Linear, got {type(layer).__name__}")
+    if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+        raise ValueError(f"fastshap: the {what} is a lazy layer not initialised yet; run one forward pass first")
+    weight = layer.weight.detach()
+    if weight.dim() != 2:
+        raise ValueError(f"fastshap: the {what}'s weight must be 2-D (outputs, inputs), got {tuple(weight.shape)}")
+    if weight.shape[1] != inputs:
+        raise ValueError(f"fastshap: the {what} takes {weight.shape[1]} inputs, {expected}")
+    if weight.shape[0] == 0:
+        raise ValueError(f"fastshap: the {what} has 0 outputs; it needs at least one {outputs}")
+    bias = layer.bias
+    if bias is not None:
+        bias = bias.detach()
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(
+                f"fastshap: the {what}'s bias must be ({weight.shape[0]},) for its {weight.shape[0]} outputs, got "
+                f"{tuple(bias.shape)}"
+            )
+    return weight, bias
+
+
+def _no_autocast(device: torch.device):
+    """A context that turns off an ambient ``torch.autocast`` of the features' device type for the backend
+    run (a null context when none is on: entering autocast costs host time on every call). Under autocast
+    the compiled ops' internal GEMMs would take bf16/fp16 operands they do not expect, and the torch
+    backend's would round differently: phi must not depend on the caller's autocast."""
+    kind = device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _head_spec(head, dims, device) -> HeadSpec:
+    """The head reduced to its parameters, after checking every layer's shapes against the feature widths
+    (heads can be changed after construction: a replaced layer must not be read out of bounds)."""
     total = sum(dims)
     if isinstance(head, (nn.Linear, heads.ConcatLinear)):
-        fc = head if isinstance(head, nn.Linear) else head.fc
         if isinstance(head, heads.ConcatLinear):
             _check_dims(head, dims, "ConcatLinear head")
-        if fc.in_features != total:
-            raise ValueError(
-                f"fastshap: the Linear head takes {fc.in_features} inputs, the features have {total} in all"
-            )
-        weight = fc.weight.detach()
-        bias = fc.bias.detach() if fc.bias is not None else weight.new_zeros(fc.out_features)
-        params = (weight, bias)
-        _check_params(params, device, "head", deferred, fc, (weight,) if fc.bias is None else params)
-        return HeadSpec("concat", params, num_classes=fc.out_features)
+        fc = head if isinstance(head, nn.Linear) else head.fc
+        weight, bias = _linear(fc, "Linear head" if fc is head else "ConcatLinear head's fc", total,
+                               f"the features have {total} in all")
+        params = (weight, bias if bias is not None else weight.new_zeros(weight.shape[0]))
+        _check_params(params, device, "head")
+        return HeadSpec("concat", params, num_classes=weight.shape[0])
     if isinstance(head, heads.DecisionFusion):
         _check_dims(head, dims, "DecisionFusion head")
+        classifiers = head.classifiers
+        if len(classifiers) != len(dims):
+            raise ValueError(
+                f"fastshap: the DecisionFusion head has {len(classifiers)} classifiers for {len(dims)} modalities"
+            )
+        layers = [
+            _linear(clf, f"DecisionFusion head's classifiers[{i}]", d, f"modality {i} has width {d}")
+            for i, (clf, d) in enumerate(zip(classifiers, dims))
+        ]
+        classes = [w.shape[0] for w, _ in layers]
+        if len(set(classes)) > 1:
+            raise ValueError(
+                f"fastshap: the DecisionFusion head's classifiers predict different numbers of classes {classes}; "
+                f"they must all predict the same classes"
+            )
+        _check_params([p for layer in layers for p in layer if p is not None], device, "DecisionFusion head")
         with torch.no_grad():  # packing concatenates the classifiers' parameters: no graph for that
             params = head.packed()
-        sources = tuple(p.detach() for p in head.parameters())
-        _check_params(params, device, "DecisionFusion head", deferred, head, sources)
-        return HeadSpec("decision", params, num_classes=params[0].shape[0])
+        return HeadSpec("decision", params, num_classes=classes[0])
     if isinstance(head, heads.ConcatMLP):
         _check_dims(head, dims, "ConcatMLP head")
-        params = tuple(p.detach() for p in (head.fc1.weight, head.fc1.bias, head.fc2.weight, head.fc2.bias))
-        _check_params(params, device, "ConcatMLP head", deferred, head)
-        return HeadSpec("mlp", params, num_classes=head.fc2.out_features)
+        w1, b1 = _linear(head.fc1, "ConcatMLP head's fc1", total, f"the features have {total} in all", "hidden unit")
+        w2, b2 = _linear(head.fc2, "ConcatMLP head's fc2", w1.shape[0], f"fc1 has {w1.shape[0]} outputs")
+        params = (w1, b1 if b1 is not None else w1.new_zeros(w1.shape[0]),
+                  w2, b2 if b2 is not None else w2.new_zeros(w2.shape[0]))
+        _check_params(params, device, "ConcatMLP head")
+        return HeadSpec("mlp", params, num_classes=w2.shape[0])
     if not callable(head):
         raise TypeError(f"fastshap: head must be nn.Linear, a fastshap.heads module or a callable, got {type(head).__name__}")
     return HeadSpec("callable", fn=head)
@@ -225,6 +271,10 @@ def _check_labels(labels, batch, device, spec: HeadSpec) -> torch.Tensor:
         )
     if labels.shape[0] != batch:
         raise ValueError(f"fastshap: {labels.shape[0]} labels for a batch of {batch}")
+    if per_segment and labels.shape[1] == 0:
+        raise ValueError(
+            f"fastshap: per-segment labels (B, T) must have at least one segment, got shape {tuple(labels.shape)}"
+        )
     if labels.device != device:
         raise ValueError(f"fastshap: labels are on {labels.device}, the features on {device}")
     return labels.long()
@@ -249,6 +299,11 @@ def _check_baselines(baselines, feats) -> Optional[list]:
     for i, (b, f) in enumerate(zip(base, feats)):
         if not isinstance(b, torch.Tensor):
             raise TypeError(f"fastshap: baselines[{i}] is a {type(b).__name__}, not a tensor")
+        if not b.is_floating_point():
+            raise TypeError(
+                f"fastshap: baselines[{i}] has dtype {b.dtype}; baselines must be floating point (they are cast "
+                f"to the features' {f.dtype})"
+            )
         d = f.shape[1]
         if b.shape not in ((d,), (batch, d)):
             raise ValueError(f"fastshap: baselines[{i}] must be ({d},) or ({batch}, {d}), got {tuple(b.shape)}")

@@ -1,25 +1,25 @@
 """Value checks that wait on the device: :class:`DeferredChecks` collects them over many calls.
 
-``fastshap.modality_shapley`` checks the values of its inputs (labels in range, finite head parameters,
-finite partial logits) before it answers. On a GPU each of those checks is a host-device synchronisation,
-which stalls a training step that calls the op every batch. With ``defer_checks=DeferredChecks()`` the
-call instead adds what it found to counters on the device, marks the affected phi rows NaN (labels) and
-returns at once; :meth:`DeferredChecks.raise_if_any`, called once at a point that synchronises anyway (the
+``fastshap.modality_shapley`` checks the values of its inputs (labels in range, finite partial logits,
+finite coalition logits: NaN/Inf head parameters show there) before it answers, from counts its op makes
+on the device. On a GPU reading them is a host-device synchronisation, which stalls a training step that
+calls the op every batch. With ``defer_checks=DeferredChecks()`` the call instead adds the counts to
+counters on the device (the affected phi rows are NaN) and returns at once; :meth:`DeferredChecks.raise_if_any`, called once at a point that synchronises anyway (the
 end of an epoch), raises the same kind of error the call would have raised.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
 
 # Counters: a (2, max_modalities) float64 tensor laid out so that one in-place add takes rows 2 and 3 of an
 # op's stats: row 0 counts, per modality, the rows whose partial logits held NaN/Inf; row 1 holds in column
-# 0 the count of labels outside [0, C) (the ops count them in stats[3, 0], the rest of that row is 0) and in
-# column 1 the calls whose head parameters held NaN/Inf.
+# 0 the count of NaN phi rows (the ops count them in stats[3, 0], the rest of that row is 0).
 _NONFINITE, _OTHER = 0, 1
-_LABELS, _PARAMS = 0, 1
+_NAN_ROWS = 0
 
 
 class DeferredChecks:
@@ -32,12 +32,21 @@ class DeferredChecks:
     """
 
     def __init__(self, max_modalities: int = 16):
+        try:
+            if isinstance(max_modalities, bool):
+                raise TypeError
+            max_modalities = operator.index(max_modalities)
+        except TypeError:
+            raise TypeError(
+                f"fastshap: DeferredChecks(max_modalities) must be an int (the most modalities of a call), got "
+                f"{type(max_modalities).__name__} {max_modalities!r}"
+            ) from None
+        if max_modalities < 1:
+            raise ValueError(f"fastshap: DeferredChecks(max_modalities) must be positive, got {max_modalities}")
         self._width = max(2, max_modalities)
         self._counts: Optional[torch.Tensor] = None
         self.calls = 0
         self.num_classes: Optional[int] = None
-        #: heads whose parameters were already counted in this collection, by version (fastshap.api)
-        self.verified: dict = {}
 
     def _slot(self, device: torch.device) -> torch.Tensor:
         if self._counts is None:
@@ -50,8 +59,8 @@ class DeferredChecks:
         return self._counts
 
     def add_stats(self, stats: torch.Tensor, num_classes: Optional[int]) -> None:
-        """stats: an op's (4, n) stats; rows 2 (non-finite rows per modality) and 3 (out-of-range labels) are
-        added with one in-place add (each launch costs a GPU call's host tens of microseconds)."""
+        """stats: an op's (4, n) stats; rows 2 (non-finite rows per modality) and 3 (NaN phi rows) are added
+        with one in-place add (each launch costs a GPU call's host tens of microseconds)."""
         n = stats.shape[1]
         if n > self._width:
             raise ValueError(f"fastshap: this DeferredChecks holds {self._width} modalities, the call has {n}")
@@ -59,14 +68,28 @@ class DeferredChecks:
             self.num_classes = num_classes
         self._slot(stats.device)[:, :n].add_(stats[2:4])
 
-    def add_params(self, finite: torch.Tensor) -> None:
-        """finite: 0-d boolean, True when every head parameter is finite."""
-        self._slot(finite.device)[_OTHER].narrow(0, _PARAMS, 1).add_(finite.logical_not())
-
     def reset(self) -> None:
         self._counts = None
         self.calls = 0
-        self.verified = {}
+
+    def _reduced(self, reduce) -> torch.Tensor:
+        """reduce(counters), checked: it must return the reduced counters, a tensor of their shape."""
+        if not callable(reduce):
+            raise TypeError(f"fastshap: raise_if_any(reduce=...) must be a function, got {type(reduce).__name__}")
+        counts = reduce(self._counts)
+        shape = tuple(self._counts.shape)
+        if not isinstance(counts, torch.Tensor):
+            raise TypeError(
+                f"fastshap: raise_if_any's reduce returned {type(counts).__name__}; it must return the reduced "
+                f"counters, a tensor of shape {shape} (torch.distributed.all_reduce works in place and returns "
+                f"None: reduce=lambda c: (dist.all_reduce(c), c)[1])"
+            )
+        if tuple(counts.shape) != shape:
+            raise ValueError(
+                f"fastshap: raise_if_any's reduce returned a tensor of shape {tuple(counts.shape)}; it must return "
+                f"the reduced counters, of their shape {shape}"
+            )
+        return counts
 
     def raise_if_any(self, reduce=None, device=None) -> None:
         """Reads the counters (one synchronisation), resets them and raises ValueError if any is non-zero.
@@ -80,15 +103,16 @@ class DeferredChecks:
                 self.reset()
                 return
             self._slot(torch.device(device) if device is not None else torch.device("cpu"))
-        counts = self._counts if reduce is None else reduce(self._counts)
+        counts = self._counts if reduce is None else self._reduced(reduce)
         nonfinite, other = [[int(c) for c in row] for row in counts.tolist()]
         calls = self.calls
         self.reset()
         problems = []
-        if other[_LABELS]:
-            problems.append(f"{other[_LABELS]} labels outside [0, {self.num_classes}) (their phi rows are NaN)")
-        if other[_PARAMS]:
-            problems.append(f"the head parameters held NaN or Inf values in {other[_PARAMS]} calls")
+        if other[_NAN_ROWS]:
+            problems.append(
+                f"{other[_NAN_ROWS]} phi rows are NaN (labels outside [0, {self.num_classes}), or coalition logits "
+                f"holding NaN or Inf: NaN/Inf head parameters, or an overflow)"
+            )
         for i, c in enumerate(nonfinite):
             if c:
                 problems.append(

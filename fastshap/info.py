@@ -12,6 +12,20 @@ import fastshap
 from fastshap import _extension, backends
 
 
+def tensor_cores_line(info: dict) -> str:
+    """FASTSHAP_CUDA_TENSOR_CORES as the CUDA launcher reads it (csrc/cuda/shapley_cuda.cu, on every call):
+    unset -> the compiled-in default, "0" / "1" -> off / on, anything else -> every CUDA call raises."""
+    switch = os.environ.get("FASTSHAP_CUDA_TENSOR_CORES")
+    if switch is not None and switch not in ("0", "1"):
+        return (f"invalid value {switch!r} of FASTSHAP_CUDA_TENSOR_CORES (expected 0 or 1, or unset): "
+                f"CUDA calls will raise")
+    default = info.get("cuda_tensor_cores_default") == "1"
+    tensor_cores = default if switch is None else switch == "1"
+    why = "by default" if switch is None else f"FASTSHAP_CUDA_TENSOR_CORES={switch}"
+    return (f"{'on' if tensor_cores else 'off'} for first layers with a head of the features' dtype ({why}; "
+            f"FASTSHAP_CUDA_TENSOR_CORES={0 if tensor_cores else 1} to {'leave them' if tensor_cores else 'try them'})")
+
+
 def report() -> str:
     lines = [
         f"fastshap            {fastshap.__version__}",
@@ -36,14 +50,8 @@ def report() -> str:
             f"  CUDA kernels      {cuda}",
         ]
         if info.get("cuda") == "1":  # the launcher's run-time switches (README), as this process has them
-            switch = os.environ.get("FASTSHAP_CUDA_TENSOR_CORES")
-            default = info.get("cuda_tensor_cores_default") == "1"
-            tensor_cores = default if switch is None else switch == "1"
+            lines.append(f"  tensor cores      {tensor_cores_line(info)}")
             pipeline = os.environ.get("FASTSHAP_CUDA_PIPELINE") != "0"
-            why = "by default" if switch is None else f"FASTSHAP_CUDA_TENSOR_CORES={switch}"
-            lines.append(f"  tensor cores      {'on' if tensor_cores else 'off'} for first layers with a head of the "
-                         f"features' dtype ({why}; FASTSHAP_CUDA_TENSOR_CORES={0 if tensor_cores else 1} to "
-                         f"{'leave them' if tensor_cores else 'try them'})")
             lines.append(f"  cp.async pipeline {'on' if pipeline else 'off (FASTSHAP_CUDA_PIPELINE=0)'}")
         lines += [
 

@@ -20,10 +20,15 @@ Canonical computation (every backend reproduces it; the compiled ones bit for bi
   ``softmax(logits)[y]`` (decision fusion: ``score[y] / n``), in float64.
 * ``phi_i = (sum_S v(S) k_i(S)) / n!`` with the integer coefficients of :func:`shapley_coefficients`,
   summed in float64 (exact for the discrete benefits), rounded once to float32.
+* Non-finite values: ``v(S)`` is NaN when the scores of S (for the MLP also its hidden pre-activations, which
+  the ReLU would otherwise hide) hold a NaN or an Inf: NaN/Inf head parameters, inputs, or an overflow. The
+  sample's phi row is then NaN, as it is for a label outside ``[0, C)`` (whose coalitions are not
+  evaluated). (The paper benefit never evaluates the empty coalition: v = 0 there by definition.)
 
 Every function returns ``(phi (B, n) float32, stats (4, n) float32)``; ``stats`` rows are the batch sum of
 phi, the count of ``phi < 1``, the count of samples whose modality contribution was not finite, and in
-column 0 of row 3 the count of labels outside ``[0, C)`` (whose phi rows are NaN; the rest of row 3 is 0).
+column 0 of row 3 the count of NaN phi rows (labels outside ``[0, C)``, non-finite scores; the rest of row
+3 is 0).
 """
 
 from __future__ import annotations
@@ -92,14 +97,14 @@ def shapley_from_values(values: Tensor) -> Tensor:
     return (num / math.factorial(n)).float()
 
 
-def _stats(phi: Tensor, nonfinite: Tensor, bad_labels: Optional[Tensor] = None) -> Tensor:
+def _stats(phi: Tensor, nonfinite: Tensor) -> Tensor:
     """(4, n) float32: see the module docstring."""
     stats = torch.zeros(4, phi.shape[1], dtype=torch.float32, device=phi.device)
     torch.sum(phi, 0, out=stats[0])
     torch.sum(phi < 1, 0, dtype=torch.float32, out=stats[1])
     stats[2].copy_(nonfinite)
-    if bad_labels is not None and stats.shape[1]:
-        torch.sum(bad_labels, 0, dtype=torch.float32, keepdim=True, out=stats[3, :1])
+    if stats.shape[1]:
+        torch.sum(phi.isnan().any(1), 0, dtype=torch.float32, keepdim=True, out=stats[3, :1])
     return stats
 
 
@@ -141,19 +146,31 @@ def _coalition_scores(start: Tensor, present: Tensor, absent: Optional[Tensor], 
     return score
 
 
-def _values(scores: Tensor, labels: Tensor, benefit: str, mean_of: int = 0) -> Tensor:
-    """Coalition values (rows, 2^n) float64 from scores (rows, 2^n, C) and labels (rows,)."""
+def _nonfinite(x: Tensor) -> Tensor:
+    """(rows, 2^n) bool: whether x (rows, 2^n, K) holds a NaN or an Inf along K."""
+    low, high = torch.aminmax(x, dim=-1)  # one pass: a NaN shows in both, an Inf in one of them
+    return ~(torch.isfinite(low) & torch.isfinite(high))
+
+
+def _values(scores: Tensor, labels: Tensor, benefit: str, mean_of: int = 0,
+            nonfinite: Optional[Tensor] = None) -> Tensor:
+    """Coalition values (rows, 2^n) float64 from scores (rows, 2^n, C) and labels (rows,); NaN for a
+    coalition whose scores are not all finite (or where `nonfinite` says so)."""
     n = scores.shape[1].bit_length() - 1
     y = labels.view(-1, 1, 1).expand(-1, scores.shape[1], 1)
+    nonfinite = _nonfinite(scores) if nonfinite is None else nonfinite | _nonfinite(scores)
+    if benefit == "paper":
+        nonfinite[:, 0] = False  # the empty coalition is worth 0 whatever its scores
     if benefit == "probability":
         if mean_of:
-            return scores.gather(2, y).squeeze(2).double() / mean_of
-        return torch.softmax(scores.double(), -1).gather(2, y).squeeze(2)
-    correct = (scores.argmax(-1) == labels.view(-1, 1)).double()
-    if benefit == "accuracy":
-        return correct
-    size = coalition_masks(n, scores.device).sum(1).double()
-    return correct * size
+            values = scores.gather(2, y).squeeze(2).double() / mean_of
+        else:
+            values = torch.softmax(scores.double(), -1).gather(2, y).squeeze(2)
+    else:
+        values = (scores.argmax(-1) == labels.view(-1, 1)).double()
+        if benefit == "paper":
+            values = values * coalition_masks(n, scores.device).sum(1).double()
+    return values.masked_fill(nonfinite, float("nan"))
 
 
 def _sample_chunk(batch: int, n: int, width: int) -> int:
@@ -197,7 +214,7 @@ def shapley_concat(features, weight, bias, baselines, labels, benefit):
     absent = _partial_products(baselines, weight, ct) if baselines else None
     nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
     phi = _nan_rows(_additive(features, bias.to(ct), present, absent, labels, benefit), bad)
-    return phi, _stats(phi, nonfinite, bad)
+    return phi, _stats(phi, nonfinite)
 
 
 def shapley_decision(features, weight, bias, baselines, labels, benefit):
@@ -215,7 +232,7 @@ def shapley_decision(features, weight, bias, baselines, labels, benefit):
     absent = torch.softmax(absent.add(b), -1)
     start = torch.zeros(num_classes, dtype=ct, device=weight.device)
     phi = _nan_rows(_additive(features, start, present, absent, labels, benefit, mean_of=n), bad)
-    return phi, _stats(phi, nonfinite, bad)
+    return phi, _stats(phi, nonfinite)
 
 
 def _mlp_chunk_samples(batch: int, n: int, hidden: int) -> int:
@@ -236,12 +253,13 @@ def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, ben
     step = _mlp_chunk_samples(batch, n, hidden)
     for b0 in range(0, batch, step):
         rows = slice(b0, min(batch, b0 + step))
-        z = _coalition_scores(start, present, absent, rows).relu()
+        pre = _coalition_scores(start, present, absent, rows)
+        hidden_nonfinite = _nonfinite(pre)  # the ReLU would hide a -Inf (and the kernels flag them all)
         count = rows.stop - rows.start
-        logits = torch.addmm(b2, z.reshape(count << n, hidden), w2t).view(count, 1 << n, -1)
-        phi[rows] = shapley_from_values(_values(logits, labels[rows], benefit))
+        logits = torch.addmm(b2, pre.relu().reshape(count << n, hidden), w2t).view(count, 1 << n, -1)
+        phi[rows] = shapley_from_values(_values(logits, labels[rows], benefit, nonfinite=hidden_nonfinite))
     phi = _nan_rows(phi, bad)
-    return phi, _stats(phi, nonfinite, bad)
+    return phi, _stats(phi, nonfinite)
 
 
 def _callable_values(logits: Tensor, labels: Tensor, benefit: str, size: Tensor) -> Tensor:
@@ -315,6 +333,8 @@ def shapley_callable(
             ) from exc
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"fastshap: the head returned {type(out).__name__}, expected a logits tensor")
+        if not out.is_floating_point():
+            raise TypeError(f"fastshap: the head returned logits of dtype {out.dtype}; expected floating point logits")
         expected = (k * batch, *labels.shape[1:])
         if out.dim() != labels.dim() + 1 or tuple(out.shape[:-1]) != expected:
             raise ValueError(

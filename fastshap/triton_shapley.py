@@ -25,8 +25,9 @@ returns ``(phi (B, n) float32, stats (4, n) float32)`` with the semantics of the
   exactly except for samples with a coalition whose top-two score margin is within float error of a tie;
   the probability benefit (softmax in fp32 here, float64 in the reference) agrees to ~1e-6.
 * stats: row 0 the batch sum of phi (float64 atomics, then float32), row 1 the count of phi < 1, row 2 the
-  count of samples whose partial products hold a NaN or an Inf, row 3 column 0 the count of labels outside
-  [0, C), whose rows are NaN (:func:`fastshap.modality_shapley` raises on rows 2 and 3, or defers them).
+  count of samples whose partial products hold a NaN or an Inf, row 3 column 0 the count of NaN phi rows
+  (labels outside [0, C), coalition scores holding NaN/Inf) (:func:`fastshap.modality_shapley` raises on
+  rows 2 and 3, or defers them).
 
 The ops are registered as ``torch.ops.fastshap_triton.shapley_{concat,decision,mlp}`` through
 ``torch.library.triton_op`` (so torch.compile sees the kernels) on a GPU, and as plain custom ops with a
@@ -103,8 +104,10 @@ def second_layer_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-def _check(head, features, weight, weight2, baselines, labels, benefit):
-    """Static checks only (shapes, dtypes, devices): they also run while tracing with fake tensors."""
+def _check(head, features, weight, bias, weight2, bias2, baselines, labels, benefit):
+    """Static checks only (shapes, dtypes, devices): they also run while tracing with fake tensors. The
+    parameters' rules and messages are those of the compiled ops (csrc/cpu/shapley_cpu.cpp,
+    csrc/cuda/shapley_host.h): the kernels read bias, weight2 and bias2 by the sizes of weight."""
     n = len(features)
     if not 1 <= n <= MAX_MODALITIES:
         raise ValueError(f"fastshap: between 1 and {MAX_MODALITIES} modalities are supported exactly, got {n}")
@@ -125,9 +128,26 @@ def _check(head, features, weight, weight2, baselines, labels, benefit):
     total = sum(f.shape[1] for f in features)
     if weight.dim() != 2 or weight.shape[1] != total:
         raise ValueError(f"fastshap: head weight must be (K, {total}), got {tuple(weight.shape)}")
-    params = [weight] + ([weight2] if weight2 is not None else [])
+    k = weight.shape[0]
+    if head == _HEADS["decision"]:
+        if bias.dim() != 2 or tuple(bias.shape) != (n, k):
+            raise ValueError(f"fastshap: decision-fusion bias must be (n, C) = ({n}, {k}), got {list(bias.shape)}")
+    elif bias.dim() != 1 or bias.shape[0] != k:
+        name = "bias1" if head == _HEADS["mlp"] else "bias"
+        raise ValueError(f"fastshap: {name} must be ({k},), got {list(bias.shape)}")
+    params = [weight, bias]
+    classes = k
+    if head == _HEADS["mlp"]:
+        if weight2.dim() != 2 or weight2.shape[1] != k:
+            raise ValueError(f"fastshap: weight2 must be (C, {k}), got {list(weight2.shape)}")
+        classes = weight2.shape[0]
+        if bias2.dim() != 1 or bias2.shape[0] != classes:
+            raise ValueError(f"fastshap: bias2 must be ({classes},), got {list(bias2.shape)}")
+        params += [weight2, bias2]
     if any(p.device != f0.device or not p.is_floating_point() for p in params):
         raise ValueError("fastshap: head parameters must be floating point, on the features' device")
+    if classes < 1 and f0.shape[0] != 0:
+        raise ValueError("fastshap: the head has no classes")
     if labels.dim() != 1 or labels.shape[0] != f0.shape[0] or labels.dtype != torch.int64:
         raise ValueError(f"fastshap: labels must be int64 ({f0.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
     if labels.device != f0.device:
@@ -428,7 +448,7 @@ def uses_fused_kernel(head: str, n: int, width: int, per_sample_baselines: bool)
 
 def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefit):
     head = _HEADS[kind]
-    _check(head, features, weight, weight2, baselines, labels, benefit)
+    _check(head, features, weight, bias, weight2, bias2, baselines, labels, benefit)
     n, batch = len(features), features[0].shape[0]
     device = features[0].device
     phi = torch.empty(batch, n, dtype=torch.float32, device=device)
@@ -479,9 +499,9 @@ def _mlp_impl(
 
 def _fake(kind):
     def fake(features, *args):
-        weight2 = args[2] if kind == "mlp" else None
+        weight2, bias2 = (args[2], args[3]) if kind == "mlp" else (None, None)
         baselines, labels, benefit = args[-3:]
-        _check(_HEADS[kind], features, args[0], weight2, baselines, labels, benefit)
+        _check(_HEADS[kind], features, args[0], args[1], weight2, bias2, baselines, labels, benefit)
         n, batch = len(features), features[0].shape[0]
         f = features[0]
         return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((4, n), dtype=torch.float32)

@@ -133,7 +133,7 @@ def emu():
 def op_inputs(feats, head, baselines):
     """(kind, head parameters, baselines list) as fastshap.modality_shapley hands them to a kernel."""
     dims = [f.shape[1] for f in feats]
-    spec = _head_spec(head, dims, feats[0].device, None)
+    spec = _head_spec(head, dims, feats[0].device)
     base = _check_baselines(baselines, feats)
     return spec.kind, spec.params, list(base or [])
 
@@ -769,7 +769,7 @@ def _small_gpu_inputs(kind, device="cuda", batch=33, dtype=torch.float32):
             "mlp": lambda: heads.ConcatMLP(dims, 16, classes)}[kind]()
     feats = [torch.randn(batch, d, generator=g).to(device, dtype) for d in dims]
     labels = torch.randint(0, classes, (batch,), generator=g).to(device)
-    spec = _head_spec(head.to(device), dims, feats[0].device, None)
+    spec = _head_spec(head.to(device), dims, feats[0].device)
     return feats, spec.params, labels
 
 

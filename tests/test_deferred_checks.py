@@ -46,7 +46,7 @@ def test_bad_labels_give_nan_rows_then_an_error(backend):
     assert torch.isnan(phi[[1, 4]]).all() and not torch.isnan(phi[[0, 2, 3, 5]]).any()
     good = valid_call()
     _run(good, checks, backend)
-    with pytest.raises(ValueError, match=r"over 2 calls.*2 labels outside \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"over 2 calls.*2 phi rows are NaN \(labels outside \[0, 5\)"):
         checks.raise_if_any()
     checks.raise_if_any()  # the error reset the counters
 
@@ -54,7 +54,8 @@ def test_bad_labels_give_nan_rows_then_an_error(backend):
 @pytest.mark.parametrize(
     "change,match",
     [
-        ({"head": _nan_head}, r"head parameters held NaN or Inf values in 1 calls"),
+        # A NaN first-layer weight makes every row's partial logits (and so phi) NaN.
+        ({"head": _nan_head}, r"\d+ phi rows are NaN.*modality \d's partial logits held NaN or Inf in \d+ rows"),
         (
             {"features": lambda c: [c["features"][0], c["features"][1].index_fill(0, torch.tensor([2, 3]), math.nan)]},
             r"modality 1's partial logits held NaN or Inf in 2 rows",
@@ -121,8 +122,8 @@ def test_deferred_call_does_not_synchronise_on_gpu(backend):
 
 @pytest.mark.parametrize("deferred", [False, True])
 def test_parameters_changed_in_place_are_checked_again(deferred):
-    """Finite parameters are remembered by version (an evaluation pass need not re-read them each call);
-    an in-place change, like an optimizer step, must be checked again."""
+    """Parameters changed in place between calls, like by an optimizer step, are caught on the next call
+    (the kernels see them; test_nonfinite.py has the changes that leave no version bump)."""
     call = valid_call()
     head = call["head"]
     checks = fastshap.DeferredChecks() if deferred else None
@@ -132,7 +133,7 @@ def test_parameters_changed_in_place_are_checked_again(deferred):
         head.weight[0, 0] = math.nan
     if deferred:
         fastshap.modality_shapley(call["features"], head, call["labels"], defer_checks=checks)
-        with pytest.raises(ValueError, match="head parameters held NaN"):
+        with pytest.raises(ValueError, match=f"{BATCH} phi rows are NaN"):
             checks.raise_if_any()
     else:
         with pytest.raises(ValueError, match="head parameters hold NaN"):
@@ -146,7 +147,7 @@ def test_bad_labels_give_nan_rows_on_gpu(backend):
     _, _, _, phi = _gpu_call(backend, valid_call()["labels"].index_fill(0, torch.tensor([1, 4]), CLASSES), checks)
     phi = phi.cpu()
     assert torch.isnan(phi[[1, 4]]).all() and not torch.isnan(phi[[0, 2, 3, 5]]).any()
-    with pytest.raises(ValueError, match=r"2 labels outside \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"2 phi rows are NaN \(labels outside \[0, 5\)"):
         checks.raise_if_any()
 
 
@@ -166,7 +167,7 @@ def test_a_replaced_parameter_is_checked_again():
 def test_checked_gpu_call_synchronises_once_and_rejects_bad_labels(backend):
     import warnings
 
-    feats, head, labels, _ = _gpu_call(backend)  # the first call also checks the head once
+    feats, head, labels, _ = _gpu_call(backend)  # the first call compiles and caches what it needs
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
@@ -195,11 +196,45 @@ def test_reduced_checks_raise_on_every_rank():
         return counts + others
 
     idle = fastshap.DeferredChecks()  # this rank made no call
-    with pytest.raises(ValueError, match="1 labels outside"):
+    with pytest.raises(ValueError, match="1 phi rows are NaN"):
         idle.raise_if_any(reduce=all_reduce, device="cpu")
     busy = fastshap.DeferredChecks()
     _run(valid_call(), busy, "torch")
-    with pytest.raises(ValueError, match="1 labels outside"):
+    with pytest.raises(ValueError, match="1 phi rows are NaN"):
         busy.raise_if_any(reduce=all_reduce)
     clean = fastshap.DeferredChecks()
     clean.raise_if_any(reduce=lambda counts: counts, device="cpu")  # nothing anywhere: no error
+
+
+@pytest.mark.parametrize(
+    "value,error,match",
+    [
+        ("x", TypeError, r"max_modalities\) must be an int .* got str 'x'"),
+        (4.0, TypeError, r"max_modalities\) must be an int .* got float 4.0"),
+        (True, TypeError, r"max_modalities\) must be an int .* got bool True"),
+        (0, ValueError, r"max_modalities\) must be positive, got 0"),
+        (-3, ValueError, r"max_modalities\) must be positive, got -3"),
+    ],
+    ids=["str", "float", "bool", "zero", "negative"],
+)
+def test_max_modalities_must_be_a_positive_int(value, error, match):
+    with pytest.raises(error, match=r"^fastshap: DeferredChecks\(" + match):
+        fastshap.DeferredChecks(value)
+
+
+@pytest.mark.parametrize(
+    "reduce,error,match",
+    [
+        (lambda counts: None, TypeError, r"raise_if_any's reduce returned NoneType; it must return the reduced "
+                                         r"counters, a tensor of shape \(2, 16\) \(torch.distributed.all_reduce"),
+        (lambda counts: counts.tolist(), TypeError, r"raise_if_any's reduce returned list"),
+        (lambda counts: counts.sum(), ValueError,
+         r"raise_if_any's reduce returned a tensor of shape \(\); .* of their shape \(2, 16\)"),
+        ("sum", TypeError, r"raise_if_any\(reduce=\.\.\.\) must be a function, got str"),
+    ],
+    ids=["none", "list", "wrong-shape", "not-callable"],
+)
+def test_what_reduce_returns_is_checked(reduce, error, match):
+    checks = fastshap.DeferredChecks()
+    with pytest.raises(error, match="^fastshap: " + match):
+        checks.raise_if_any(reduce=reduce, device="cpu")

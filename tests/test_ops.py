@@ -259,7 +259,7 @@ def test_out_of_range_labels_give_nan_rows_and_a_count(kind, backend):
     feats = [torch.randn(batch, d, generator=g) for d in dims]
     labels = torch.randint(0, classes, (batch,), generator=g)
     spoiled, bad = spoil_labels(labels, classes)
-    params = _head_spec(head, dims, torch.device("cpu"), None).params
+    params = _head_spec(head, dims, torch.device("cpu")).params
     op = getattr(backends.BACKENDS[backend]._ops(), f"shapley_{kind}")
     assert_bad_labels_counted(op(feats, *params, [], spoiled, "paper"), op(feats, *params, [], labels, "paper"), bad)
 
@@ -353,3 +353,27 @@ def test_ops_say_what_baselines_they_take(baselines, message):
     labels = torch.zeros(5, dtype=torch.long)
     with pytest.raises(ValueError, match=message):
         torch.ops.fastshap.shapley_concat(feats, weight, bias, baselines, labels, "paper")
+
+
+@pytest.mark.parametrize(
+    "kind,spoil,message",
+    [
+        ("concat", {1: torch.zeros(4, dtype=torch.long)}, "the bias must be floating point, got Long"),
+        ("concat", {0: torch.zeros(4, 5, dtype=torch.long)}, "the head weight must be floating point, got Long"),
+        ("decision", {1: torch.zeros(2, 4, dtype=torch.int32)}, "the bias must be floating point, got Int"),
+        ("mlp", {1: torch.zeros(6, dtype=torch.long)}, "bias1 must be floating point"),
+        ("mlp", {3: torch.zeros(4, dtype=torch.bool)}, "bias2 must be floating point"),
+    ],
+    ids=["concat-bias", "concat-weight", "decision-bias", "mlp-bias1", "mlp-bias2"],
+)
+def test_cpu_ops_check_the_parameters_dtype(kind, spoil, message):
+    """Called directly (modality_shapley checks before), the CPU ops take no integer parameters: before, an
+    int64 weight or bias was accepted. (Their device check, check_param, is shared with the CUDA ops, whose
+    GPU tests cover it: a meta tensor here would dispatch to the fake kernel instead.)"""
+    feats, labels = [torch.randn(5, 3), torch.randn(5, 2)], torch.zeros(5, dtype=torch.long)
+    params = {"concat": [torch.randn(4, 5), torch.randn(4)], "decision": [torch.randn(4, 5), torch.randn(2, 4)],
+              "mlp": [torch.randn(6, 5), torch.randn(6), torch.randn(4, 6), torch.randn(4)]}[kind]
+    for i, value in spoil.items():
+        params[i] = value
+    with pytest.raises(ValueError, match=message):
+        getattr(torch.ops.fastshap, f"shapley_{kind}")(feats, *params, [], labels, "paper")

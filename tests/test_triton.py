@@ -397,6 +397,41 @@ def test_refusals_and_argument_errors(device):
         triton_shapley.shapley_concat([], w, b, [], y, "paper")
 
 
+@pytest.mark.parametrize(
+    "kind,position,bad,match",
+    [
+        ("concat", 1, lambda p: p[:1], r"bias must be \(4,\), got \[1\]"),
+        ("concat", 1, lambda p: p.view(1, 4), r"bias must be \(4,\), got \[1, 4\]"),
+        ("decision", 1, lambda p: p[:1], r"decision-fusion bias must be \(n, C\) = \(2, 4\), got \[1, 4\]"),
+        ("decision", 1, lambda p: p[:, :3], r"decision-fusion bias must be \(n, C\) = \(2, 4\), got \[2, 3\]"),
+        ("mlp", 1, lambda p: p[:5], r"bias1 must be \(8,\), got \[5\]"),
+        ("mlp", 2, lambda p: p[:, :2], r"weight2 must be \(C, 8\), got \[4, 2\]"),
+        ("mlp", 2, lambda p: p[0], r"weight2 must be \(C, 8\), got \[8\]"),
+        ("mlp", 3, lambda p: p[:3], r"bias2 must be \(4,\), got \[3\]"),
+    ],
+    ids=["concat-bias", "concat-bias-2d", "decision-bias-rows", "decision-bias-classes", "mlp-bias1", "mlp-weight2",
+         "mlp-weight2-1d", "mlp-bias2"],
+)
+def test_parameter_shapes_are_checked_like_the_compiled_ops(kind, position, bad, match, device):
+    """Every parameter's shape is checked before a launch (the kernels read bias, weight2 and bias2 by the
+    sizes of weight: a short one is read out of bounds), with the compiled ops' rule and message."""
+    g = torch.Generator().manual_seed(3)
+    head = make_head(kind, [3, 2], 4, g, hidden=8)
+    feats = [torch.randn(4, d, generator=g) for d in (3, 2)]
+    labels = torch.zeros(4, dtype=torch.long)
+    params = [p.float() for p in _params(kind, head)]
+    params[position] = bad(params[position])
+    ops = [getattr(triton_shapley, f"shapley_{kind}")]
+    if not str(device).startswith("cuda"):
+        from fastshap import _extension
+
+        if _extension.LOADED:
+            ops.append(getattr(torch.ops.fastshap, f"shapley_{kind}"))  # the same rule on the same CPU tensors
+    for op in ops:
+        with pytest.raises(ValueError, match="^fastshap: " + match):
+            op([f.to(device) for f in feats], *(p.to(device) for p in params), [], labels.to(device), "paper")
+
+
 def test_empty_batch(device):
     head = make_head("mlp", [2, 3], 3, torch.Generator().manual_seed(1), hidden=4)
     feats = [torch.zeros(0, 2, device=device), torch.zeros(0, 3, device=device)]

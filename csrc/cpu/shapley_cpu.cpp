@@ -78,14 +78,24 @@ Tensor count_nonfinite(const Tensor& partials) {
   return counts;
 }
 
-// A label outside [0, C) gives its sample a NaN row (no coalition is evaluated for it) and is counted in
-// stats row 3, as in every backend: the caller decides whether that is an error, without a second pass.
+// A label outside [0, C) gives its sample a NaN row (no coalition is evaluated for it); so does a coalition
+// whose scores (logits, MLP hidden pre-activations) hold a NaN or an Inf: its v(S) is NaN. Stats row 3
+// counts the NaN rows, as in every backend: the caller decides whether that is an error, without a second
+// pass.
 inline bool label_ok(int64_t y, int64_t num_classes) { return y >= 0 && y < num_classes; }
 
-int64_t count_bad_labels(const int64_t* y, int64_t batch, int64_t num_classes) {
-  int64_t bad = 0;
-  for (int64_t b = 0; b < batch; ++b) bad += label_ok(y[b], num_classes) ? 0 : 1;
-  return bad;
+// |x| <= max is false for NaN and Inf; written as a compare (no branch, no libm call) so that loops over it
+// vectorise.
+template <typename T>
+inline bool is_finite(T x) {
+  return std::fabs(x) <= std::numeric_limits<T>::max();
+}
+
+template <typename T>
+inline bool all_finite(const T* x, int64_t K) {
+  bool ok = true;
+  for (int64_t c = 0; c < K; ++c) ok &= is_finite(x[c]);
+  return ok;
 }
 
 void store_nan_row(float* row, int64_t n) {
@@ -132,7 +142,7 @@ struct CoalitionWalk {
   }
 };
 
-// True when `label` is the first maximal index of score[0:K] (torch.argmax semantics).
+// True when `label` is the first maximal index of score[0:K] (torch.argmax semantics; scores finite).
 template <typename T>
 inline bool first_argmax_is(const T* score, int64_t K, int64_t label) {
   const T top = score[label];
@@ -169,13 +179,15 @@ struct ShapleyAccumulator {
 
 enum class Combine { Logits, MeanProbability };
 
-// v(S) from a coalition's score vector.
+// v(S) from a coalition's score vector; NaN when the scores are not all finite.
 template <typename T>
 inline double coalition_value(const T* score, int64_t K, int64_t label, int size, Benefit benefit, Combine combine,
                               int64_t n) {
+  if (benefit == Benefit::Paper && size == 0) return 0.0;  // v(empty) = 0 by definition: never evaluated
+  if (!all_finite(score, K)) return std::numeric_limits<double>::quiet_NaN();
   switch (benefit) {
     case Benefit::Paper:
-      return size == 0 ? 0.0 : (first_argmax_is(score, K, label) ? static_cast<double>(size) : 0.0);
+      return first_argmax_is(score, K, label) ? static_cast<double>(size) : 0.0;
     case Benefit::Accuracy:
       return first_argmax_is(score, K, label) ? 1.0 : 0.0;
     case Benefit::Probability:
@@ -210,13 +222,14 @@ void additive_kernel(const CoalitionWalk<T>& walk, const int64_t* labels, Benefi
   });
 }
 
-// stats (4, n): batch sums of phi, counts of phi < 1, non-finite rows per modality, out-of-range labels.
-std::tuple<Tensor, Tensor> finish(const Tensor& phi, const Tensor& nonfinite, int64_t bad_labels) {
+// stats (4, n): batch sums of phi, counts of phi < 1, non-finite rows per modality, and in column 0 of row 3
+// the NaN rows of phi (labels outside [0, C), non-finite scores).
+std::tuple<Tensor, Tensor> finish(const Tensor& phi, const Tensor& nonfinite) {
   Tensor stats = at::zeros({4, phi.size(1)}, phi.options());
   stats.select(0, 0).copy_(phi.sum(0));
   stats.select(0, 1).copy_(phi.lt(1.0).sum(0));
   stats.select(0, 2).copy_(nonfinite);
-  if (phi.size(1) > 0) stats.select(0, 3).select(0, 0).fill_(static_cast<double>(bad_labels));
+  if (phi.size(1) > 0) stats.select(0, 3).select(0, 0).copy_(phi.isnan().any(1).sum());
   return {phi, stats};
 }
 
@@ -228,7 +241,6 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
   const int64_t K = weight.size(0);
   const auto ct = compute_type(features[0]);
   Tensor y = labels.contiguous();
-  const int64_t bad_labels = count_bad_labels(y.data_ptr<int64_t>(), p.batch, K);
   Tensor phi = at::empty({p.batch, p.n}, features[0].options().dtype(at::kFloat));
   Tensor present = partial_products(features, weight, p, ct);
   Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight, p, ct).contiguous();
@@ -242,6 +254,7 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
     TORCH_CHECK_VALUE(start_or_bias.dim() == 2 && start_or_bias.size(0) == p.n && start_or_bias.size(1) == K,
                       "fastshap: decision-fusion bias must be (n, C) = (", p.n, ", ", K, "), got ",
                       start_or_bias.sizes());
+    check_param(start_or_bias, "the bias", features[0]);
     Tensor bias = start_or_bias.to(ct).unsqueeze(1);
     present = at::softmax(present.add(bias), -1);
     absent = at::softmax((absent.defined() ? absent : at::zeros({p.n, 1, K}, bias.options())).add(bias), -1);
@@ -249,6 +262,7 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
   } else {
     TORCH_CHECK_VALUE(start_or_bias.dim() == 1 && start_or_bias.size(0) == K, "fastshap: bias must be (", K,
                       ",), got ", start_or_bias.sizes());
+    check_param(start_or_bias, "the bias", features[0]);
     start = start_or_bias.to(ct).contiguous();
   }
   present = present.contiguous();
@@ -264,7 +278,7 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
                                  absent.defined() ? absent.data_ptr<scalar_t>() : nullptr};
     additive_kernel(walk, y.data_ptr<int64_t>(), benefit, combine, coef, phi.data_ptr<float>());
   });
-  return finish(phi, nonfinite, bad_labels);
+  return finish(phi, nonfinite);
 }
 
 std::tuple<Tensor, Tensor> shapley_concat_cpu(at::TensorList features, const Tensor& weight, const Tensor& bias,
@@ -299,10 +313,12 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
   const int64_t C = weight2.size(0);
   TORCH_CHECK_VALUE(bias2.dim() == 1 && bias2.size(0) == C, "fastshap: bias2 must be (", C, ",), got ",
                     bias2.sizes());
+  check_param(bias1, "bias1", features[0]);
+  check_param(weight2, "weight2", features[0]);
+  check_param(bias2, "bias2", features[0]);
   const auto ct = compute_type(features[0]);
   Tensor y_t = labels.contiguous();
   const int64_t* y = y_t.data_ptr<int64_t>();
-  const int64_t bad_labels = count_bad_labels(y, p.batch, C);
   Tensor phi = at::empty({p.batch, p.n}, features[0].options().dtype(at::kFloat));
   Tensor present = partial_products(features, weight1, p, ct).contiguous();
   Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight1, p, ct).contiguous();
@@ -333,7 +349,11 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
         for (int64_t j = begin; j < end; ++j) {
           walk.run(c0 + j, scratch.data(), [&](uint32_t mask, int, const scalar_t* pre) {
             scalar_t* row = z + (j * coalitions + mask) * H;
-            for (int64_t h = 0; h < H; ++h) row[h] = pre[h] > scalar_t(0) ? pre[h] : scalar_t(0);
+            // ReLU, except that a NaN/Inf pre-activation goes on as NaN (then the logits and v(S) are NaN).
+            for (int64_t h = 0; h < H; ++h) {
+              row[h] = !is_finite(pre[h]) ? std::numeric_limits<scalar_t>::quiet_NaN()
+                                          : (pre[h] > scalar_t(0) ? pre[h] : scalar_t(0));
+            }
           });
         }
       });
@@ -358,7 +378,7 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
       });
     }
   });
-  return finish(phi, nonfinite, bad_labels);
+  return finish(phi, nonfinite);
 }
 
 }  // namespace

@@ -106,11 +106,7 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
   backend.enter(device);
 
   const int64_t n = ps.n, B = ps.batch, K = weight1.size(0);
-  auto same_device = [&](const Tensor& t, const char* what) {
-    TORCH_CHECK_VALUE(t.device() == device, "fastshap: ", what, " is on ", t.device(), ", features on ", device);
-    TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), "fastshap: ", what, " must be floating point, got ",
-                      t.scalar_type());
-  };
+  auto same_device = [&](const Tensor& t, const char* what) { check_param(t, what, features[0]); };
   pr.K = K;
   pr.C = K;
   if (head == kConcat) {
@@ -132,7 +128,6 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
     same_device(weight2, "weight2");
     same_device(bias2, "bias2");
   }
-  same_device(weight1, "the head weight");
   TORCH_CHECK_VALUE(B == 0 || pr.C >= 1, "fastshap: the head has no classes");
 
   const bool wide = features[0].scalar_type() == at::kDouble;

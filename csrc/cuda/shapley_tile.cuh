@@ -9,7 +9,9 @@
 //   3. the 2^n coalitions of each sample, `rows` (sample, coalition) pairs at a time, row g = s * 2^n + mask:
 //      score(S) = start + sel_0 + ... + sel_{n-1} summed left to right (sel_i = present or absent row of i),
 //      for the MLP head hidden = relu(score) and logits = W2 hidden + b2 by a second tiled GEMM; then
-//      v(S) (first-index argmax / softmax at the label in float64 / mean probability);
+//      v(S) (first-index argmax / softmax at the label in float64 / mean probability), NaN when a score, a
+//      logit or a hidden pre-activation is NaN or Inf (NaN/Inf head parameters, or an overflow), so that
+//      the sample's phi row comes out NaN and is counted in stats row 3;
 //   4. Shapley numerators sum_S v(S) k_i(S) in float64 (exact integers for the discrete benefits), one
 //      thread per (sample, modality) in coalition order, divided by n! once when phi is stored.
 //
@@ -1083,33 +1085,46 @@ FASTSHAP_FN void first_layer_mma(Exec& ex, const Params<float>& p, unsigned char
   }
 }
 
-// v(S) from score(c), c < C (see fastshap/reference.py). Labels outside [0, C) score 0: the Python layer
-// rejects them before any kernel runs, and a device-side check would need a synchronisation.
+// v(S) from score(c), c < C (see fastshap/reference.py); NaN when any score(c) is NaN or Inf (the sample's phi
+// row then comes out NaN). Labels outside [0, C) are not evaluated: their rows are NaN (run_block).
 template <typename T, class Score>
 FASTSHAP_FN double coalition_value(Score&& score, int64_t C, int64_t y, int size, int benefit, bool mean_probability,
                                    int n) {
+  constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
   if (y < 0 || y >= C) return 0.0;
   if (benefit == kProbability) {
-    if (mean_probability) return static_cast<double>(score(y)) / static_cast<double>(n);
-    double top = static_cast<double>(score(0));
-    for (int64_t c = 1; c < C; ++c) {
-      const double v = static_cast<double>(score(c));
-      top = v > top ? v : top;
+    if (mean_probability) {
+      for (int64_t c = 0; c < C; ++c) {
+        if (!is_finite(score(c))) return kNaN;
+      }
+      return static_cast<double>(score(y)) / static_cast<double>(n);
     }
+    const T first = score(0);
+    bool finite = is_finite(first);
+    double top = static_cast<double>(first);
+    for (int64_t c = 1; c < C; ++c) {
+      const T v = score(c);
+      finite &= is_finite(v);
+      top = static_cast<double>(v) > top ? static_cast<double>(v) : top;
+    }
+    if (!finite) return kNaN;
     double total = 0.0;
     for (int64_t c = 0; c < C; ++c) total += ::exp(static_cast<double>(score(c)) - top);
     return ::exp(static_cast<double>(score(y)) - top) / total;
   }
-  // First maximal index; a NaN counts as the largest value (torch.argmax).
+  // First maximal index (all scores finite when it counts).
   T best = score(0);
+  bool finite = is_finite(best);
   int64_t arg = 0;
   for (int64_t c = 1; c < C; ++c) {
     const T v = score(c);
-    if (v > best || (is_nan(v) && !is_nan(best))) {
+    finite &= is_finite(v);
+    if (v > best) {
       best = v;
       arg = c;
     }
   }
+  if (!finite) return kNaN;
   if (arg != y) return 0.0;
   return benefit == kPaper ? static_cast<double>(size) : 1.0;
 }
@@ -1254,7 +1269,9 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
               const uint32_t mask = static_cast<uint32_t>(g) & all;
               T x = start[h];
               for (int m = 0; m < n; ++m) x = x + row_of(m, s, mask)[h];
-              z = x > T(0) ? x : T(0);
+              // ReLU, except that a NaN/Inf pre-activation goes on as NaN: the logits, v(S) and the phi row
+              // come out NaN instead of the ReLU hiding it.
+              z = !is_finite(x) ? std::numeric_limits<T>::quiet_NaN() : (x > T(0) ? x : T(0));
             }
             Hs[rl * pl.h_stride + h] = z;
           }
@@ -1310,8 +1327,8 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
       });
     }
 
-    // phi of pair i = (sample, modality) of the tile. A label outside [0, C) gives a NaN row, counted in
-    // stats row 3, as in the other backends.
+    // phi of pair i = (sample, modality) of the tile. A label outside [0, C) gives a NaN row; so does a NaN
+    // v(S) (non-finite scores). Stats row 3 counts the NaN rows, as in the other backends.
     auto label_ok = [&](int s) {
       const int64_t y = p.labels[(tile0 + s) * p.label_stride];
       return y >= 0 && y < p.C;
@@ -1323,7 +1340,7 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
       for (int i = tid; i < count * n; i += kThreads) p.phi[tile0 * n + i] = phi_of(i);
     });
     // 5. The tile's share of the batch stats: one thread per modality (sum of phi, count of phi < 1), one
-    //    for the labels; one float64 atomic each per tile.
+    //    for the NaN rows; one float64 atomic each per tile.
     ex.each([&](int tid) {
       if (tid < n) {
         double total = 0.0, below_one = 0.0;
@@ -1336,7 +1353,11 @@ FASTSHAP_FN void run_block(Exec& ex, const Params<T>& p, unsigned char* smem, in
         Exec::add(p.stats + n + tid, below_one);
       } else if (tid == kMaxN) {
         double bad = 0.0;
-        for (int s = 0; s < count; ++s) bad += label_ok(s) ? 0.0 : 1.0;
+        for (int s = 0; s < count; ++s) {
+          bool nan_row = !label_ok(s);
+          for (int m = 0; m < n; ++m) nan_row |= is_nan(phi_of(s * n + m));
+          bad += nan_row ? 1.0 : 0.0;
+        }
         if (bad > 0.0) Exec::add(p.stats + 3 * n, bad);
       }
     });
