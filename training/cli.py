@@ -1,7 +1,9 @@
 """``python -m training`` / ``fastshap-train``: train a multimodal model with one of the paper's methods.
 
 Options come from, in increasing precedence: their defaults, ``training/configs/<dataset>.yaml``, each
-``--config FILE``, and the flags below.
+``--config FILE``, and the flags below (``--print-config`` shows the result).
+
+An ``--out`` that already holds a run is refused: ``--resume auto`` continues it, ``--overwrite`` starts over.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ examples:
   python -m training --dataset uci-mfeat --views fou,kar --method sample-level --epochs 30 --out runs/mfeat
   python -m training --method modality-level --part-ratio 0.5 --valuation online --out runs/ml
   python -m training --config my.yaml --resume auto --epochs 60 --out runs/mfeat
+  python -m training --method sample-level --overwrite --out runs/mfeat
   torchrun --nproc_per_node=2 -m training --dataset synthetic --method sample-level --out runs/ddp
   python -m training --list-methods
 """
@@ -23,7 +26,7 @@ _KIND_METAVAR = {"int": "N", "float": "X", "str": "S", "path": "PATH", "str_list
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.config import group_title, options
+    from training.config import dataset_config_keys, group_title, options
 
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -37,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("--list-datasets", action="store_true", help="list the datasets and exit")
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --out that already holds a run: its outputs (checkpoints, metrics, "
+                        "phi tables, plots, TensorBoard events) are deleted first; without it such an --out is "
+                        "refused (use --resume auto to continue the run instead)")
+    per_dataset = dataset_config_keys()  # their defaults are the dataset config file's, where it sets them
     groups = {}
     for name, opt in options().items():
         if not opt.cli:
@@ -48,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         default = opt.default
         if isinstance(default, list):
             default = ",".join(map(str, default)) or "(none)"
+        if name in per_dataset:
+            default = f"the dataset's config, else {default}"
         kwargs = dict(dest=name, default=argparse.SUPPRESS, help=f"{opt.help} (default: {default})".replace("%", "%%"))
         if kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -99,19 +109,40 @@ def main(argv=None) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=True), end="")
         return 0
 
+    from fastshap import BackendError
+    from training.config import RunError
     from training.data.base import DataFileError, DataOptionError
     from training.engine import train
     from training.methods._common import NotApplicable
     from training.outputs import CheckpointError
 
     try:
-        results = train(cfg)
-    except (DataFileError, DataOptionError, CheckpointError, FileNotFoundError, NotApplicable) as exc:
+        results = train(cfg, overwrite=args.overwrite)
+    except (DataFileError, DataOptionError, CheckpointError, FileNotFoundError, NotApplicable, RunError,
+            BackendError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(f"{parser.prog}: error: out of memory ({_first_line(exc)}): lower the sizes in the options "
+              "(batch size, model widths, classes, samples)", file=sys.stderr)
         sys.exit(1)
     if results.get("world_size", 1) == 1 or _is_rank0():
         _summary(cfg, results)
     return 0
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation failed: torch's CPU allocator says so in a plain RuntimeError, CUDA's has its own type."""
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split("DefaultCPUAllocator: ", 1)[-1]  # drop the allocator's "[enforce fail at ...]" prefix
 
 
 def _is_rank0() -> bool:

@@ -19,6 +19,11 @@ Outputs in ``--out``:
     table.png   grouped bars with std error bars
     runs/<setting>/<method>/seed<k>/   each run's metrics.csv, results.json, config.yaml
 
+An --out that already holds a comparison (or any of its runs) is refused unless --overwrite, which replaces
+the table and each run it makes. Datasets, views, methods, config files and --set values are checked before
+the first run starts; a dataset, view list or method given twice is an error (it would count one run as
+two seeds).
+
 The table reports the test accuracy of the last epoch (``--metric final``, the default: no model selection
 on the test set) or the best epoch (``--metric best``, as the authors' code selected).
 """
@@ -80,9 +85,13 @@ def parse_args(argv=None):
                    help="test accuracy of the last epoch (default) or of the best epoch")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="runs in parallel processes (default 1)")
     p.add_argument("--out", default="runs/compare", metavar="DIR", help="output directory (default runs/compare)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a comparison already in --out (its table, and each run this one makes)")
     args = p.parse_args(argv)
     if not args.dataset:
         p.error("give at least one --dataset")
+    args.dataset = [d.strip() for d in args.dataset]
+    _no_repeats(p, "--dataset", args.dataset)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
     if args.jobs < 1:
@@ -90,13 +99,33 @@ def parse_args(argv=None):
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.method_list:
         p.error("--methods is empty")
+    _no_repeats(p, "--methods", args.method_list)
+    args.view_lists = [[v.strip() for v in views.split(",") if v.strip()] for views in args.views]
+    if any(not views for views in args.view_lists):
+        p.error("--views is empty")
+    _no_repeats(p, "--views", [",".join(views) for views in args.view_lists])
     args.overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             p.error(f"--set expects KEY=VALUE, got {item!r}")
-        args.overrides[key.strip().replace("-", "_")] = value.strip()
+        key = key.strip().replace("-", "_")
+        if key in _SET_BY_COMPARE:
+            p.error(f"--set {key}=...: compare sets {key} itself ({_SET_BY_COMPARE[key]})")
+        args.overrides[key] = value.strip()
     return args, p
+
+
+# Options each run gets from compare, which --set would not change: say so rather than ignore it.
+_SET_BY_COMPARE = {"dataset": "use --dataset", "method": "use --methods", "seed": "use --seeds",
+                   "out": "use --out", "resume": "every run starts afresh"}
+
+
+def _no_repeats(parser, flag: str, items: list) -> None:
+    """A repeated item would run the same runs twice (and count them as extra seeds): an error."""
+    repeated = sorted({x for x in items if items.count(x) > 1})
+    if repeated:
+        parser.error(f"{flag} lists {', '.join(map(repr, repeated))} more than once")
 
 
 def setting_label(dataset: str, views) -> str:
@@ -110,7 +139,7 @@ def _slug(text: str) -> str:
 def plan_runs(args) -> list:
     """Every (setting, method, seed) as a dict of what a worker needs."""
     runs = []
-    view_lists = [[v.strip() for v in views.split(",") if v.strip()] for views in args.views] or [[]]
+    view_lists = args.view_lists or [[]]
     for dataset in args.dataset:
         for views in view_lists:
             label = setting_label(dataset, views)
@@ -119,19 +148,16 @@ def plan_runs(args) -> list:
                     out = Path(args.out) / "runs" / _slug(label) / method / f"seed{seed}"
                     runs.append({"setting": label, "dataset": dataset, "views": ",".join(views), "method": method,
                                  "seed": seed, "out": str(out), "config": list(args.config),
-                                 "overrides": dict(args.overrides), "threads": 1 if args.jobs > 1 else 0})
+                                 "overrides": dict(args.overrides), "threads": 1 if args.jobs > 1 else 0,
+                                 "overwrite": args.overwrite})
     return runs
 
 
-def run_one(spec: dict) -> dict:
-    """Train one run; never raises (the status says what happened)."""
-    from training.config import ConfigError, resolve_config
-    from training.engine import train
+def run_config(spec: dict):
+    """The resolved configuration of one planned run (ConfigError if its options are wrong)."""
+    from training.config import resolve_config
     from training.methods import method_class
-    from training.methods._common import NotApplicable
 
-    row = {k: spec.get(k, "") for k in ("setting", "dataset", "views", "method", "seed")}
-    start = time.perf_counter()
     values = dict(spec["overrides"])
     values.update(dataset=spec["dataset"], method=spec["method"], seed=spec["seed"], out=spec["out"],
                   progress=False, tensorboard=False, plots=False, save_phi=False, checkpoint=False)
@@ -139,16 +165,51 @@ def run_one(spec: dict) -> dict:
         values["views"] = spec["views"]
     if spec["threads"] and "threads" not in spec["overrides"]:
         values["threads"] = spec["threads"]
+    if not method_class(spec["method"]).needs_valuation and "valuation" not in spec["overrides"]:
+        values["valuation"] = "none"
+    return resolve_config(values, spec["config"])
+
+
+def check_runs(runs: list) -> None:
+    """Resolve every planned (setting, method) and check its dataset options before any run starts: a
+    mistake stops the comparison at once instead of failing each of its runs. Raises ConfigError or
+    DataOptionError naming the setting and method."""
+    from training.config import ConfigError
+    from training.data import check_dataset_options, dataset_entry
+    from training.data.base import DataOptionError
+
+    for spec in runs:
+        if spec["seed"]:
+            continue  # the seed changes nothing that is checked here
+        where = f"{spec['setting']}, {spec['method']}"
+        if spec["views"] and "views" not in dataset_entry(spec["dataset"]).options:
+            raise ConfigError(f"{where}: dataset {spec['dataset']} has no views (--views is for the multi-view "
+                              "datasets: uci-mfeat, caltech101-20)")
+        try:
+            check_dataset_options(run_config(spec))
+        except (ConfigError, DataOptionError) as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+
+
+def run_one(spec: dict) -> dict:
+    """Train one run; never raises (the status says what happened)."""
+    from fastshap import BackendError
+    from training.config import ConfigError, RunError
+    from training.data.base import DataFileError, DataOptionError
+    from training.engine import train
+    from training.methods._common import NotApplicable
+    from training.outputs import CheckpointError
+
+    row = {k: spec.get(k, "") for k in ("setting", "dataset", "views", "method", "seed")}
+    start = time.perf_counter()
     try:
-        if not method_class(spec["method"]).needs_valuation and "valuation" not in spec["overrides"]:
-            values["valuation"] = "none"
-        cfg = resolve_config(values, spec["config"])
-        results = train(cfg)
+        results = train(run_config(spec), overwrite=spec["overwrite"])
         row.update(status="ok", final_test_acc=results.get("final_test_acc"), best_test_acc=results.get("best_test_acc"),
                    best_epoch=results.get("best_epoch"), epochs=results.get("epochs"), message="")
     except NotApplicable as exc:
         row.update(status="n/a", message=str(exc))
-    except (ConfigError, KeyError) as exc:
+    except (ConfigError, KeyError, RunError, DataOptionError, DataFileError, CheckpointError, BackendError) as exc:
+        # errors whose message says it all: no traceback
         row.update(status="error", message=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the table
         row.update(status="error", message=f"{type(exc).__name__}: {exc}")
@@ -261,12 +322,35 @@ def plot_table(summary: dict, settings: list, methods: list, path, metric: str):
 
 def main(argv=None) -> int:
     args, parser = parse_args(argv)
+    from training.config import ConfigError
+    from training.data import dataset_names
+    from training.data.base import DataOptionError
     from training.methods import method_names
+    from training.outputs import run_work
 
+    unknown = [d for d in args.dataset if d not in dataset_names()]
+    if unknown:
+        parser.error(f"unknown dataset(s) {', '.join(unknown)}; available: {', '.join(dataset_names())}")
     unknown = [m for m in args.method_list if m not in method_names()]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(method_names())}")
     runs = plan_runs(args)
+    try:
+        check_runs(runs)
+    except (ConfigError, DataOptionError) as exc:
+        parser.error(str(exc))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return _fail(parser, f"--out {out} is a file, not a directory")
+    held = [r["out"] for r in runs if run_work(r["out"])]
+    if not args.overwrite and ((out / "runs.csv").exists() or held):
+        what = "a comparison (runs.csv)" if (out / "runs.csv").exists() else f"runs of a comparison ({held[0]}, ...)"
+        return _fail(parser, f"--out {out} already holds {what}: pass --overwrite to replace it, "
+                             "or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(parser, f"--out {out}: cannot create the directory: {exc.strerror or exc}")
     settings = list(dict.fromkeys(r["setting"] for r in runs))
     print(f"{len(runs)} runs: {len(settings)} setting(s) x {len(args.method_list)} method(s) x {args.seeds} seed(s)",
           flush=True)
@@ -295,6 +379,11 @@ def main(argv=None) -> int:
     print(result["markdown"])
     print(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s; table in {os.path.join(args.out, 'table.md')}")
     return 1 if any(r["status"] == "error" for r in rows) else 0
+
+
+def _fail(parser, message: str) -> int:
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

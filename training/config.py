@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -33,6 +35,12 @@ KINDS = ("int", "float", "str", "bool", "str_list", "int_list", "float_list", "d
 
 class ConfigError(ValueError):
     """A configuration value, key or file is wrong; the message names it."""
+
+
+class RunError(RuntimeError):
+    """The run cannot start or go on for a reason the user can act on (its output directory, its device,
+    an option that does not fit the data, a diverged model): the command line reports the message as one
+    error line (exit 1), like a DataOptionError, instead of a traceback."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,38 @@ def _fraction(x):
     return None if 0 < x <= 1 else "must be in (0, 1]"
 
 
+#: Seeds feed torch.manual_seed (at most 2^64 - 1), numpy (non-negative) and DistributedSampler, which adds
+#: the epoch: [0, 2^63 - 1] fits them all with room to spare.
+MAX_SEED = 2**63 - 1
+
+
+def seed_check(x):
+    return None if 0 <= x <= MAX_SEED else "must be in [0, 2^63 - 1]"
+
+
+def _threads(x):
+    # Far more threads than cores only slows torch down, and past the system's limits OpenMP fails to start
+    # them (libgomp "Thread creation failed") or the process crashes.
+    cap = 4 * (os.cpu_count() or 1)
+    return None if 0 <= x <= cap else f"must be in [0, {cap}] (at most 4 x the {os.cpu_count() or 1} CPUs)"
+
+
+def _device(x):
+    if x in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", x):
+        return None
+    return "is not a device: use auto, cpu, cuda or cuda:K (K the GPU number)"
+
+
+def _encoders(value):
+    from training.models.encoders import check_encoder_spec
+
+    for modality, spec in value.items():
+        problem = check_encoder_spec(f"encoders.{modality}", spec)
+        if problem:
+            return problem
+    return None
+
+
 def parse_value(opt: Option, value: Any, where: str) -> Any:
     """Coerce a CLI string or a YAML value to the option's kind; raise ConfigError naming `where`."""
     kind = opt.resolved_kind()
@@ -147,9 +187,12 @@ def parse_value(opt: Option, value: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise bad("a number")
         try:
-            return float(value)
+            out = float(value)
         except (TypeError, ValueError):
             raise bad("a number") from None
+        if not math.isfinite(out):  # no option means anything by inf or nan; both break training
+            raise bad("a finite number")
+        return out
     if kind in ("str", "path"):
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise bad("a string")
@@ -184,6 +227,8 @@ def check_value(opt: Option, value: Any, where: str) -> None:
     if opt.check is not None:
         msg = opt.check(value)
         if msg:
+            if isinstance(value, dict):  # the check's message names the key inside the mapping
+                raise ConfigError(f"{where}: {msg}")
             raise ConfigError(f"{where}: {opt.name} = {value!r} {msg}")
 
 
@@ -197,15 +242,15 @@ register_options(
         Option("data_root", None, "directory holding the dataset's files (dataset-specific default)", kind="path"),
         Option("method", "concat", "training method (see --list-methods)"),
         Option("out", "runs/train", "output directory: config, metrics.csv, plots, checkpoints", kind="path"),
-        Option("seed", 0, "random seed (model init, shuffling, re-sampling draws)"),
+        Option("seed", 0, "random seed (model init, shuffling, re-sampling draws)", check=seed_check),
         Option("epochs", 60, "number of training epochs", check=_positive),
         Option("resume", None, "checkpoint to continue from exactly, or 'auto' for OUT/last.pt", kind="path"),
-        Option("device", "auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:K'"),
+        Option("device", "auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:K'", check=_device),
         Option("deterministic", "auto", "deterministic algorithms: auto (on for CPU runs), on, off",
                choices=("auto", "on", "off")),
         Option("amp", "auto", "mixed precision on GPU: auto (bf16 when supported, else fp16), bf16, fp16, off; "
                "always off on CPU", choices=("auto", "bf16", "fp16", "off")),
-        Option("threads", 0, "torch CPU threads (0: leave torch's default)", check=_non_negative),
+        Option("threads", 0, "torch CPU threads (0: leave torch's default; at most 4 x the CPUs)", check=_threads),
         Option("workers", 0, "DataLoader worker processes", check=_non_negative),
         Option("progress", True, "tqdm progress bars (rank 0, terminals only)"),
         Option("tensorboard", True, "write TensorBoard event files under OUT/tensorboard"),
@@ -230,7 +275,7 @@ register_options(
         Option("lr_gamma", 0.1, "StepLR decay factor", check=_positive),
         Option("grad_clip", 0.0, "clip the gradient norm to this value (0: off)", check=_non_negative),
     ],
-    title="optimisation (SPEC 1.7 defaults)",
+    title="optimisation (defaults: the paper's SGD settings, supp. section 2)",
 )
 
 register_options(
@@ -240,7 +285,7 @@ register_options(
                choices=("auto", "concat", "decision", "mlp")),
         Option("head_hidden", 256, "hidden width of the mlp head", check=_positive),
         Option("encoders", {}, "per-modality encoder overrides, e.g. {audio: {kind: resnet18, channels: 1}}",
-               cli=False),
+               cli=False, check=_encoders),
         Option("feature_dim", 64, "output width of the MLP encoder of feature-vector views", check=_positive),
         Option("mlp_hidden", 128, "hidden width of the MLP encoder", check=_positive),
         Option("mlp_dropout", 0.0, "dropout inside the MLP encoder", check=lambda x: None if 0 <= x < 1 else "must be in [0, 1)"),
@@ -337,10 +382,14 @@ def load_yaml(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): is it a YAML file?") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -355,13 +404,34 @@ def _layer_from_yaml(data: dict, where: str, known: dict) -> tuple:
         if key == "methods":
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: 'methods' must map method names to option mappings")
+            from training.methods import method_names
+
             for method, values in value.items():
+                if method not in method_names():
+                    # A misspelt method's section would never apply: say so instead of ignoring it.
+                    close = difflib.get_close_matches(str(method), method_names(), n=3)
+                    hint = f"did you mean {', '.join(close)}? " if close else ""
+                    raise ConfigError(f"{where}: unknown method {method!r} under methods:; {hint}"
+                                      f"available: {', '.join(method_names())}")
                 if not isinstance(values, dict):
                     raise ConfigError(f"{where}: methods.{method} must be a mapping of option: value")
                 per_method[method] = _parse_mapping(values, f"{where} (methods.{method})", known)
             continue
         base.update(_parse_mapping({key: value}, where, known))
     return base, per_method
+
+
+def dataset_config_keys() -> set:
+    """The options some ``training/configs/<dataset>.yaml`` sets (at its top level or for a method): their
+    default depends on the dataset, which --help must say."""
+    keys = set()
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        for key, value in load_yaml(path).items():
+            if key == "methods" and isinstance(value, dict):
+                keys.update(str(k).replace("-", "_") for values in value.values() for k in (values or {}))
+            elif key != "dataset":  # a dataset's file names its own dataset; it does not pick one
+                keys.add(str(key).replace("-", "_"))
+    return keys
 
 
 def _parse_mapping(values: dict, where: str, known: dict) -> dict:

@@ -40,7 +40,8 @@ def _run(job: dict) -> dict:
     from training.engine import Trainer
 
     cfg = resolve_config(job["values"])
-    trainer = Trainer(cfg)
+    # The demo owns its run directories and re-creates them each time (`make demo` twice must work).
+    trainer = Trainer(cfg, overwrite=True)
     try:
         results = trainer.fit()
     finally:

@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from training.config import RunError
+
 
 @dataclass
 class DistContext:
@@ -39,12 +41,20 @@ class DistContext:
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:  # the config check lets only auto, cpu, cuda and cuda:K through
+        raise RunError(f"--device {name!r} is not a device ({exc}): use auto, cpu, cuda or cuda:K") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"--device {name}: the trainer runs on cpu or cuda only")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name}: no CUDA device is available")
+            raise RunError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+        if device.index >= torch.cuda.device_count():
+            raise RunError(f"--device {name}: there is no {device} (this machine has {torch.cuda.device_count()} "
+                           "CUDA device(s))")
     return device
 
 

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from training import distributed
-from training.config import Config, resume_path
+from training.config import Config, RunError, resume_path
 from training.data import build_dataset, dataset_options
 from training.data.base import Plan, PlanDataset, Subset, keep_bits
 from training.methods import build_method
 from training.metrics import confusion_update, weighted_f1_from_confusion
-from training.outputs import RunOutputs, load_checkpoint, save_checkpoint
+from training.outputs import CheckpointError, RunOutputs, load_checkpoint, prepare_out_dir, save_checkpoint
 from training.valuation import Valuator
 
 # Options that may differ between a run and its resumption without breaking exactness.
@@ -71,12 +71,18 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 class Trainer:
-    """Builds data, model, method and optimiser from a Config; ``fit()`` trains and writes the outputs."""
+    """Builds data, model, method and optimiser from a Config; ``fit()`` trains and writes the outputs.
 
-    def __init__(self, cfg: Config):
+    An ``cfg.out`` that already holds a run is refused unless the run resumes it, or `overwrite` deletes
+    that run's outputs first (:func:`training.outputs.prepare_out_dir`).
+    """
+
+    def __init__(self, cfg: Config, overwrite: bool = False):
         self.cfg = cfg
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
+        # Before anything is built: a refused --out costs nothing, and no file is written before the check.
+        prepare_out_dir(cfg.out, overwrite, resume_path(cfg), write=self.dist.is_main)
         self._configure_runtime()
         seed_all(cfg.seed)
 
@@ -87,7 +93,7 @@ class Trainer:
         self.modalities = tuple(self.train_set.modalities)
         self.n = len(self.modalities)
         if cfg.batch_size % self.dist.world:
-            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {self.dist.world} processes")
+            raise RunError(f"batch_size {cfg.batch_size} must be a multiple of the {self.dist.world} processes")
         self.per_rank_batch = cfg.batch_size // self.dist.world
 
         self.epoch = 0  # the epoch being trained (or the next one)
@@ -272,6 +278,7 @@ class Trainer:
 
             t0 = time.perf_counter()
             row.update(self.train_epoch())
+            self._check_finite(epoch)
             online_s = self.valuator.seconds
             train_s = time.perf_counter() - t0 - online_s
             self.scheduler.step()
@@ -319,6 +326,22 @@ class Trainer:
                 run_plots(cfg.out, self.history, self.modalities, self.last_phi, labels)
         self.outputs.close()
         return results
+
+    def _check_finite(self, epoch: int) -> None:
+        """Stop a diverged run at the end of its epoch, before its checkpoint replaces the last good one."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.core.parameters()]).all()
+        if not bool(finite):  # the same parameters on every rank under DDP: all ranks stop together
+            raise self.diverged(epoch, "the model's parameters hold NaN or Inf values after training "
+                                "(lower --lr, or set --grad-clip)")
+
+    def diverged(self, epoch: int, what: str) -> RunError:
+        """The error that stops a run whose values went non-finite in `epoch`, naming what is kept."""
+        last = self.outputs.dir / "last.pt"
+        if self.cfg.checkpoint and epoch > 0 and last.is_file():
+            kept = f"the last good checkpoint {last} (after epoch {epoch - 1}) is kept"
+        else:
+            kept = "no checkpoint was written"
+        return RunError(f"epoch {epoch}: the model diverged: {what}; {kept}")
 
     def _phi_table(self, values) -> Optional[np.ndarray]:
         if values is None:
@@ -384,15 +407,43 @@ class Trainer:
             "last_phi": torch.from_numpy(self.last_phi) if self.last_phi is not None else None,
             "rng": rng,
             "world_size": self.dist.world,
+            "data": self.data_identity(),
         }
+
+    def data_identity(self) -> dict:
+        """What identifies the data a checkpoint was trained on: a resumed run must have the same."""
+        return {"dataset": self.cfg.dataset, "options": dataset_options(self.cfg),
+                "train_samples": len(self.train_set), "test_samples": len(self.test_set),
+                "modalities": list(self.modalities)}
+
+    def _check_same_data(self, state: dict, path) -> None:
+        # The plan, phi tables and method state index the checkpoint's training set: other data would fail
+        # mid-epoch (an index past the end) or silently train on part of it.
+        here = self.data_identity()
+        old = state.get("data")
+        if old is None:  # a checkpoint from before "data" was saved: its config names the dataset options
+            config = state.get("config") or {}
+            old = {"dataset": config.get("dataset"), "options": {k: config[k] for k in here["options"] if k in config}}
+        diffs = []
+        if old.get("dataset") != here["dataset"]:
+            diffs.append(f"dataset {old.get('dataset')} in the checkpoint, {here['dataset']} here")
+        else:
+            for key, value in here["options"].items():
+                if old.get("options", {}).get(key, value) != value:
+                    diffs.append(f"{key} {old['options'][key]} in the checkpoint, {value} here")
+            for key in ("train_samples", "test_samples", "modalities"):
+                if key in old and old[key] != here[key]:
+                    diffs.append(f"{key.replace('_', ' ')} {old[key]} in the checkpoint, {here[key]} here")
+        if diffs:
+            raise CheckpointError(f"checkpoint {path} was trained on other data than this run's ({'; '.join(diffs)}): "
+                                  "resume with the checkpoint's dataset options, or start a new run")
 
     def load(self, path) -> None:
         state = load_checkpoint(path)
+        self._check_same_data(state, path)
         try:
             self._load_state(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            from training.outputs import CheckpointError
-
             raise CheckpointError(f"checkpoint {path} does not fit this run: {type(exc).__name__}: {exc}") from None
 
     def _load_state(self, state: dict) -> None:
@@ -442,9 +493,9 @@ def _short(dataset, modality: str) -> str:
     return fn(modality) if fn else modality
 
 
-def train(cfg: Config) -> dict:
-    """Train with `cfg` and return results.json's content."""
-    trainer = Trainer(cfg)
+def train(cfg: Config, overwrite: bool = False) -> dict:
+    """Train with `cfg` and return results.json's content (`overwrite`: see :class:`Trainer`)."""
+    trainer = Trainer(cfg, overwrite)
     try:
         return trainer.fit()
     finally:

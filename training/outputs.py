@@ -16,6 +16,7 @@ valued, resampled, train_rows, train_s, valuation_s, epoch_s, eval_s`` and the m
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -28,6 +29,20 @@ import numpy as np
 import torch
 
 CHECKPOINT_FORMAT = "fastshap-training-checkpoint/1"
+
+#: What a run writes in --out, as (folder, glob) pairs (a file's temporary twin ``.<name>.tmp<pid>`` included):
+#: what --overwrite deletes, and nothing else, so that an --out holding other files never loses them.
+_FILES = ("config.yaml", "metrics.csv", "results.json", "last.pt", "best.pt")
+RUN_OUTPUTS = (
+    *(("", name) for name in _FILES),
+    *(("", f".{name}.tmp*") for name in _FILES),
+    ("phi", "epoch_*.npz"),
+    ("phi", ".epoch_*.npz.tmp*"),
+    *(("plots", name) for name in ("phi_mean.png", "phi_hist.png", "accuracy.png")),
+    ("tensorboard", "events.out.tfevents.*"),
+)
+#: The files that mean --out already holds a run's work (a config.yaml alone: a run that never trained).
+_WORK = ("metrics.csv", "results.json", "last.pt", "best.pt")
 
 
 class CheckpointError(RuntimeError):
@@ -45,6 +60,48 @@ def atomic_write_bytes(path, write) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def run_work(out) -> list:
+    """The outputs of a run's work that `out` holds (empty: nothing a new run would lose)."""
+    out = Path(out)
+    found = [name for name in _WORK if (out / name).exists()]
+    return found + (["phi/"] if any((out / "phi").glob("epoch_*.npz")) else [])
+
+
+def prepare_out_dir(out, overwrite: bool = False, resume: Optional[str] = None, write: bool = True) -> None:
+    """Make sure --out can take this run, before anything is built or written.
+
+    A directory that already holds a run is refused unless the run continues it (`resume` is a checkpoint
+    inside it) or `overwrite` is set; then its outputs are deleted first, so that no file of the old run
+    (an old epoch's phi table, an old best.pt) is left among the new ones. `write`: this process writes
+    the outputs (rank 0) and creates or clears the directory; other ranks only check.
+    """
+    from training.config import RunError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a directory")
+    continues = resume is not None and Path(resume).resolve().parent == out.resolve()
+    if overwrite and continues:
+        raise RunError(f"--overwrite would delete {resume}, which --resume continues from: pass only one of them")
+    found = run_work(out)
+    if found and not continues:
+        if not overwrite:
+            raise RunError(f"--out {out} already holds a run ({', '.join(found)}): pass --resume auto to continue it, "
+                           "or --overwrite to delete its outputs and start over (or choose another --out)")
+        if write:
+            for folder, pattern in RUN_OUTPUTS:
+                for path in (out / folder).glob(pattern):
+                    path.unlink()
+            for folder in {folder for folder, _ in RUN_OUTPUTS if folder}:
+                with contextlib.suppress(OSError):  # left in place when it holds other files
+                    (out / folder).rmdir()
+    if write:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a path under a file, no permission, a read-only disk
+            raise RunError(f"--out {out}: cannot create the directory: {exc.strerror or exc}") from None
 
 
 def save_checkpoint(path, state: dict) -> None:

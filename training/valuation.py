@@ -78,7 +78,12 @@ class Valuator:
     def raise_checks(self) -> None:
         """The op's deferred value checks of this pass or epoch, summed over the ranks (all raise together)."""
         t = self.t
-        self.checks.raise_if_any(reduce=lambda counts: distributed.all_reduce_sum(counts, t.dist), device=t.device)
+        try:
+            self.checks.raise_if_any(reduce=lambda counts: distributed.all_reduce_sum(counts, t.dist), device=t.device)
+        except ValueError as exc:  # NaN / Inf features or head weights: the model went non-finite
+            # fastshap's closing advice is for API callers (defer_checks is the trainer's choice): dropped.
+            problems = str(exc).split(". Run the calls without defer_checks")[0]
+            raise t.diverged(t.epoch, f"the valuation's value checks failed ({problems})") from None
 
     # -- epoch mode ---------------------------------------------------------------------------------
     def pass_loader(self, indices: torch.Tensor) -> DataLoader:

@@ -22,7 +22,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from training.config import Option, register_options
+from training.config import Option, register_options, seed_check
 from training.data.base import (  # noqa: F401
     DataFileError,
     DataOptionError,
@@ -41,6 +41,7 @@ class DatasetEntry:
     help: str = ""
     splits: tuple = ("train", "test")
     extra: dict = field(default_factory=dict)
+    check: Optional[Callable] = None  # check(options) raises DataOptionError, without reading any data
 
 
 _DATASETS: dict = {}
@@ -51,7 +52,8 @@ register_options(
     [
         Option("views", [], "feature views to use, by name or number, comma-separated (multi-view datasets; "
                "empty: the dataset's default)"),
-        Option("split_seed", 0, "seed of the fixed train/test split of datasets without an official one"),
+        Option("split_seed", 0, "seed of the fixed train/test split of datasets without an official one",
+               check=seed_check),
         Option("test_ratio", 0.2, "test share of datasets without an official split",
                check=lambda x: None if 0 < x < 1 else "must be in (0, 1)"),
     ],
@@ -60,10 +62,12 @@ register_options(
 
 
 def register_dataset(
-    name: str, *, options: Sequence[Option] = (), uses: Sequence[str] = (), help: str = "", splits=("train", "test")
+    name: str, *, options: Sequence[Option] = (), uses: Sequence[str] = (), help: str = "", splits=("train", "test"),
+    check: Optional[Callable] = None,
 ):
     """Decorator registering a dataset builder, its own options and the shared ones it `uses` (``views``,
-    ``split_seed``, ``test_ratio``)."""
+    ``split_seed``, ``test_ratio``). `check(options)`, when given, raises DataOptionError for options the
+    dataset cannot take, cheaply (no data read), so that a batch of runs can be checked before it starts."""
 
     def deco(builder):
         if name in _DATASETS:
@@ -71,7 +75,7 @@ def register_dataset(
         if options:
             register_options(f"data:{name}", options, title=f"dataset {name}")
         names = tuple(uses) + tuple(o.name for o in options)
-        _DATASETS[name] = DatasetEntry(name, builder, names, help, tuple(splits))
+        _DATASETS[name] = DatasetEntry(name, builder, names, help, tuple(splits), check=check)
         return builder
 
     return deco
@@ -108,6 +112,14 @@ def dataset_options(cfg, name: Optional[str] = None) -> dict:
     """The options of dataset `name` (default cfg.dataset) taken from a Config."""
     entry = dataset_entry(name or cfg.dataset)
     return {k: cfg[k] for k in entry.options}
+
+
+def check_dataset_options(cfg) -> None:
+    """Raise DataOptionError for dataset options of `cfg` its dataset cannot take, when it can tell without
+    reading data (e.g. an unknown view); building the dataset checks the rest."""
+    entry = dataset_entry(cfg.dataset)
+    if entry.check is not None:
+        entry.check(dataset_options(cfg))
 
 
 def _import_all() -> None:

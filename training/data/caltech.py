@@ -152,6 +152,7 @@ class Caltech101_20(FeatureViews):
     "caltech101-20",
     options=OPTIONS,
     uses=("views", "split_seed", "test_ratio"),
+    check=lambda options: parse_views(options["views"]),
     help="Caltech101-20 multi-view features (.mat), 2-6 views, 20 classes, seeded stratified split",
 )
 def build(root, split, augment=False, views=(), split_seed=0, test_ratio=0.2, caltech_file="Caltech101-20.mat"):

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import torch
 
-from training.config import Option
+from training.config import Option, seed_check
 from training.data import register_dataset
 from training.data.base import DataOptionError, MultimodalDataset
 
 KINDS = ("vector", "audio", "visual", "flow", "text")
 _SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
+# torch.manual_seed takes [0, 2^64): the per-sample seeds below wrap into it (smaller ones are unchanged).
+_SEED_RANGE = 2**64
 
 
 def _list_of_positive(xs):
@@ -49,7 +51,7 @@ OPTIONS = [
     Option("syn_noise", 1.0, "noise standard deviation", check=lambda x: None if x >= 0 else "must be >= 0"),
     Option("syn_augment_noise", 0.0, "extra noise std added by the training augmentation",
            check=lambda x: None if x >= 0 else "must be >= 0"),
-    Option("syn_seed", 0, "seed of the data (prototypes and samples), independent of --seed"),
+    Option("syn_seed", 0, "seed of the data (prototypes and samples), independent of --seed", check=seed_check),
 ]
 
 
@@ -104,7 +106,7 @@ class SyntheticMultimodal(MultimodalDataset):
             for key, shape in self.shapes.items()
             if self.kinds[self.modalities.index(key)] != "text"
         }
-        g = torch.Generator().manual_seed(self.seed * 7919 + 101 + self.split_id)
+        g = torch.Generator().manual_seed((self.seed * 7919 + 101 + self.split_id) % _SEED_RANGE)
         self._labels = torch.randint(0, self.num_classes, (samples,), generator=g)
         probs = torch.tensor([float(d) for d in dominance])
         self.informative = torch.multinomial(probs / probs.sum(), samples, replacement=True, generator=g)
@@ -115,7 +117,7 @@ class SyntheticMultimodal(MultimodalDataset):
     def __getitem__(self, i):
         i = int(i)
         y = int(self._labels[i])
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.split_id) * 10_000_019 + i)
+        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.split_id) * 10_000_019 + i) % _SEED_RANGE)
         item = {}
         for m, key in enumerate(self.modalities):
             scale = self.strength[m] * (1.0 if m == int(self.informative[i]) else self.weak)

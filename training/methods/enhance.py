@@ -1,4 +1,4 @@
-"""Enhancement without extra copies (SPEC 1.6, supp. Table 7). Our definitions (the paper publishes none):
+"""Enhancement without extra copies (the paper's supp. Table 7). Our definitions (the paper publishes none):
 
 A sample *marks a modality weak* when its smallest phi is below 1 and some modality has a larger phi;
 its weak modality is the (first) argmin, its *stronger* modalities those with phi above the minimum.

@@ -4,9 +4,9 @@ The loss is a weighted sum over n + 1 heads, the n unimodal outputs and the fuse
 
     loss = sum_k w_k CE(out_k, y),   sum_k w_k = 1
 
-Unimodal outputs are the concat head's per-modality slices plus bias / n (SPEC 2; ``--gb-heads slice``) or
-one extra linear classifier per modality on the shared encoders (``--gb-heads separate``, the paper's
-multi-head set-up; prediction still uses the fused head only).
+Unimodal outputs are the concat head's per-modality slices plus bias / n (as in OGM-GE's and PMR's released
+code; ``--gb-heads slice``) or one extra linear classifier per modality on the shared encoders
+(``--gb-heads separate``, the paper's multi-head set-up; prediction still uses the fused head only).
 
 **Weights** (paper Sec. 3.3): for a head k trained from checkpoint N to N + s, with L^T its loss on training
 data and L^V on held-out data,
@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training import distributed
-from training.config import Option, register_options
+from training.config import Option, RunError, register_options
 from training.data.base import Plan, PlanDataset
 from training.methods import register_method
 from training.methods._common import check_head, eval_loader, random_subset, unimodal_logits
@@ -128,7 +128,8 @@ class GBlending(Method):
         perm = torch.randperm(size, generator=g)
         held = max(1, int(round(float(self.cfg.gb_holdout) * size)))
         if held >= size:
-            raise ValueError(f"g-blending: --gb-holdout {self.cfg.gb_holdout} leaves no training sample of {size}")
+            raise RunError(f"g-blending: --gb-holdout {self.cfg.gb_holdout} holds out all {size} training samples "
+                           f"(none left to train on): lower it")
         self.holdout = perm[:held].sort().values
         keep = perm[held:].sort().values
         self.train_probe = random_subset(keep, held, self.trainer.generator("g-blending-train-probe"))

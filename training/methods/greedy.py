@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from training.config import Option, register_options
+from training.config import Option, RunError, register_options
 from training.methods import register_method
 from training.methods._common import NotApplicable, eval_loader, random_subset, reduce_sum
 from training.methods.base import Method
@@ -201,7 +201,7 @@ class GreedyModel(MultimodalModel):
         shared = [s for s in range(self.slots) if all(s >= o for o in self.offsets)]
         self.mmtm_slots = shared[skip:]
         if not self.mmtm_slots:
-            raise ValueError(f"greedy: --greedy-skip {skip} leaves no MMTM block ({len(shared)} shared boundaries)")
+            raise RunError(f"greedy: --greedy-skip {skip} leaves no MMTM block ({len(shared)} shared boundaries)")
         self.mmtm = nn.ModuleList(
             MMTM(*(st.dims[s - o] for st, o in zip(self.staged, self.offsets)), ratio=ratio) for s in self.mmtm_slots
         )

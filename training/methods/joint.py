@@ -1,4 +1,4 @@
-"""``concat`` and ``decision-fusion`` (SPEC 2): joint training without re-balancing."""
+"""``concat`` and ``decision-fusion`` (the paper's joint-training baselines): joint training without re-balancing."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Per training step, with u_m the modality's unimodal logits (its slice of the con
 features plus bias / n, as in the authors' code) and y the labels:
 
     s_m   = sum over the batch of softmax(u_m)[y]                       (summed over DDP ranks)
-    rho_m = s_m / s_other; for n > 2 the mean over j != m of s_m / s_j  (SPEC 2)
+    rho_m = s_m / s_other; for n > 2 the mean over j != m of s_m / s_j  (ours)
     k_m   = 1 - tanh(alpha * rho_m)   if rho_m > 1, else 1              (paper Eq. 10, released main.py)
 
 The loss is the CE of the fused output. After the backward pass, within epochs ``--ogm-start`` ..

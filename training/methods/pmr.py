@@ -18,11 +18,11 @@ The strongest modality is the argmax of s. Within epochs ``--pmr-start`` .. ``--
 modality gets ``beta_m = alpha`` (``--pmr-form constant``: the released ``main_Prototype_grad.py``, where
 the weaker of two modalities gets ``alpha``) or ``beta_m = alpha * clip(s_max / s_m - 1, 0, 1)``
 (``--pmr-form ratio``: proportional to the imbalance, as in GeWu-Lab's BalanceBenchmark PMR). For n = 2 this
-is the paper's "PCE on the slow-learning modality"; for n > 2 every modality below the strongest gets its
-term (SPEC 2). ``--pmr-mu`` > 0 adds the paper's prototypical entropy regularisation (PER) during the first
-``--pmr-per-epochs`` modulated epochs: ``- mu * sum_m beta_m * H(p^strongest)``, the mean entropy of the
-strongest modality's prototype distribution, which delays its premature convergence (off by default: the
-released main script has no PER).
+is the paper's "PCE on the slow-learning modality"; for n > 2 (our extension: the paper has two modalities)
+every modality below the strongest gets its term. ``--pmr-mu`` > 0 adds the paper's prototypical entropy
+regularisation (PER) during the first ``--pmr-per-epochs`` modulated epochs:
+``- mu * sum_m beta_m * H(p^strongest)``, the mean entropy of the strongest modality's prototype
+distribution, which delays its premature convergence (off by default: the released main script has no PER).
 """
 
 from __future__ import annotations

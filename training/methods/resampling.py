@@ -1,4 +1,4 @@
-"""The paper's re-sampling methods (SPEC 1.4, 1.5) and the fixed-rate variants (supp. Table 6).
+"""The paper's re-sampling methods (sample-level and modality-level) and the fixed-rate variants (supp. Table 6).
 
 All of them train on the original data for the warmup epochs; after every epoch the trainer values the
 samples the method asks for, and from the end of epoch ``warmup - 1`` on the next epoch's plan is the

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.config import Option, register_options
+from training.data.base import DataOptionError
 from training.models.encoders import register_encoder
 
 register_options(
@@ -60,7 +61,12 @@ class SegmentInput(nn.Module):
         return x.flatten(1).float()
 
 
-@register_encoder("segments")
+def _shape(x):
+    ok = isinstance(x, (list, tuple)) and x and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in x)
+    return None if ok else "must be a list of positive integers"
+
+
+@register_encoder("segments", {"shape": _shape})
 def _segments(spec, cfg):
     return SegmentInput(spec["shape"])
 
@@ -130,7 +136,7 @@ def _cfg(cfg, key, default):
 def build_head(cfg, shapes: dict, num_classes: int, kind: str = "auto") -> AVEHead:
     """The AVE head for feature shapes ``{"audio": (T, Da), "visual": (T, R..., Dv)}``."""
     if kind not in ("auto", "concat"):
-        raise ValueError(f"ave: the AVE model fuses by attention and BiLSTMs; the {kind!r} head does not apply "
+        raise DataOptionError(f"ave: the AVE model fuses by attention and BiLSTMs; the {kind!r} head does not apply "
                          f"(use a method with the default head)")
     t, da = shapes["audio"]
     vt, *regions, dv = shapes["visual"]

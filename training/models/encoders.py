@@ -9,7 +9,8 @@
   ids, attention mask and (optionally) token types; pooled output (``--text-pooling``).
 * ``mlp``    Linear-ReLU-(Dropout)-Linear-ReLU for feature-vector views: ``(B, in_dim)``.
 
-A new kind is ``@register_encoder("kind")`` on a ``factory(spec: dict, cfg) -> nn.Module``.
+A new kind is ``@register_encoder("kind", {key: check})`` on a ``factory(spec: dict, cfg) -> nn.Module``; the
+mapping names the spec keys the factory reads (the ``encoders`` option rejects any other key).
 """
 
 from __future__ import annotations
@@ -23,16 +24,81 @@ import torch
 from torch import nn
 
 ENCODERS: dict = {}
+#: kind -> {spec key: check(value) -> error message or None}: the keys its factory reads, so that a
+#: misspelt key in the ``encoders`` option is an error instead of being silently ignored.
+ENCODER_KEYS: dict = {}
 
 
-def register_encoder(kind: str):
+def register_encoder(kind: str, keys: Optional[dict] = None):
+    """Register ``factory(spec, cfg)`` for `kind`; `keys` maps the spec keys it reads (besides ``kind``) to
+    a check of their value (None: any keys are accepted)."""
+
     def deco(factory):
         if kind in ENCODERS:
             raise ValueError(f"encoder kind {kind!r} is registered twice")
         ENCODERS[kind] = factory
+        if keys is not None:
+            ENCODER_KEYS[kind] = dict(keys)
         return factory
 
     return deco
+
+
+def _positive_int(x):
+    return None if isinstance(x, int) and not isinstance(x, bool) and x > 0 else "must be an integer > 0"
+
+
+def _dropout(x):
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1
+    return None if ok else "must be a number in [0, 1)"
+
+
+def _string(x):
+    return None if isinstance(x, str) and x else "must be a non-empty string"
+
+
+def _optional_path(x):
+    return None if x is None else _string(x)
+
+
+def _pooling(x):
+    return None if x in ("pooler", "mean", "cls") else "must be pooler, mean or cls"
+
+
+def _flag(x):
+    return None if isinstance(x, bool) else "must be true or false"
+
+
+def check_encoder_spec(where: str, spec) -> Optional[str]:
+    """What is wrong with an encoder spec or override (a message naming `where`), or None.
+
+    `spec` is a kind name or a mapping of spec keys; without ``kind`` (an override of the dataset's
+    default kind) its keys are checked against every kind's, the full spec again when the model is built."""
+    if isinstance(spec, str):
+        spec = {"kind": spec}
+    if not isinstance(spec, dict):
+        return (f"{where} must be an encoder kind or a mapping such as {{kind: mlp, hidden: 256}}, "
+                f"got {spec!r}")
+    kind = spec.get("kind")
+    if kind is not None and kind not in ENCODERS:
+        return f"{where}: unknown encoder kind {kind!r}; available: {', '.join(sorted(ENCODERS))}"
+    if kind is not None and kind not in ENCODER_KEYS:
+        return None  # a kind registered without its keys: nothing to check
+    kinds = [kind] if kind is not None else list(ENCODER_KEYS)
+    valid = {}
+    for k in kinds:
+        valid.update(ENCODER_KEYS[k])
+    for key, value in spec.items():
+        if key == "kind":
+            continue
+        if key not in valid:
+            what = f"kind {kind!r}" if kind is not None else "any encoder kind"
+            return (f"{where}: unknown key {key!r} for {what}; valid keys: "
+                    f"{', '.join(['kind', *sorted(valid)])}")
+        problem = valid[key](value)
+        if problem:
+            return f"{where}.{key} = {value!r} {problem}"
+    return None
 
 
 def build_encoder(spec: dict, cfg) -> nn.Module:
@@ -73,7 +139,8 @@ class MLPEncoder(nn.Module):
         return self.net(x.flatten(1).float() if not x.is_floating_point() else x.flatten(1))
 
 
-@register_encoder("mlp")
+@register_encoder("mlp", {"in_dim": _positive_int, "hidden": _positive_int, "out_dim": _positive_int,
+                          "dropout": _dropout})
 def _mlp(spec, cfg):
     return MLPEncoder(
         int(spec["in_dim"]),
@@ -123,6 +190,9 @@ def resnet18_backbone(in_channels: int, pretrained: Optional[str] = None) -> nn.
     return net
 
 
+_RESNET_KEYS = {"channels": _positive_int, "pretrained": _optional_path}
+
+
 class ResNetEncoder(nn.Module):
     """ResNet-18 over a map (B, C, H, W) or frames (B, T, C, H, W) folded into the batch, mean over T."""
 
@@ -143,22 +213,22 @@ class ResNetEncoder(nn.Module):
         return self.net(x.flatten(0, 1)).view(b, t, -1).mean(1)
 
 
-@register_encoder("audio")
+@register_encoder("audio", _RESNET_KEYS)
 def _audio(spec, cfg):
     return ResNetEncoder(int(spec.get("channels", 1)), spec.get("pretrained"))
 
 
-@register_encoder("visual")
+@register_encoder("visual", _RESNET_KEYS)
 def _visual(spec, cfg):
     return ResNetEncoder(int(spec.get("channels", 3)), spec.get("pretrained", _get(cfg, "pretrained", None)))
 
 
-@register_encoder("flow")
+@register_encoder("flow", _RESNET_KEYS)
 def _flow(spec, cfg):
     return ResNetEncoder(int(spec.get("channels", 2)), spec.get("pretrained", _get(cfg, "pretrained", None)))
 
 
-@register_encoder("resnet18")
+@register_encoder("resnet18", _RESNET_KEYS)
 def _resnet(spec, cfg):
     return ResNetEncoder(int(spec.get("channels", 3)), spec.get("pretrained"))
 
@@ -238,7 +308,7 @@ class TextEncoder(nn.Module):
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-@register_encoder("text")
+@register_encoder("text", {"path": _optional_path, "pooling": _pooling, "freeze": _flag})
 def _text(spec, cfg):
     return TextEncoder(
         spec.get("path", _get(cfg, "text_model", None)),

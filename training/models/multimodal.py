@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from fastshap import heads
-from training.models.encoders import build_encoder
+from training.data.base import DataOptionError
+from training.models.encoders import build_encoder, check_encoder_spec
 
 
 class ModelOutput(NamedTuple):
@@ -81,13 +82,21 @@ def build_model(cfg, dataset, head: str, removal: Optional[str] = None) -> Multi
     overrides = dict(cfg["encoders"] or {}) if cfg is not None else {}
     unknown = set(overrides) - set(dataset.modalities)
     if unknown:
-        raise ValueError(f"encoders: {', '.join(sorted(unknown))} are not modalities of this dataset "
-                         f"({', '.join(dataset.modalities)})")
+        # The modalities are known only now (the config check cannot tell): a user error, not a traceback.
+        raise DataOptionError(f"encoders: unknown modality {', '.join(sorted(map(repr, unknown)))}; this dataset's "
+                              f"modalities: {', '.join(dataset.modalities)}")
     encoders, kinds = {}, {}
     for m in dataset.modalities:
         spec = dict(dataset.encoder_spec(m))
-        extra = overrides.get(m, {})
-        spec.update({"kind": extra} if isinstance(extra, str) else dict(extra))
+        if m in overrides:
+            extra = overrides[m]
+            problem = check_encoder_spec(f"encoders.{m}", extra)
+            if problem is None and isinstance(extra, dict) and "kind" not in extra:
+                # Without a kind the override keeps the dataset's: its keys must suit that kind.
+                problem = check_encoder_spec(f"encoders.{m}", {**extra, "kind": spec["kind"]})
+            if problem:
+                raise DataOptionError(problem)
+            spec.update({"kind": extra} if isinstance(extra, str) else extra)
         encoders[m] = build_encoder(spec, cfg)
         kinds[m] = spec["kind"]
     dims = [encoders[m].out_dim for m in dataset.modalities]

@@ -1,4 +1,4 @@
-"""From raw media to the arrays and frame folders the dataset loaders read (SPEC section 3).
+"""From raw media to the arrays and frame folders the dataset loaders read.
 
 * audio (:mod:`training.preprocess.audio`, SciPy): wav -> ``(1024, 128)`` log-mel for Kinetics-Sounds and
   MELD (:func:`ks_logmel`); wav -> ``(257, 1003)`` log spectrogram for MM-Debiased (:func:`mmd_spectrogram`).

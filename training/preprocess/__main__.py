@@ -12,6 +12,7 @@ unless --overwrite. A file that fails is reported and the others go on; the exit
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,26 @@ def _inputs(paths, extensions) -> list:
     return out
 
 
+def _positive(convert, expected: str):
+    """An argparse type: `convert(text)`, which must be finite and > 0 (0 frames writes an empty array, 0 jobs
+    cannot convert anything, 0 fps samples nothing)."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _positive(int, "an integer")
+_positive_float = _positive(float, "a number")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.preprocess", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
@@ -41,25 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("inputs", nargs="+", help="files or folders")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
-        p.add_argument("--jobs", type=int, default=1, help="files converted in parallel")
+        p.add_argument("--jobs", type=_positive_int, default=1, help="files converted in parallel")
         if name in ("logmel", "spectrogram"):
-            p.add_argument("--frames", type=int, default=1024 if name == "logmel" else 1003,
+            p.add_argument("--frames", type=_positive_int, default=1024 if name == "logmel" else 1003,
                            help="time frames after padding / cropping")
         if name in ("frames", "audio"):
             p.add_argument("--ffmpeg", default=None, help="ffmpeg executable (default: $FFMPEG or ffmpeg on PATH)")
         if name == "frames":
-            p.add_argument("--fps", type=float, default=1.0, help="frames per second")
+            p.add_argument("--fps", type=_positive_float, default=1.0, help="frames per second")
         if name == "audio":
-            p.add_argument("--rate", type=int, default=16000, help="sample rate of the wav files")
+            p.add_argument("--rate", type=_positive_int, default=16000, help="sample rate of the wav files")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from training.preprocess import audio, video
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a path under a file, no permission
+        parser.error(f"--out {out}: cannot create the directory: {exc.strerror or exc}")
     if args.command in ("frames", "audio"):
         try:
             video.find_ffmpeg(args.ffmpeg)
@@ -90,7 +117,7 @@ def main(argv=None) -> int:
         return dst
 
     failed = 0
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    with ThreadPoolExecutor(args.jobs) as pool:
         futures = [(src, pool.submit(convert, src)) for src in files]
         for src, fut in futures:
             try:

@@ -1,0 +1,327 @@
+"""Bad input to the trainer's command lines ends in one clear error line and a non-zero exit, never a
+traceback, a crash or silently lost work: python -m training, training.compare and training.preprocess."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.cli import build_parser, main
+from training.compare import main as compare_main
+from training.config import ConfigError, options, resolve_config
+from training.outputs import read_metrics
+from training.preprocess.__main__ import main as preprocess_main
+
+# A synthetic run of a second or two: 32 training samples, one batch per epoch (synthetic.yaml: batch 32).
+TINY = ["--dataset", "synthetic", "--syn-samples", "32", "--syn-test-samples", "16", "--threads", "1",
+        "--no-progress", "--no-tensorboard", "--no-plots", "--device", "cpu"]
+COMPARE_TINY = ["--seeds", "1", "--set", "epochs=1", "--set", "syn_samples=32", "--set", "syn_test_samples=16"]
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+
+
+def fails(run, args, capsys, code=1) -> str:
+    """Run a command line that must fail with exit `code`; return its stderr (checked to hold no traceback)."""
+    with pytest.raises(SystemExit) as exc:
+        result = run(args)
+        raise SystemExit(result)  # compare and preprocess return their status
+    err = capsys.readouterr().err
+    assert exc.value.code == code, err
+    assert "Traceback" not in err
+    return err
+
+
+def train_cli(args):
+    return main([*TINY, *args])
+
+
+# ------------------------------------------------------------------------------------------------------
+# 1, 9: training.compare checks its lists before the first run
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "synthetic", "--methods", "concat,concat"], "--methods lists 'concat' more than once"),
+    (["--dataset", "synthetic", "--dataset", "synthetic"], "--dataset lists 'synthetic' more than once"),
+    (["--dataset", "uci-mfeat", "--views", "fou,mor", "--views", "fou, mor"], "--views lists 'fou,mor' more than once"),
+    (["--dataset", "nope"], "unknown dataset(s) nope; available: "),
+    (["--dataset", "uci-mfeat", "--views", "fou,xyz"], "uci-mfeat (fou+xyz), concat: uci-mfeat: unknown view 'xyz'"),
+    (["--dataset", "synthetic", "--views", "a,b"], "dataset synthetic has no views"),
+    (["--dataset", "synthetic", "--set", "lr=-1"], "synthetic, concat: command line: lr = -1.0 must be > 0"),
+    (["--dataset", "synthetic", "--set", "no_such_option=1"], "unknown option 'no_such_option'"),
+    (["--dataset", "synthetic", "--set", "seed=3"], "compare sets seed itself (use --seeds)"),
+])
+def test_compare_rejects_repeats_and_bad_lists_before_running(args, message, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    methods = [] if "--methods" in args else ["--methods", "concat"]
+    err = fails(compare_main, [*args, *methods, *COMPARE_TINY, "--out", str(out)], capsys, code=2)
+    assert message in err
+    assert not out.exists()  # nothing ran
+
+
+def test_compare_refuses_to_overwrite_a_comparison_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["--dataset", "synthetic", "--methods", "concat", *COMPARE_TINY, "--out", str(out)]
+    assert compare_main(args) == 0
+    before = (out / "runs.csv").read_text()
+    err = fails(compare_main, args, capsys)
+    assert "already holds a comparison (runs.csv): pass --overwrite" in err
+    assert (out / "runs.csv").read_text() == before
+    assert compare_main([*args, "--overwrite"]) == 0
+    assert "ok" in (out / "runs.csv").read_text()
+
+
+def test_compare_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    for out, message in ((tmp_path / "f", "is a file, not a directory"),
+                         (tmp_path / "f" / "sub", "cannot create the directory")):
+        err = fails(compare_main, ["--dataset", "synthetic", "--methods", "concat", *COMPARE_TINY, "--out", str(out)],
+                    capsys)
+        assert f"--out {out}" in err and message in err
+
+
+# ------------------------------------------------------------------------------------------------------
+# 2: an --out that holds a run is not silently overwritten
+
+
+def test_rerun_into_a_run_needs_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_cli(["--method", "sample-level", "--epochs", "2", "--out", str(out)]) == 0
+    last = (out / "last.pt").read_bytes()
+    err = fails(train_cli, ["--method", "sample-level", "--epochs", "1", "--out", str(out)], capsys)
+    assert f"--out {out} already holds a run" in err and "--resume auto" in err and "--overwrite" in err
+    assert (out / "last.pt").read_bytes() == last and len(read_metrics(out / "metrics.csv")) == 2
+
+    err = fails(train_cli, ["--epochs", "3", "--resume", "auto", "--overwrite", "--out", str(out)], capsys)
+    assert "pass only one of them" in err
+
+    (out / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it
+    assert train_cli(["--method", "sample-level", "--epochs", "1", "--overwrite", "--out", str(out)]) == 0
+    assert len(read_metrics(out / "metrics.csv")) == 1
+    assert sorted(p.name for p in (out / "phi").iterdir()) == ["epoch_000.npz"]  # epoch 1's table is gone
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert (out / "notes.txt").read_text() == "mine"
+    capsys.readouterr()
+    assert train_cli(["--method", "sample-level", "--epochs", "2", "--resume", "auto", "--out", str(out)]) == 0
+
+
+def test_overwrite_flag_is_documented(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite start over in an --out that already holds a run" in text
+
+
+# ------------------------------------------------------------------------------------------------------
+# 3, 6, 7: option values checked up front
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "inf"], "lr expects a finite number, got 'inf'"),
+    (["--lr", "nan"], "lr expects a finite number, got 'nan'"),
+    (["--weight-decay", "inf"], "weight_decay expects a finite number, got 'inf'"),
+    (["--momentum=-inf"], "momentum expects a finite number"),
+    (["--syn-strength", "1,inf"], "syn_strength expects a finite number"),
+    (["--threads", "100000"], "threads = 100000 must be in [0, "),
+    (["--threads", "20000"], "(at most 4 x the "),
+    (["--device", "tpu"], "device = 'tpu' is not a device: use auto, cpu, cuda or cuda:K"),
+    (["--device", ""], "device = '' is not a device"),
+    (["--device", "meta"], "device = 'meta' is not a device"),
+    (["--device", "cuda:abc"], "device = 'cuda:abc' is not a device"),
+    (["--seed", "99999999999999999999999"], "seed = 99999999999999999999999 must be in [0, 2^63 - 1]"),
+    (["--seed", "-1"], "seed = -1 must be in [0, 2^63 - 1]"),
+    (["--syn-seed", str(2**64)], "syn_seed = 18446744073709551616 must be in [0, 2^63 - 1]"),
+])
+def test_bad_option_values_are_rejected_up_front(args, message, tmp_path, capsys):
+    err = fails(train_cli, [*args, "--out", str(tmp_path / "o")], capsys, code=2)
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_largest_seeds_run(tmp_path):
+    big = str(2**63 - 1)
+    assert train_cli(["--epochs", "1", "--seed", big, "--syn-seed", big, "--split-seed", big,
+                      "--out", str(tmp_path / "o")]) == 0
+
+
+@no_cuda
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cuda"], "--device cuda: no CUDA device is available"),
+    (["--device", "cuda:1"], "--device cuda:1: no CUDA device is available"),
+    (["--backend", "cuda"], "fastshap: backend 'cuda' cannot run this call"),
+])
+def test_no_gpu_is_an_error_line(args, message, tmp_path, capsys):
+    err = fails(train_cli, ["--epochs", "1", "--method", "sample-level", *args, "--out", str(tmp_path / "o")], capsys)
+    assert message in err
+
+
+def test_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    err = fails(train_cli, ["--epochs", "1", "--out", str(tmp_path / "f")], capsys)
+    assert f"--out {tmp_path / 'f'} is a file, not a directory" in err
+    err = fails(train_cli, ["--epochs", "1", "--out", str(tmp_path / "f" / "sub")], capsys)
+    assert f"--out {tmp_path / 'f' / 'sub'}: cannot create the directory" in err
+
+
+def test_binary_config_file(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfe\x00\x81 not text")
+    err = fails(train_cli, ["--config", str(path), "--out", str(tmp_path / "o")], capsys, code=2)
+    assert f"config file {path} is not UTF-8 text" in err
+
+
+def test_gb_holdout_that_leaves_nothing_to_train(tmp_path, capsys):
+    err = fails(train_cli, ["--method", "g-blending", "--gb-holdout", "0.99", "--out", str(tmp_path / "o")], capsys)
+    assert "g-blending: --gb-holdout 0.99 holds out all 32 training samples" in err
+
+
+@pytest.mark.parametrize("args", [["--syn-classes", str(10**14)], ["--head", "mlp", "--head-hidden", str(10**14)]])
+def test_allocation_failure_is_an_error_line(args, tmp_path, capsys):
+    # 10^14 rows: petabytes, more than any address space, so the allocation fails at once everywhere.
+    err = fails(train_cli, ["--epochs", "1", *args, "--out", str(tmp_path / "o")], capsys)
+    assert "error: out of memory (can't allocate memory" in err and "lower the sizes in the options" in err
+
+
+def test_diverged_run_stops_at_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "o"
+    # lr 1e30: epoch 0's one step leaves huge finite weights, epoch 1's step makes them NaN.
+    err = fails(train_cli, ["--epochs", "3", "--optimizer", "sgd", "--lr", "1e30", "--valuation", "none",
+                            "--out", str(out)], capsys)
+    assert err.count("\n") == 1
+    assert "error: epoch 1: the model diverged: the model's parameters hold NaN or Inf values" in err
+    assert f"the last good checkpoint {out / 'last.pt'} (after epoch 0) is kept" in err
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert len(read_metrics(out / "metrics.csv")) == 1
+
+
+def test_diverged_valuation_names_the_epoch(tmp_path, capsys):
+    # The huge weights of epoch 0 overflow the features the valuation sees: fastshap's deferred checks.
+    err = fails(train_cli, ["--epochs", "2", "--method", "sample-level", "--optimizer", "sgd", "--lr", "1e30",
+                            "--out", str(tmp_path / "o")], capsys)
+    assert err.count("\n") == 1
+    assert "error: epoch 0: the model diverged: the valuation's value checks failed (fastshap:" in err
+    assert "NaN or Inf" in err and "no checkpoint was written" in err
+
+
+# ------------------------------------------------------------------------------------------------------
+# 4: training.preprocess
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--frames", "0"], "argument --frames: must be > 0 and finite, got 0"),
+    (["--frames", "-5"], "argument --frames: must be > 0 and finite, got -5"),
+    (["--jobs", "0"], "argument --jobs: must be > 0 and finite, got 0"),
+    (["--jobs", "-1"], "argument --jobs: must be > 0 and finite, got -1"),
+])
+def test_preprocess_counts_must_be_positive(args, message, tmp_path, capsys):
+    import numpy as np
+    from scipy.io import wavfile
+
+    wav = tmp_path / "x.wav"  # a real input: only the option is wrong
+    wavfile.write(wav, 16000, (np.sin(np.arange(16000) / 10) * 8000).astype(np.int16))
+    err = fails(preprocess_main, ["logmel", str(wav), "--out", str(tmp_path / "d"), *args], capsys, code=2)
+    assert message in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_preprocess_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    err = fails(preprocess_main, ["logmel", str(tmp_path / "x.wav"), "--out", str(tmp_path / "f")], capsys, code=2)
+    assert "is a file, not a directory" in err
+    err = fails(preprocess_main, ["logmel", str(tmp_path / "x.wav"), "--out", str(tmp_path / "f" / "d")], capsys,
+                code=2)
+    assert "cannot create the directory" in err
+
+
+# ------------------------------------------------------------------------------------------------------
+# 5: config files: a misspelt method section, the encoders mapping
+
+
+def test_unknown_method_section_in_a_config_file(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("methods:\n  sample-levle: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"unknown method 'sample-levle' under methods:; did you mean sample-level\?"):
+        resolve_config({"dataset": "synthetic"}, [path])
+    err = fails(train_cli, ["--config", str(path), "--out", str(tmp_path / "o")], capsys, code=2)
+    assert "available: agm, concat" in err
+
+
+@pytest.mark.parametrize("encoders, code, message", [
+    ("{view0: {kind: mlp, bogus: 1}}", 2,
+     "encoders.view0: unknown key 'bogus' for kind 'mlp'; valid keys: kind, dropout, hidden, in_dim, out_dim"),
+    ("{view0: {kind: nope}}", 2, "encoders.view0: unknown encoder kind 'nope'; available: audio, flow, mlp"),
+    ("{view0: 3}", 2, "encoders.view0 must be an encoder kind or a mapping"),
+    ("{view0: {hidden: -3}}", 2, "encoders.view0.hidden = -3 must be an integer > 0"),
+    ("{view0: {dropout: 1.5}}", 2, "encoders.view0.dropout = 1.5 must be a number in [0, 1)"),
+    ("{view7: mlp}", 1, "encoders: unknown modality 'view7'; this dataset's modalities: view0, view1"),
+    ("{view0: {channels: 2}}", 1, "encoders.view0: unknown key 'channels' for kind 'mlp'"),
+])
+def test_bad_encoders_mapping(encoders, code, message, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"encoders: {encoders}\n")
+    err = fails(train_cli, ["--epochs", "1", "--config", str(path), "--out", str(tmp_path / "o")], capsys, code=code)
+    assert message in err
+
+
+def test_good_encoders_mapping_applies(tmp_path):
+    from training.engine import Trainer
+    from training.testing import tiny_config
+
+    t = Trainer(tiny_config(tmp_path, encoders={"view0": {"hidden": 8, "out_dim": 4}, "view1": "mlp"}))
+    assert t.core.encoders["view0"].out_dim == 4 and t.core.encoders["view0"].net[0].out_features == 8
+    t.close()
+
+
+# ------------------------------------------------------------------------------------------------------
+# 8: resuming on other data
+
+
+def test_resume_on_other_data_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_cli(["--epochs", "1", "--method", "sample-level", "--out", str(out)]) == 0
+    for samples in ("16", "64"):
+        err = fails(train_cli, ["--epochs", "2", "--method", "sample-level", "--syn-samples", samples,
+                                "--resume", "auto", "--out", str(out)], capsys)
+        assert f"checkpoint {out / 'last.pt'} was trained on other data than this run's" in err
+        assert f"syn_samples 32 in the checkpoint, {samples} here" in err
+        assert f"train samples 32 in the checkpoint, {samples} here" in err
+    err = fails(train_cli, ["--epochs", "2", "--dataset", "uci-mfeat", "--resume", "auto", "--out", str(out)], capsys)
+    assert "dataset synthetic in the checkpoint, uci-mfeat here" in err
+    # a checkpoint written before the data identity was saved: its config still tells
+    state = torch.load(out / "last.pt", weights_only=True)
+    del state["data"]
+    torch.save(state, out / "last.pt")
+    err = fails(train_cli, ["--epochs", "2", "--syn-samples", "16", "--resume", "auto", "--out", str(out)], capsys)
+    assert "syn_samples 32 in the checkpoint, 16 here" in err
+
+
+# ------------------------------------------------------------------------------------------------------
+# 10, 11: the help says where defaults come from; no reference to a document that is not shipped
+
+
+def test_help_defaults_say_when_the_dataset_config_sets_them():
+    from training.config import dataset_config_keys
+
+    helps = {a.dest: " ".join(a.help.split()) for a in build_parser()._actions if a.help}
+    per_dataset = dataset_config_keys()
+    assert {"epochs", "optimizer", "lr", "batch_size"} <= per_dataset
+    for name, opt in options().items():
+        if not opt.cli:
+            continue
+        if name in per_dataset:
+            assert "(default: the dataset's config, else " in helps[name], name
+        else:
+            assert "the dataset's config" not in helps[name], name
+    assert helps["epochs"].endswith("(default: the dataset's config, else 60)")
+    assert helps["optimizer"].endswith("(default: the dataset's config, else sgd)")
+    assert helps["seed"].endswith("(default: 0)")
+    # what the help claims is what a run gets: uci-mfeat (the default dataset) sets 30 epochs and Adam
+    cfg = resolve_config({})
+    assert (cfg.dataset, cfg.epochs, cfg.optimizer) == ("uci-mfeat", 30, "adam")
+
+
+def test_no_reference_to_the_unshipped_spec():
+    root = Path(__file__).resolve().parent.parent / "training"
+    hits = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*")) if p.suffix in (".py", ".yaml")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if "SPEC" in line]
+    assert not hits, hits
