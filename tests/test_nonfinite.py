@@ -176,3 +176,20 @@ def test_the_paper_benefit_never_evaluates_the_empty_coalition(backend, emulatio
     assert not torch.isnan(phi).any() and stats[3, 0] == 0, phi
     phi, stats = run_op(backend, feats, head, labels, baselines, "accuracy", emulation)
     assert torch.isnan(phi).all() and stats[3, 0] == 3, phi
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("benefit", fastshap.BENEFITS)
+@pytest.mark.parametrize("backend", ["torch", "cuda", "triton"])
+def test_gpu_kernels_give_the_same_nan_rows(backend, benefit):
+    """The compiled GPU kernels (not their emulation or the interpreter): spoiled parameters and overflowing
+    scores give the NaN rows and counts the CPU backends give."""
+    cases = [(spoiled_head(name), *make_call()) for name in sorted(SPOILED)]
+    for kind in ("concat", "mlp"):
+        feats, head, labels = _overflow_call(kind)
+        cases.append((head, feats, labels))
+    for head, feats, labels in cases:
+        want_phi, want_stats = run_op("cpp", feats, head, labels, benefit=benefit)
+        phi, stats = run_op(backend, [f.cuda() for f in feats], head.cuda(), labels.cuda(), benefit=benefit)
+        assert torch.equal(torch.isnan(phi.cpu()), torch.isnan(want_phi)), (backend, benefit, phi)
+        assert stats[3].cpu().tolist() == want_stats[3].tolist()
