@@ -123,6 +123,9 @@ def test_overwrite_flag_is_documented(capsys):
     (["--syn-strength", "1,inf"], "syn_strength expects a finite number"),
     (["--threads", "100000"], "threads = 100000 must be in [0, "),
     (["--threads", "20000"], "(at most 4 x the "),
+    (["--workers", "100000"], "workers = 100000 must be in [0, "),
+    (["--workers", "20000"], "(at most 4 x the "),
+    (["--workers", "-1"], "workers = -1 must be in [0, "),
     (["--device", "tpu"], "device = 'tpu' is not a device: use auto, cpu, cuda or cuda:K"),
     (["--device", ""], "device = '' is not a device"),
     (["--device", "meta"], "device = 'meta' is not a device"),
@@ -325,3 +328,91 @@ def test_no_reference_to_the_unshipped_spec():
     hits = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*")) if p.suffix in (".py", ".yaml")
             for i, line in enumerate(p.read_text().splitlines(), 1) if "SPEC" in line]
     assert not hits, hits
+
+
+# ------------------------------------------------------------------------------------------------------
+# 12: --views for a dataset that has none is refused by python -m training as by training.compare
+
+
+def test_views_for_a_dataset_without_views(tmp_path, capsys):
+    err = fails(train_cli, ["--views", "fou,mor", "--out", str(tmp_path / "o")], capsys, code=2)
+    assert [line for line in err.splitlines() if "error:" in line] == [err.splitlines()[-1]]  # one error line
+    assert ("command line: dataset synthetic has no views (--views is for the multi-view datasets: "
+            "caltech101-20, uci-mfeat)") in err
+    assert not (tmp_path / "o").exists()
+    path = tmp_path / "c.yaml"  # where the views come from is named
+    path.write_text("views: [fou]\n")
+    with pytest.raises(ConfigError) as exc:
+        resolve_config({"dataset": "synthetic"}, [path])
+    assert str(exc.value).startswith(f"{path}: dataset synthetic has no views")
+    assert resolve_config({"dataset": "uci-mfeat", "views": "fou"}).views == ["fou"]  # multi-view: accepted
+
+
+# ------------------------------------------------------------------------------------------------------
+# 13: --fs module:function is resolved with the configuration, before the run starts
+
+
+@pytest.mark.parametrize("fs, message", [
+    ("no_such_fs_module:f", "fs = 'no_such_fs_module:f' cannot be loaded: no module named 'no_such_fs_module' "
+     "(is it on the Python path?)"),
+    ("no_such_fs_module.sub:f", "cannot be loaded: no module named 'no_such_fs_module'"),
+    ("os:no_such_function", "fs = 'os:no_such_function' cannot be loaded: module 'os' has no function "
+     "'no_such_function'"),
+    ("os:sep", "fs = 'os:sep' is not callable: os.sep is a str"),
+    ("fs_raises:f", "fs = 'fs_raises:f' cannot be loaded: importing module 'fs_raises' failed: RuntimeError: boom"),
+    ("fs_needs_dep:f", "importing module 'fs_needs_dep' failed: No module named 'no_such_dependency'"),
+])
+def test_bad_fs_callable_is_rejected_up_front(fs, message, tmp_path, capsys, monkeypatch):
+    (tmp_path / "fs_raises.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "fs_needs_dep.py").write_text("import no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    err = fails(train_cli, ["--method", "sample-level", "--fs", fs, "--out", str(tmp_path / "o")], capsys, code=2)
+    assert message in err and [line for line in err.splitlines() if "error:" in line] == [err.splitlines()[-1]]
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+def test_good_fs_callable_runs(tmp_path, capsys, monkeypatch):
+    (tmp_path / "my_fs.py").write_text("def f(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert train_cli(["--method", "sample-level", "--fs", "my_fs:f", "--warmup", "0", "--epochs", "2",
+                      "--out", str(tmp_path / "o")]) == 0
+    assert read_metrics(tmp_path / "o" / "metrics.csv")[1]["resampled"] > 0
+
+
+# ------------------------------------------------------------------------------------------------------
+# 14: compare's --seeds is bounded
+
+
+@pytest.mark.parametrize("seeds", ["0", "1001", str(10**12)])
+def test_compare_seeds_out_of_range(seeds, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    err = fails(compare_main, ["--dataset", "synthetic", "--methods", "concat", "--seeds", seeds, "--out", str(out)],
+                capsys, code=2)
+    assert f"--seeds must be in [1, 1000], got {seeds}" in err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------------
+# 15: summaries, results.json and plots name uci-mfeat's views as the user does (fou, mor), not view0, view5
+
+
+def test_run_summary_uses_the_view_names(tmp_path, capsys, monkeypatch):
+    import json
+
+    import training.plots as plots
+
+    out = tmp_path / "o"
+    assert main(["--dataset", "uci-mfeat", "--views", "fou,mor", "--epochs", "1", "--threads", "1", "--no-progress",
+                 "--no-tensorboard", "--device", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    phi_line = next(line for line in text.splitlines() if line.startswith("final mean phi: "))
+    assert phi_line.startswith("final mean phi: fou +") and ", mor +" in phi_line and "view" not in phi_line
+    results = json.loads((out / "results.json").read_text())
+    # the modality keys stay (metrics.csv columns, phi tables, checkpoints, encoders: use them); names map them
+    assert results["modalities"] == ["view0", "view5"] and set(results["final_phi_mean"]) == {"view0", "view5"}
+    assert results["modality_names"] == {"view0": "fou", "view5": "mor"}
+    assert "phi_mean_view0" in read_metrics(out / "metrics.csv")[0]
+    seen = {}
+    monkeypatch.setattr(plots, "run_plots", lambda *args: seen.setdefault("labels", args[4]) and [])
+    plots.main([str(out)])  # a redraw labels the views as the run did
+    assert seen["labels"] == {"view0": "fou", "view5": "mor"}

@@ -153,7 +153,9 @@ def _is_rank0() -> bool:
 
 def _summary(cfg, results: dict) -> None:
     best, final = results.get("best_test_acc"), results.get("final_test_acc")
-    phi = ", ".join(f"{m} {v:+.3f}" for m, v in (results.get("final_phi_mean") or {}).items() if v is not None and v == v)
+    names = results.get("modality_names") or {}
+    phi = ", ".join(f"{names.get(m, m)} {v:+.3f}" for m, v in (results.get("final_phi_mean") or {}).items()
+                    if v is not None and v == v)
     print(f"{cfg.method} on {cfg.dataset}: best test accuracy {best:.4f} (epoch {results['best_epoch']}), "
           f"final {final:.4f}" if best is not None and final is not None else f"{cfg.method} on {cfg.dataset}: done")
     if phi:

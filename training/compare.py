@@ -61,6 +61,9 @@ DISPLAY = {
     "data-mask": "Data mask",
 }
 
+#: More seeds than this per method and setting is a typo, not a study: each is a full training run.
+MAX_SEEDS = 1000
+
 RUN_FIELDS = ("setting", "dataset", "views", "method", "seed", "status", "final_test_acc", "best_test_acc",
               "best_epoch", "epochs", "seconds", "message")
 
@@ -77,7 +80,8 @@ def parse_args(argv=None):
                    help="view list of multi-view datasets, one table column each (repeatable)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="A,B",
                    help=f"methods, comma-separated (default: {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--seeds", type=int, default=3, metavar="K", help="seeds 0..K-1 per method and setting (default 3)")
+    p.add_argument("--seeds", type=int, default=3, metavar="K",
+                   help=f"seeds 0..K-1 per method and setting, K in [1, {MAX_SEEDS}] (default 3)")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config applied to every run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="option override applied to every run, e.g. --set epochs=20 (repeatable)")
@@ -92,8 +96,8 @@ def parse_args(argv=None):
         p.error("give at least one --dataset")
     args.dataset = [d.strip() for d in args.dataset]
     _no_repeats(p, "--dataset", args.dataset)
-    if args.seeds < 1:
-        p.error("--seeds must be >= 1")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        p.error(f"--seeds must be in [1, {MAX_SEEDS}], got {args.seeds}")
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -175,17 +179,14 @@ def check_runs(runs: list) -> None:
     mistake stops the comparison at once instead of failing each of its runs. Raises ConfigError or
     DataOptionError naming the setting and method."""
     from training.config import ConfigError
-    from training.data import check_dataset_options, dataset_entry
+    from training.data import check_dataset_options
     from training.data.base import DataOptionError
 
     for spec in runs:
         if spec["seed"]:
             continue  # the seed changes nothing that is checked here
         where = f"{spec['setting']}, {spec['method']}"
-        if spec["views"] and "views" not in dataset_entry(spec["dataset"]).options:
-            raise ConfigError(f"{where}: dataset {spec['dataset']} has no views (--views is for the multi-view "
-                              "datasets: uci-mfeat, caltech101-20)")
-        try:
+        try:  # run_config refuses views for a dataset that has none (training.data.views_problem)
             check_dataset_options(run_config(spec))
         except (ConfigError, DataOptionError) as exc:
             raise type(exc)(f"{where}: {exc}") from None

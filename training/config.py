@@ -133,11 +133,22 @@ def seed_check(x):
     return None if 0 <= x <= MAX_SEED else "must be in [0, 2^63 - 1]"
 
 
+def _per_cpu(x):
+    cpus = os.cpu_count() or 1
+    cap = 4 * cpus
+    return None if 0 <= x <= cap else f"must be in [0, {cap}] (at most 4 x the {cpus} CPUs)"
+
+
 def _threads(x):
     # Far more threads than cores only slows torch down, and past the system's limits OpenMP fails to start
     # them (libgomp "Thread creation failed") or the process crashes.
-    cap = 4 * (os.cpu_count() or 1)
-    return None if 0 <= x <= cap else f"must be in [0, {cap}] (at most 4 x the {os.cpu_count() or 1} CPUs)"
+    return _per_cpu(x)
+
+
+def _workers(x):
+    # Each DataLoader worker is a process holding a copy of the dataset: far more than the cores only costs
+    # memory and start-up time, and thousands exhaust the process or file-descriptor limits mid-run.
+    return _per_cpu(x)
 
 
 def _device(x):
@@ -251,7 +262,7 @@ register_options(
         Option("amp", "auto", "mixed precision on GPU: auto (bf16 when supported, else fp16), bf16, fp16, off; "
                "always off on CPU", choices=("auto", "bf16", "fp16", "off")),
         Option("threads", 0, "torch CPU threads (0: leave torch's default; at most 4 x the CPUs)", check=_threads),
-        Option("workers", 0, "DataLoader worker processes", check=_non_negative),
+        Option("workers", 0, "DataLoader worker processes (at most 4 x the CPUs)", check=_workers),
         Option("progress", True, "tqdm progress bars (rank 0, terminals only)"),
         Option("tensorboard", True, "write TensorBoard event files under OUT/tensorboard"),
         Option("plots", True, "write PNG plots under OUT/plots at the end"),
@@ -517,6 +528,11 @@ def validate(values: Mapping, sources: Optional[Mapping] = None) -> Config:
             f"{sources.get('method', 'default')}: unknown method {out['method']!r}; "
             f"available: {', '.join(method_names())}"
         )
+    from training.data import views_problem
+
+    problem = views_problem(out["dataset"], out["views"])
+    if problem:
+        raise ConfigError(f"{sources.get('views', 'default')}: {problem}")
     from training.methods import method_class
 
     problem = method_class(out["method"]).check_config(out)

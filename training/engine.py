@@ -322,8 +322,7 @@ class Trainer:
             if cfg.plots:
                 from training.plots import run_plots
 
-                labels = {m: _short(self.train_set, m) for m in self.modalities}
-                run_plots(cfg.out, self.history, self.modalities, self.last_phi, labels)
+                run_plots(cfg.out, self.history, self.modalities, self.last_phi, results["modality_names"])
         self.outputs.close()
         return results
 
@@ -376,6 +375,10 @@ class Trainer:
             "dataset": self.cfg.dataset,
             "method": self.cfg.method,
             "modalities": list(self.modalities),
+            # the names users give (uci-mfeat's fou, mor, ...) of the modality keys above (view0, view5, ...),
+            # which stay the keys of final_phi_mean, metrics.csv's phi_mean_* columns, the phi tables and
+            # checkpoints
+            "modality_names": {m: _short(self.train_set, m) for m in self.modalities},
             "epochs": len(self.history),
             "best_test_acc": self.best["test_acc"] if self.best["epoch"] >= 0 else None,
             "best_epoch": self.best["epoch"],

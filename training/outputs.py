@@ -6,7 +6,8 @@
     OUT/phi/epoch_XXX.npz     per-sample phi (N, n) of the training set after epoch XXX (NaN: not valued)
     OUT/plots/*.png           phi_mean.png (mean phi per modality over epochs), phi_hist.png (per-sample
                               phi of the last valued epoch), accuracy.png (train / test accuracy)
-    OUT/results.json          best and final test accuracy, times
+    OUT/results.json          best and final test accuracy, final mean phi per modality, the modalities'
+                              short names (modality_names: view0 -> fou), times
     OUT/last.pt, OUT/best.pt  checkpoints, written atomically (temporary file + os.replace)
 
 metrics.csv columns: ``epoch, train_loss, train_acc, test_loss, test_acc, test_f1, lr, phi_mean_<modality>...,

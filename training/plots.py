@@ -120,7 +120,12 @@ def main(argv=None) -> None:
         if data["valued"].any():
             last, modalities = data["phi"], [str(m) for m in data["modalities"]]
             break
-    for path in run_plots(out, history, modalities, last):
+    labels = None  # the modalities' short names (uci-mfeat's fou, mor, ...), as the run drew them
+    if (out / "results.json").is_file():
+        import json
+
+        labels = json.loads((out / "results.json").read_text()).get("modality_names")
+    for path in run_plots(out, history, modalities, last, labels):
         print(path)
 
 

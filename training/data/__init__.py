@@ -114,6 +114,22 @@ def dataset_options(cfg, name: Optional[str] = None) -> dict:
     return {k: cfg[k] for k in entry.options}
 
 
+def multi_view_datasets() -> list:
+    """The datasets that take the shared ``views`` option."""
+    return [name for name in dataset_names() if "views" in _DATASETS[name].options]
+
+
+def views_problem(name: str, views) -> Optional[str]:
+    """Why `views` cannot go with dataset `name` (views given to a dataset that has none), else None.
+
+    Checked with the configuration (:func:`training.config.validate`), so that ``python -m training`` and
+    ``python -m training.compare`` refuse it alike instead of silently ignoring the views."""
+    if not views or name not in _DATASETS or "views" in _DATASETS[name].options:
+        return None
+    return (f"dataset {name} has no views (--views is for the multi-view datasets: "
+            f"{', '.join(multi_view_datasets())})")
+
+
 def check_dataset_options(cfg) -> None:
     """Raise DataOptionError for dataset options of `cfg` its dataset cannot take, when it can tell without
     reading data (e.g. an unknown view); building the dataset checks the rest."""

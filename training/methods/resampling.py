@@ -24,6 +24,7 @@ fixed-rate-low / -high: every modality with phi < 1 gets a fixed number of copie
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from typing import Callable, Optional
@@ -40,9 +41,15 @@ FM_CHOICES = ("linear", "tanh", "power")
 
 
 def _check_fs(value):
-    if value in FS_BUILTIN or (":" in value and all(value.split(":", 1))):
+    if value in FS_BUILTIN:
         return None
-    return f"must be one of {', '.join(FS_BUILTIN)} or module:function"
+    if not (":" in value and all(value.split(":", 1))):
+        return f"must be one of {', '.join(FS_BUILTIN)} or module:function"
+    try:  # resolved with the configuration: a wrong name stops the run before it starts, not after an epoch
+        load_callable(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _check_norm(value):
@@ -85,14 +92,23 @@ register_options(
 # the rules, as plain functions (tested directly)
 
 
+@functools.lru_cache(maxsize=None)
 def load_callable(spec: str) -> Callable:
+    """The callable named by ``module:function`` (imported once; ValueError saying what is not found)."""
     module, _, name = spec.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load f_s {spec!r}: {exc}") from None
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
+            raise ValueError(f"cannot be loaded: no module named {exc.name!r} (is it on the Python path?)") from None
+        raise ValueError(f"cannot be loaded: importing module {module!r} failed: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while it is imported
+        raise ValueError(f"cannot be loaded: importing module {module!r} failed: {type(exc).__name__}: {exc}") from None
+    if not hasattr(mod, name):
+        raise ValueError(f"cannot be loaded: module {module!r} has no function {name!r}")
+    fn = getattr(mod, name)
     if not callable(fn):
-        raise ValueError(f"f_s {spec!r} is not callable")
+        raise ValueError(f"is not callable: {module}.{name} is a {type(fn).__name__}")
     return fn
 
 
@@ -108,7 +124,11 @@ def copy_counts(phi: torch.Tensor, fs="linear", scale: float = 2.0, cap: Optiona
         g = {"linear": t, "concave": t.sqrt(), "convex": t * t}[fs]
         raw = scale * x_max * g
     elif isinstance(fs, str) and ":" in fs:
-        raw = torch.as_tensor(load_callable(fs)(x), dtype=torch.float64)
+        try:
+            fn = load_callable(fs)
+        except ValueError as exc:
+            raise ValueError(f"f_s {fs!r} {exc}") from None
+        raw = torch.as_tensor(fn(x), dtype=torch.float64)
     else:
         raise ValueError(f"unknown f_s {fs!r}; choose {', '.join(FS_BUILTIN)} or module:function")
     counts = torch.floor(raw + 0.5)  # half up: Python's round() would send 0.5 to 0
