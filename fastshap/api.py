@@ -103,7 +103,7 @@ def _raise_bad_values(nonfinite, nan_rows: int, labels, feats, base, spec: HeadS
             raise ValueError(
                 f"fastshap: the {what} of modality {first} hold NaN or Inf values ({int(rows.sum())} rows affected)"
             )
-    if spec.params is not None and not all(bool(torch.isfinite(p).all()) for p in spec.params):
+    if not all(bool(torch.isfinite(p).all()) for p in spec.params):  # () for a callable head
         raise ValueError("fastshap: the head parameters hold NaN or Inf values")
     compute = "float64" if feats[0].dtype == torch.float64 else "float32"
     if first is not None:

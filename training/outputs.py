@@ -29,6 +29,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from training.config import RunError
+
 CHECKPOINT_FORMAT = "fastshap-training-checkpoint/1"
 
 #: What a run writes in --out, as (folder, glob) pairs (a file's temporary twin ``.<name>.tmp<pid>`` included):
@@ -78,8 +80,6 @@ def prepare_out_dir(out, overwrite: bool = False, resume: Optional[str] = None, 
     (an old epoch's phi table, an old best.pt) is left among the new ones. `write`: this process writes
     the outputs (rank 0) and creates or clears the directory; other ranks only check.
     """
-    from training.config import RunError
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file, not a directory")
