@@ -1,6 +1,7 @@
 """Bad input to the trainer's command lines ends in one clear error line and a non-zero exit, never a
 traceback, a crash or silently lost work: python -m training, training.compare and training.preprocess."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,8 @@ def train_cli(args):
     (["--dataset", "synthetic", "--set", "lr=-1"], "synthetic, concat: command line: lr = -1.0 must be > 0"),
     (["--dataset", "synthetic", "--set", "no_such_option=1"], "unknown option 'no_such_option'"),
     (["--dataset", "synthetic", "--set", "seed=3"], "compare sets seed itself (use --seeds)"),
+    (["--dataset", "synthetic", "--jobs", "0"], "--jobs must be in [1, "),
+    (["--dataset", "synthetic", "--jobs", str(4 * (os.cpu_count() or 1) + 1)], "(at most 4 x the "),
 ])
 def test_compare_rejects_repeats_and_bad_lists_before_running(args, message, tmp_path, capsys):
     out = tmp_path / "cmp"
@@ -215,6 +218,8 @@ def test_diverged_valuation_names_the_epoch(tmp_path, capsys):
     (["--frames", "-5"], "argument --frames: must be > 0 and finite, got -5"),
     (["--jobs", "0"], "argument --jobs: must be > 0 and finite, got 0"),
     (["--jobs", "-1"], "argument --jobs: must be > 0 and finite, got -1"),
+    (["--jobs", str(4 * (os.cpu_count() or 1) + 1)], "argument --jobs: must be at most "),
+    (["--frames", str(2**20 + 1)], "argument --frames: must be at most 1048576 (about 3 hours of audio a file)"),
 ])
 def test_preprocess_counts_must_be_positive(args, message, tmp_path, capsys):
     import numpy as np

@@ -98,8 +98,12 @@ def parse_args(argv=None):
     _no_repeats(p, "--dataset", args.dataset)
     if not 1 <= args.seeds <= MAX_SEEDS:
         p.error(f"--seeds must be in [1, {MAX_SEEDS}], got {args.seeds}")
-    if args.jobs < 1:
-        p.error("--jobs must be >= 1")
+    from training.config import cpu_cap
+
+    cap, cpus = cpu_cap()
+    if not 1 <= args.jobs <= cap:
+        # each job is a process training a model: more than the cores only slows every run and costs memory
+        p.error(f"--jobs must be in [1, {cap}] (at most 4 x the {cpus} CPUs), got {args.jobs}")
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.method_list:
         p.error("--methods is empty")
@@ -370,7 +374,7 @@ def main(argv=None) -> int:
             report(run_one(spec))
     else:
         # spawn: a fresh interpreter per worker (no fork of a process that already holds torch threads)
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=min(args.jobs, len(runs)), mp_context=get_context("spawn")) as pool:
             for row in pool.map(run_one, runs):
                 report(row)
     order = {(r["setting"], r["method"], r["seed"]): i for i, r in enumerate(runs)}

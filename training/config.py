@@ -133,9 +133,14 @@ def seed_check(x):
     return None if 0 <= x <= MAX_SEED else "must be in [0, 2^63 - 1]"
 
 
-def _per_cpu(x):
+def cpu_cap() -> tuple[int, int]:
+    """(cap, cpus): the most threads, loader workers or parallel runs worth asking for, 4 x the CPUs."""
     cpus = os.cpu_count() or 1
-    cap = 4 * cpus
+    return 4 * cpus, cpus
+
+
+def _per_cpu(x):
+    cap, cpus = cpu_cap()
     return None if 0 <= x <= cap else f"must be in [0, {cap}] (at most 4 x the {cpus} CPUs)"
 
 

@@ -31,9 +31,9 @@ def _inputs(paths, extensions) -> list:
     return out
 
 
-def _positive(convert, expected: str):
+def _positive(convert, expected: str, most=None, why: str = ""):
     """An argparse type: `convert(text)`, which must be finite and > 0 (0 frames writes an empty array, 0 jobs
-    cannot convert anything, 0 fps samples nothing)."""
+    cannot convert anything, 0 fps samples nothing), and at most `most` (`why` says why) if given."""
 
     def parse(text: str):
         try:
@@ -42,6 +42,8 @@ def _positive(convert, expected: str):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if not (math.isfinite(value) and value > 0):
             raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most} ({why}), got {text}")
         return value
 
     return parse
@@ -49,6 +51,17 @@ def _positive(convert, expected: str):
 
 _positive_int = _positive(int, "an integer")
 _positive_float = _positive(float, "a number")
+#: 2^20 time frames is ~3 hours of audio at the 10 ms hop; the padded (257, frames) float32 spectrogram is
+#: already 1 GiB. A larger --frames is a typo that would exhaust memory padding every file.
+MAX_FRAMES = 2**20
+_frames = _positive(int, "an integer", MAX_FRAMES, "about 3 hours of audio a file")
+
+
+def _jobs(text: str) -> int:
+    from training.config import cpu_cap
+
+    cap, cpus = cpu_cap()
+    return _positive(int, "an integer", cap, f"4 x the {cpus} CPUs")(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("inputs", nargs="+", help="files or folders")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
-        p.add_argument("--jobs", type=_positive_int, default=1, help="files converted in parallel")
+        p.add_argument("--jobs", type=_jobs, default=1, help="files converted in parallel")
         if name in ("logmel", "spectrogram"):
-            p.add_argument("--frames", type=_positive_int, default=1024 if name == "logmel" else 1003,
+            p.add_argument("--frames", type=_frames, default=1024 if name == "logmel" else 1003,
                            help="time frames after padding / cropping")
         if name in ("frames", "audio"):
             p.add_argument("--ffmpeg", default=None, help="ffmpeg executable (default: $FFMPEG or ffmpeg on PATH)")
