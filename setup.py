@@ -45,6 +45,8 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Paths below (sources, the build folder) are relative to the project root, wherever setup.py is run from.
+os.chdir(ROOT)
 DEBUG = os.environ.get("FASTSHAP_DEBUG", "0") == "1"
 
 
@@ -66,11 +68,21 @@ def _want_cuda():
     return False, f"auto: {why}"
 
 
+def _sources(*patterns):
+    """Source files relative to the project root (setuptools wants relative paths; see the chdir below)."""
+    return sorted(path for pattern in patterns for path in glob.glob(pattern, root_dir=ROOT))
+
+
 def _extension():
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    sources = _sources("csrc/*.cpp", "csrc/cpu/*.cpp")
+    cuda_sources = _sources("csrc/cuda/*.cu")
+    if not sources:
+        sys.exit(f"no C++ sources under {ROOT}/csrc: an incomplete source tree or archive")
     build_cuda, reason = _want_cuda()
-    build_cuda = build_cuda and bool(cuda_sources)
+    if build_cuda and not cuda_sources:
+        if os.environ.get("FASTSHAP_BUILD_CUDA") == "1":
+            sys.exit(f"FASTSHAP_BUILD_CUDA=1 but there are no CUDA sources under {ROOT}/csrc/cuda")
+        build_cuda, reason = False, f"{reason}, but no CUDA sources under csrc/cuda"
 
     cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for torch 2.14).

@@ -271,6 +271,15 @@ def test_bad_encoders_mapping(encoders, code, message, tmp_path, capsys):
     assert message in err
 
 
+def test_missing_dataset_configs_are_an_error_not_other_defaults(monkeypatch, tmp_path):
+    # An install that left out training/configs would otherwise train uci-mfeat with the generic defaults.
+    import training.config as config
+
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path / "configs")
+    with pytest.raises(ConfigError, match="the trainer's dataset configs are missing"):
+        resolve_config({"dataset": "uci-mfeat"}, [])
+
+
 def test_good_encoders_mapping_applies(tmp_path):
     from training.engine import Trainer
     from training.testing import tiny_config
@@ -421,3 +430,40 @@ def test_run_summary_uses_the_view_names(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(plots, "run_plots", lambda *args: seen.setdefault("labels", args[4]) and [])
     plots.main([str(out)])  # a redraw labels the views as the run did
     assert seen["labels"] == {"view0": "fou", "view5": "mor"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# 6: a missing package of the `train` extra is named, with the install command
+
+
+@pytest.mark.parametrize("command, argv, blocked", [
+    ("training.cli", ["--dataset", "synthetic", "--print-config"], "yaml"),
+    ("training.preprocess.__main__", ["logmel", "missing.wav", "--out", "OUT"], "scipy"),
+    ("training.compare", ["--dataset", "nope", "--out", "OUT"], "numpy"),
+])
+def test_missing_train_package_is_one_error_line(command, argv, blocked, tmp_path):
+    import subprocess
+    import sys
+
+    # None in sys.modules makes `import <blocked>` fail as if the package were not installed.
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+            f"from {command} import main\nsys.exit(main({[a.replace('OUT', str(tmp_path / 'o')) for a in argv]!r}))")
+    if blocked == "numpy":  # torch itself imports numpy when it is there: block it after torch is loaded
+        code = "import torch\n" + code
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "the trainer needs the package" in run.stderr and f"(import {blocked!r} failed)" in run.stderr
+    assert 'pip install "fastshap-modality[train]"' in run.stderr
+
+
+def test_other_missing_modules_are_not_reworded():
+    from training.dependencies import reports_missing_packages
+
+    @reports_missing_packages("prog")
+    def main():
+        import fastshap_no_such_module  # noqa: F401
+
+    with pytest.raises(ModuleNotFoundError, match="fastshap_no_such_module"):
+        main()

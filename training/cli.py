@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training.dependencies import reports_missing_packages
+
 EXAMPLES = """\
 examples:
   python -m training --dataset uci-mfeat --views fou,kar --method sample-level --epochs 30 --out runs/mfeat
@@ -85,6 +87,7 @@ def _list_methods() -> None:
         print(f"{name:<16} {method_class(name).help}")
 
 
+@reports_missing_packages("python -m training")
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -42,6 +42,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from training.dependencies import reports_missing_packages
+
 DEFAULT_METHODS = ("concat", "decision-fusion", "g-blending", "ogm-ge", "greedy", "pmr", "agm", "sample-level",
                    "modality-level")
 
@@ -325,6 +327,7 @@ def plot_table(summary: dict, settings: list, methods: list, path, metric: str):
     plt.close(fig)
 
 
+@reports_missing_packages("python -m training.compare")
 def main(argv=None) -> int:
     args, parser = parse_args(argv)
     from training.config import ConfigError

@@ -486,6 +486,9 @@ def resolve_config(
     dataset = final("dataset", [f[1] for f in files] + [cli])
     layers = []  # (source, values) in increasing precedence
     if dataset_defaults:
+        if not CONFIG_DIR.is_dir():
+            # an install that left out the package data would silently train with other hyperparameters
+            raise ConfigError(f"the trainer's dataset configs are missing ({CONFIG_DIR}): reinstall fastshap-modality")
         ds_file = CONFIG_DIR / f"{dataset}.yaml"
         if ds_file.is_file():
             layers.append((str(ds_file), *_layer_from_yaml(load_yaml(ds_file), f"config file {ds_file}", known)))

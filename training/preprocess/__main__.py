@@ -17,6 +17,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from training.dependencies import reports_missing_packages
+
 AUDIO_EXT = {".wav"}
 VIDEO_EXT = {".mp4", ".avi", ".mkv", ".webm", ".flv", ".mov", ".m4v", ".mpg", ".mpeg"}
 
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@reports_missing_packages("python -m training.preprocess")
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

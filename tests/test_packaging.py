@@ -1,0 +1,71 @@
+"""What `pip install` gets: the source archive (sdist) holds every file a build and the tests need, and the
+wheel built from it holds the compiled extension and the trainer's dataset configs (read at run time)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tracked_files() -> list[str]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout (the tracked files are what an archive must hold)")
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory) -> Path:
+    """An sdist built from a copy of the tracked files (the checkout's build outputs must not leak in)."""
+    src = tmp_path_factory.mktemp("src")
+    for f in _tracked_files():
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, src / f)
+    dist = tmp_path_factory.mktemp("dist")
+    env = dict(os.environ, FASTSHAP_BUILD_CUDA="0")
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(dist)], cwd=src, env=env,
+                   check=True, capture_output=True)
+    (archive,) = dist.glob("*.tar.gz")
+    return archive
+
+
+def _members(archive: Path) -> set[str]:
+    with tarfile.open(archive) as tar:
+        # fastshap_modality-0.1.0/csrc/shapley.h -> csrc/shapley.h
+        return {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+
+
+@pytest.mark.parametrize("folder", ["csrc/", "training/", "fastshap/", "tests/", "bench/", "requirements/"])
+def test_sdist_holds_every_tracked_file_under(folder, sdist):
+    members = _members(sdist)
+    missing = [f for f in _tracked_files() if f.startswith(folder) and f not in members
+               and not f.startswith("bench/results/")]  # measurements, not sources
+    assert not missing, f"the sdist leaves out {missing} (MANIFEST.in)"
+    assert not [m for m in members if m.startswith("bench/results/") or m.endswith((".so", ".o", ".pyc"))]
+
+
+def test_sdist_holds_the_top_level_files(sdist):
+    members = _members(sdist)
+    for name in ("README.md", "LICENSE", "Makefile", "pyproject.toml", "setup.py"):
+        assert name in members
+
+
+def test_wheel_built_from_the_sdist_holds_the_extension_and_configs(sdist, tmp_path):
+    # The path of `pip install fastshap_modality-*.tar.gz`, CPU kernels only (the CUDA part is built by CI).
+    env = dict(os.environ, FASTSHAP_BUILD_CUDA="0", PIP_NO_INDEX="1")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(sdist)], env=env, check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("fastshap/_C") and n.endswith(".so") for n in names)
+    configs = sorted(f for f in _tracked_files() if f.startswith("training/configs/"))
+    assert configs and all(c in names for c in configs)
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "csrc/"))]
+    assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
