@@ -69,3 +69,11 @@ def test_wheel_built_from_the_sdist_holds_the_extension_and_configs(sdist, tmp_p
     assert configs and all(c in names for c in configs)
     assert not [n for n in names if n.startswith(("tests/", "bench/", "csrc/"))]
     assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
+
+
+def test_version_is_the_same_in_the_metadata_and_the_package():
+    tomllib = pytest.importorskip("tomllib")
+    import fastshap
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["version"] == fastshap.__version__
