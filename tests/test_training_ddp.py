@@ -26,8 +26,16 @@ def test_two_processes_match_one(tmp_path):
         singles.append(t)
     results = tmp_path / "ranks"
     results.mkdir()
-    # Both valuation modes in one spawn: starting processes is most of the cost here.
-    spawn_local(2, [tiny_config(tmp_path / f"two-{mode}", valuation=mode, **opts) for mode in MODES], str(results))
+    # Both valuation modes in one spawn (starting processes is most of the cost here), and a Greedy run: its
+    # curation steps leave parameters out of the loss, which DDP must be told of or it stops the run.
+    greedy = tiny_config(tmp_path / "two-greedy", method="greedy", epochs=3, greedy_start=0, greedy_epsilon=0,
+                         syn_samples=96, batch_size=16)
+    spawn_local(2, [*(tiny_config(tmp_path / f"two-{mode}", valuation=mode, **opts) for mode in MODES), greedy],
+                str(results))
+    greedy_history = torch.load(results / "run2_rank0.pt", weights_only=False)["history"]
+    assert len(greedy_history) == 3
+    assert any(v > 0 for row in greedy_history for k, v in row.items() if k.startswith("greedy_curation_steps")), \
+        greedy_history
 
     for k, (mode, single) in enumerate(zip(MODES, singles)):
         one = np.load(tmp_path / f"one-{mode}" / "phi" / "epoch_000.npz")["phi"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from training.cli import main
-from training.config import ConfigError, resolve_config
+from training.config import ConfigError, RunError, resolve_config
 from training.engine import Trainer, train
 from training.outputs import CheckpointError, read_metrics
 from training.testing import QUIET, tiny_config
@@ -124,26 +124,117 @@ def test_help_lists_methods_and_options(capsys):
 # exact resume
 
 
+# Dropout and augmentation noise draw from the global RNG, so a resume that restored it wrongly would show.
+RESUME_OPTS = dict(method="sample-level", warmup=1, mlp_dropout=0.2, syn_samples=48, syn_augment_noise=0.3)
+
+
+def assert_same_run(a, b, epochs, skip_test_row=()):
+    """Runs in folders a and b: equal metrics.csv (timings aside; the test columns of `skip_test_row`'s
+    epochs aside), every phi table, and the models and bests of last.pt and best.pt."""
+    ma, mb = read_metrics(a / "metrics.csv"), read_metrics(b / "metrics.csv")
+    assert len(ma) == len(mb) == epochs
+    for e, (ra, rb) in enumerate(zip(ma, mb)):
+        skip = TIMING | ({"test_loss", "test_acc", "test_f1"} if e in skip_test_row else set())
+
+        def kept(row):  # NaN (an epoch without a test pass) compares equal to NaN here
+            return {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items() if k not in skip}
+
+        assert kept(ra) == kept(rb), e
+    for e in range(epochs):
+        pa = np.load(a / "phi" / f"epoch_{e:03d}.npz")["phi"]
+        pb = np.load(b / "phi" / f"epoch_{e:03d}.npz")["phi"]
+        assert np.array_equal(pa, pb, equal_nan=True), e
+    for name in ("last.pt", "best.pt"):
+        sa, sb = (torch.load(d / name, weights_only=True) for d in (a, b))
+        assert sa["epoch"] == sb["epoch"] and sa["best"] == sb["best"], name
+        assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"]), name
+    assert not list(b.glob(".*.tmp*")) and not list(b.glob("phi/.*.tmp*"))
+
+
 @pytest.mark.parametrize("valuation", ["epoch", "online"])
 def test_resume_equals_an_uninterrupted_run(tmp_path, valuation):
-    opts = dict(method="sample-level", valuation=valuation, warmup=1, mlp_dropout=0.2, syn_samples=48,
-                syn_augment_noise=0.3)
+    opts = dict(RESUME_OPTS, valuation=valuation)
     train(tiny_config(tmp_path / "a", epochs=4, **opts))
     train(tiny_config(tmp_path / "b", epochs=2, **opts))
     train(tiny_config(tmp_path / "b", epochs=4, resume="auto", **opts))
-    a = read_metrics(tmp_path / "a" / "metrics.csv")
-    b = read_metrics(tmp_path / "b" / "metrics.csv")
-    assert len(a) == len(b) == 4
-    for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k not in TIMING} == {k: v for k, v in rb.items() if k not in TIMING}
-    assert a[2]["resampled"] > 0  # the resumed epochs did re-sample
-    for e in range(4):
-        pa = np.load(tmp_path / "a" / "phi" / f"epoch_{e:03d}.npz")["phi"]
-        pb = np.load(tmp_path / "b" / "phi" / f"epoch_{e:03d}.npz")["phi"]
-        assert np.array_equal(pa, pb)
-    sa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
-    sb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_same_run(tmp_path / "a", tmp_path / "b", 4)
+    assert read_metrics(tmp_path / "a" / "metrics.csv")[2]["resampled"] > 0  # the resumed epochs re-sampled
+
+
+def test_resume_after_a_test_pass_the_straight_run_skipped(tmp_path):
+    # --eval-every 2: the short run tests after its last epoch (0), the straight one does not. That test
+    # pass must not move the RNG the checkpoint saves (a DataLoader draws a seed from it unless given a
+    # generator), or the resumed epochs' dropout and noise would differ.
+    opts = dict(RESUME_OPTS, eval_every=2)
+    train(tiny_config(tmp_path / "a", epochs=4, **opts))
+    train(tiny_config(tmp_path / "b", epochs=1, **opts))
+    assert not math.isnan(read_metrics(tmp_path / "b" / "metrics.csv")[0]["test_acc"])
+    train(tiny_config(tmp_path / "b", epochs=4, resume="auto", **opts))
+    assert_same_run(tmp_path / "a", tmp_path / "b", 4, skip_test_row=(0,))
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not an Exception, so nothing catches it)."""
+
+
+def _kill_at(monkeypatch, target, name, when):
+    """Make `target.name` raise Killed on the call where when(*args) is true, instead of running."""
+    original = getattr(target, name)
+
+    def call(*args, **kwargs):
+        if when(*args):
+            raise Killed
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, call)
+
+
+def _epoch_of(state) -> int:
+    return state["epoch"] - 1  # a checkpoint's "epoch" is the next one to train
+
+
+@pytest.mark.parametrize("kill", ["before last.pt, epoch 0", "after last.pt, epoch 1", "between last.pt and best.pt"])
+def test_a_run_killed_while_writing_resumes_to_the_same_outputs(tmp_path, monkeypatch, kill):
+    import training.engine as engine
+    from training.outputs import RunOutputs
+
+    train(tiny_config(tmp_path / "a", epochs=4, **RESUME_OPTS))
+    best_epoch = json.loads((tmp_path / "a" / "results.json").read_text())["best_epoch"]
+    assert best_epoch >= 1  # so that "between last.pt and best.pt" happens after epoch 0
+    with monkeypatch.context() as m:
+        if kill == "before last.pt, epoch 0":  # leaves config.yaml only
+            _kill_at(m, engine, "save_checkpoint", lambda path, state: path.name == "last.pt")
+        elif kill == "after last.pt, epoch 1":  # epoch 1's metrics row, phi table (and TB) not written
+            _kill_at(m, RunOutputs, "write_metrics", lambda self, history: len(history) == 2)
+        else:
+            _kill_at(m, engine, "save_checkpoint",
+                     lambda path, state: path.name == "best.pt" and _epoch_of(state) == best_epoch)
+        with pytest.raises(Killed):
+            train(tiny_config(tmp_path / "b", epochs=4, **RESUME_OPTS))
+    if kill == "before last.pt, epoch 0":
+        assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.yaml"]
+        with pytest.warns(UserWarning, match="no checkpoint in .* yet, starting a new run"):
+            train(tiny_config(tmp_path / "b", epochs=4, resume="auto", **RESUME_OPTS))
+    else:
+        train(tiny_config(tmp_path / "b", epochs=4, resume="auto", **RESUME_OPTS))
+    assert_same_run(tmp_path / "a", tmp_path / "b", 4)
+
+
+def test_resume_auto_without_a_checkpoint_keeps_a_finished_run(tmp_path):
+    train(tiny_config(tmp_path, epochs=1, checkpoint=False))
+    with pytest.raises(RunError, match="holds a run .* but no checkpoint to resume from"):
+        Trainer(tiny_config(tmp_path, epochs=2, resume="auto"))
+    assert (tmp_path / "metrics.csv").exists()
+
+
+def test_leftover_temporary_files_are_removed_on_resume(tmp_path):
+    train(tiny_config(tmp_path, epochs=1))
+    for name in (".last.pt.tmp123", ".best.pt.tmp45", "phi/.epoch_000.npz.tmp6"):
+        (tmp_path / name).write_bytes(b"partial")
+    (tmp_path / "notes.tmp1").write_text("the user's")
+    train(tiny_config(tmp_path, epochs=2, resume="auto"))
+    assert not list(tmp_path.glob(".*.tmp*")) and not list(tmp_path.glob("phi/.*.tmp*"))
+    assert (tmp_path / "notes.tmp1").exists()
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -260,7 +260,7 @@ register_options(
         Option("out", "runs/train", "output directory: config, metrics.csv, plots, checkpoints", kind="path"),
         Option("seed", 0, "random seed (model init, shuffling, re-sampling draws)", check=seed_check),
         Option("epochs", 60, "number of training epochs", check=_positive),
-        Option("resume", None, "checkpoint to continue from exactly, or 'auto' for OUT/last.pt", kind="path"),
+        Option("resume", None, "checkpoint to continue from exactly, or 'auto' for OUT/last.pt (a new run when there is none yet)", kind="path"),
         Option("device", "auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:K'", check=_device),
         Option("deterministic", "auto", "deterministic algorithms: auto (on for CPU runs), on, off",
                choices=("auto", "on", "off")),
@@ -553,5 +553,7 @@ def resume_path(cfg: Config) -> Optional[str]:
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
-        return os.path.join(cfg.out, "last.pt")
+        # OUT/last.pt when there is one; without it (a run killed before its first checkpoint) a new run starts
+        path = os.path.join(cfg.out, "last.pt")
+        return path if os.path.isfile(path) else None
     return cfg.resume

@@ -13,8 +13,10 @@ import contextlib
 import hashlib
 import math
 import random
+import shutil
 import time
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -28,12 +30,21 @@ from training.data import build_dataset, dataset_options
 from training.data.base import Plan, PlanDataset, Subset, keep_bits
 from training.methods import build_method
 from training.metrics import confusion_update, weighted_f1_from_confusion
-from training.outputs import CheckpointError, RunOutputs, load_checkpoint, prepare_out_dir, save_checkpoint
+from training.outputs import (
+    CheckpointError,
+    RunOutputs,
+    atomic_write_bytes,
+    load_checkpoint,
+    prepare_out_dir,
+    save_checkpoint,
+)
 from training.valuation import Valuator
 
-# Options that may differ between a run and its resumption without breaking exactness.
-_RESUME_FREE = {"epochs", "resume", "out", "progress", "device", "workers", "threads", "tensorboard", "plots",
-                "save_phi", "checkpoint", "eval_every"}
+# Options that may differ between a run and its resumption without breaking exactness. Not among them:
+# workers (augmentation draws from the workers' RNGs instead of the process's), device and threads (other
+# kernels and summation orders).
+_RESUME_FREE = {"epochs", "resume", "out", "progress", "tensorboard", "plots", "save_phi", "checkpoint",
+                "eval_every"}
 
 
 def seed_all(seed: int) -> None:
@@ -82,7 +93,11 @@ class Trainer:
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
         # Before anything is built: a refused --out costs nothing, and no file is written before the check.
-        prepare_out_dir(cfg.out, overwrite, resume_path(cfg), write=self.dist.is_main)
+        path = resume_path(cfg)
+        auto_fresh = cfg.resume == "auto" and path is None  # nothing to resume yet: a new run
+        prepare_out_dir(cfg.out, overwrite, path, write=self.dist.is_main, auto_resume=auto_fresh)
+        if auto_fresh and self.dist.is_main:
+            warnings.warn(f"--resume auto: no checkpoint in {cfg.out} yet, starting a new run", stacklevel=2)
         self._configure_runtime()
         seed_all(cfg.seed)
 
@@ -104,7 +119,8 @@ class Trainer:
         self.model = self.core
         if self.dist.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.core, device_ids=ids)
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.core, device_ids=ids, find_unused_parameters=self.method.skips_parameters)
         self.optimizer = self._build_optimizer()
         step = cfg.lr_step if cfg.lr_step > 0 else 10**9
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=cfg.lr_gamma)
@@ -117,10 +133,10 @@ class Trainer:
         self.history: list = []
         self.best = {"test_acc": -math.inf, "epoch": -1}
         self.last_phi: Optional[np.ndarray] = None  # the most recent full phi table (N, n), NaN = not valued
+        self.last_phi_epoch = -1  # the epoch that valued it
         self.outputs = RunOutputs(cfg.out, self.dist.is_main, cfg.tensorboard, cfg.save_phi)
         self.method.setup()
 
-        path = resume_path(cfg)
         if path is not None:
             self.load(path)
         self.outputs.write_config(cfg)
@@ -174,6 +190,18 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(iterable, desc=f"epoch {self.epoch} {desc}", leave=False, disable=None, dynamic_ncols=True)
+
+    def ordered_loader(self, dataset, indices, purpose: str) -> DataLoader:
+        """Unshuffled batches of dataset[indices] for a pass that does not train (test, valuation, a
+        method's probe), in valuation-sized batches.
+
+        Its own generator: without one a DataLoader draws its workers' base seed from the global RNG on
+        every pass, so an extra test pass (the last epoch of a run stopped early to be resumed) would move
+        the RNG state that the resumed run restores, and its dropout and augmentation would differ."""
+        return DataLoader(Subset(dataset, [int(i) for i in indices]),
+                          batch_size=self.cfg.valuation_batch_size or 2 * self.per_rank_batch, shuffle=False,
+                          num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
+                          generator=self.generator(purpose, self.epoch))
 
     def inputs_to_device(self, batch: dict) -> dict:
         return {m: batch[m].to(self.device, non_blocking=True) for m in self.modalities}
@@ -236,9 +264,7 @@ class Trainer:
         """Test loss, accuracy and weighted F1 (every label element counts: per-segment tasks average over
         segments)."""
         dataset = dataset or self.test_set
-        local = list(range(self.dist.rank, len(dataset), self.dist.world))
-        loader = DataLoader(Subset(dataset, local), batch_size=self.cfg.valuation_batch_size or 2 * self.per_rank_batch,
-                            shuffle=False, num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+        loader = self.ordered_loader(dataset, range(self.dist.rank, len(dataset), self.dist.world), "test")
         was_training = self.core.training
         self.core.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -314,7 +340,7 @@ class Trainer:
                         "eval_s": eval_s})
             self.history.append(row)
             if phi_table is not None:
-                self.last_phi = phi_table
+                self.last_phi, self.last_phi_epoch = phi_table, epoch
             self._write_epoch(epoch, row, phi_table)
         results = self._results(time.perf_counter() - run_start)
         if self.dist.is_main:
@@ -357,15 +383,38 @@ class Trainer:
         state = self.state_dict() if self.cfg.checkpoint else None  # collective under DDP: every rank
         if not self.dist.is_main:
             return
-        self.outputs.write_metrics(self.history)
-        labels = self.train_set.labels
-        if phi_table is not None:
-            self.outputs.write_phi(epoch, phi_table, labels.numpy() if labels is not None else None, self.modalities)
-        self.outputs.log_scalars(epoch, row, phi_table, self.modalities)
+        # last.pt first: it commits the epoch. A run killed before it re-runs the epoch on resume (and one
+        # killed in its first epoch leaves only config.yaml); one killed after it gets the files below
+        # rewritten from the checkpoint when it resumes (_restore_outputs).
         if state is not None:
             save_checkpoint(self.outputs.dir / "last.pt", state)
             if improved:
                 save_checkpoint(self.outputs.dir / "best.pt", state)
+        self.outputs.write_metrics(self.history)
+        if phi_table is not None:
+            self._write_phi(epoch, phi_table)
+        self.outputs.log_scalars(epoch, row, phi_table, self.modalities)
+
+    def _write_phi(self, epoch: int, phi_table: np.ndarray) -> None:
+        labels = self.train_set.labels
+        self.outputs.write_phi(epoch, phi_table, labels.numpy() if labels is not None else None, self.modalities)
+
+    def _restore_outputs(self, path) -> None:
+        """After loading checkpoint `path`: what its epoch wrote after it, if the run was killed in between.
+
+        metrics.csv is rewritten from the checkpoint's history (also dropping any row of an epoch that did
+        not reach its checkpoint); the epoch's phi table is written if missing; and best.pt, if the
+        checkpoint's epoch was the best, becomes a copy of the checkpoint (the two were the same state)."""
+        if not self.dist.is_main:
+            return
+        self.outputs.write_metrics(self.history)
+        done = self.epoch - 1
+        if self.last_phi is not None and self.last_phi_epoch == done and done >= 0:
+            if not (self.outputs.dir / "phi" / f"epoch_{done:03d}.npz").exists():
+                self._write_phi(done, self.last_phi)
+        best = self.outputs.dir / "best.pt"
+        if self.cfg.checkpoint and self.best["epoch"] == done >= 0 and Path(path).resolve() != best.resolve():
+            atomic_write_bytes(best, lambda tmp: shutil.copyfile(path, tmp))
 
     def _results(self, seconds: float) -> dict:
         final = self.history[-1] if self.history else {}
@@ -408,6 +457,7 @@ class Trainer:
             "history": self.history,
             "best": dict(self.best),
             "last_phi": torch.from_numpy(self.last_phi) if self.last_phi is not None else None,
+            "last_phi_epoch": self.last_phi_epoch,
             "rng": rng,
             "world_size": self.dist.world,
             "data": self.data_identity(),
@@ -448,12 +498,13 @@ class Trainer:
             self._load_state(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this run: {type(exc).__name__}: {exc}") from None
+        self._restore_outputs(path)
 
     def _load_state(self, state: dict) -> None:
         old = state["config"]
         changed = sorted(k for k in old if k not in _RESUME_FREE and old.get(k) != self.cfg.to_dict().get(k))
         if changed and self.dist.is_main:
-            warnings.warn(f"resuming with changed options {', '.join(changed)}: the run will not match an "
+            warnings.warn(f"resuming with changed options {', '.join(changed)}: the run may not match an "
                           f"uninterrupted one", stacklevel=3)
         self.core.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -465,6 +516,7 @@ class Trainer:
         self.history = list(state["history"])
         self.best = dict(state["best"])
         self.last_phi = state["last_phi"].numpy() if state.get("last_phi") is not None else None
+        self.last_phi_epoch = int(state.get("last_phi_epoch", -1))  # absent from older checkpoints
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         rng = state["rng"]

@@ -8,7 +8,8 @@
                               phi of the last valued epoch), accuracy.png (train / test accuracy)
     OUT/results.json          best and final test accuracy, final mean phi per modality, the modalities'
                               short names (modality_names: view0 -> fou), times
-    OUT/last.pt, OUT/best.pt  checkpoints, written atomically (temporary file + os.replace)
+    OUT/last.pt, OUT/best.pt  checkpoints, written atomically (temporary file + os.replace); last.pt first:
+                              it commits the epoch (the files above are restored from it on resume)
 
 metrics.csv columns: ``epoch, train_loss, train_acc, test_loss, test_acc, test_f1, lr, phi_mean_<modality>...,
 valued, resampled, train_rows, train_s, valuation_s, epoch_s, eval_s`` and the method's own columns.
@@ -72,13 +73,15 @@ def run_work(out) -> list:
     return found + (["phi/"] if any((out / "phi").glob("epoch_*.npz")) else [])
 
 
-def prepare_out_dir(out, overwrite: bool = False, resume: Optional[str] = None, write: bool = True) -> None:
+def prepare_out_dir(out, overwrite: bool = False, resume: Optional[str] = None, write: bool = True,
+                    auto_resume: bool = False) -> None:
     """Make sure --out can take this run, before anything is built or written.
 
     A directory that already holds a run is refused unless the run continues it (`resume` is a checkpoint
     inside it) or `overwrite` is set; then its outputs are deleted first, so that no file of the old run
     (an old epoch's phi table, an old best.pt) is left among the new ones. `write`: this process writes
-    the outputs (rank 0) and creates or clears the directory; other ranks only check.
+    the outputs (rank 0) and creates or clears the directory; other ranks only check. `auto_resume`:
+    --resume auto was given and found no checkpoint in `out` (`resume` is None).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -88,6 +91,10 @@ def prepare_out_dir(out, overwrite: bool = False, resume: Optional[str] = None, 
         raise RunError(f"--overwrite would delete {resume}, which --resume continues from: pass only one of them")
     found = run_work(out)
     if found and not continues:
+        if not overwrite and auto_resume:
+            raise RunError(f"--out {out} holds a run ({', '.join(found)}) but no checkpoint to resume from (last.pt; "
+                           "was it trained with --no-checkpoint?): pass --overwrite to delete its outputs and start "
+                           "over (or choose another --out)")
         if not overwrite:
             raise RunError(f"--out {out} already holds a run ({', '.join(found)}): pass --resume auto to continue it, "
                            "or --overwrite to delete its outputs and start over (or choose another --out)")
@@ -99,6 +106,13 @@ def prepare_out_dir(out, overwrite: bool = False, resume: Optional[str] = None, 
                 with contextlib.suppress(OSError):  # left in place when it holds other files
                     (out / folder).rmdir()
     if write:
+        # Temporary twins left by a run killed while writing (one per kill: their names hold the pid). Only one
+        # run writes in an --out at a time, so none of them is being written now.
+        for folder, pattern in RUN_OUTPUTS:
+            if ".tmp" in pattern:
+                for path in (out / folder).glob(pattern):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a path under a file, no permission, a read-only disk

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 
 import fastshap
 from training import distributed
-from training.data.base import Subset
 from training.methods.base import Values
 
 
@@ -89,14 +88,7 @@ class Valuator:
     def pass_loader(self, indices: torch.Tensor) -> DataLoader:
         """This rank's share of `indices` (every world-th), unshuffled, eval transforms, valuation batches."""
         t = self.t
-        local = indices[t.dist.rank :: t.dist.world]
-        return DataLoader(
-            Subset(t.value_set, local.tolist()),
-            batch_size=t.cfg.valuation_batch_size or 2 * t.per_rank_batch,
-            shuffle=False,
-            num_workers=t.cfg.workers,
-            pin_memory=t.device.type == "cuda",
-        )
+        return t.ordered_loader(t.value_set, indices[t.dist.rank :: t.dist.world].tolist(), "valuation")
 
     def run_pass(self, indices: torch.Tensor) -> Values:
         t = self.t

@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 
 from fastshap import heads
 from training import distributed
-from training.data.base import Subset
 
 
 class NotApplicable(ValueError):
@@ -63,10 +62,7 @@ def check_head(cfg, allowed=("concat", "decision")) -> Optional[str]:
 
 def eval_loader(trainer, indices, dataset=None) -> DataLoader:
     """Unshuffled batches of the base training samples `indices` (eval transforms by default)."""
-    dataset = dataset if dataset is not None else trainer.value_set
-    size = trainer.cfg.valuation_batch_size or 2 * trainer.per_rank_batch
-    return DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=size, shuffle=False,
-                      num_workers=trainer.cfg.workers, pin_memory=trainer.device.type == "cuda")
+    return trainer.ordered_loader(dataset if dataset is not None else trainer.value_set, indices, "method-eval")
 
 
 def random_subset(pool: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

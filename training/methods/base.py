@@ -26,12 +26,14 @@ class Method:
     """Hooks called by the trainer (see :mod:`training.methods`). The base is joint training.
 
     Attributes the trainer reads: ``head`` (default fusion head), ``needs_valuation`` (the method uses the
-    values, so ``--valuation none`` is rejected).
+    values, so ``--valuation none`` is rejected), ``skips_parameters`` (some steps leave parameters out of
+    the loss, so DDP must look for them: ``find_unused_parameters``, which costs a graph walk per step).
     """
 
     name = ""
     head = "concat"
     needs_valuation = False
+    skips_parameters = False
     help = ""
 
     def __init__(self, cfg, trainer):

@@ -297,6 +297,7 @@ def utilisation_rate(acc_on: float, acc_off: float) -> float:
 @register_method("greedy")
 class Greedy(Method):
     head = "concat"
+    skips_parameters = True  # a curation step swaps the caring modality's gate for the average one
     help = "Greedy (Wu et al. 2022): MMTM blocks and curation steps on conditional learning speeds (2 modalities)"
 
     def __init__(self, cfg, trainer):
