@@ -1,6 +1,7 @@
 """Bad input to the trainer's command lines ends in one clear error line and a non-zero exit, never a
 traceback, a crash or silently lost work: python -m training, training.compare and training.preprocess."""
 
+import json
 import os
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def train_cli(args):
     (["--dataset", "synthetic", "--set", "lr=-1"], "synthetic, concat: command line: lr = -1.0 must be > 0"),
     (["--dataset", "synthetic", "--set", "no_such_option=1"], "unknown option 'no_such_option'"),
     (["--dataset", "synthetic", "--set", "seed=3"], "compare sets seed itself (use --seeds)"),
+    (["--dataset", "uci-mfeat", "--metric", "best"], "uci-mfeat, concat: --metric best is the test accuracy at the "
+     "best validation epoch, and this run has no validation split (--set val_ratio=0.1 carves one"),
+    (["--dataset", "synthetic", "--metric", "best", "--set", "select=none"], "(--set select=none turns model "),
     (["--dataset", "synthetic", "--jobs", "0"], "--jobs must be in [1, "),
     (["--dataset", "synthetic", "--jobs", str(4 * (os.cpu_count() or 1) + 1)], "(at most 4 x the "),
 ])
@@ -71,6 +75,18 @@ def test_compare_refuses_to_overwrite_a_comparison_without_overwrite(tmp_path, c
     assert (out / "runs.csv").read_text() == before
     assert compare_main([*args, "--overwrite"]) == 0
     assert "ok" in (out / "runs.csv").read_text()
+
+
+def test_compare_metric_best_reports_the_test_accuracy_at_the_best_validation_epoch(tmp_path):
+    import csv
+
+    out = tmp_path / "cmp"
+    assert compare_main(["--dataset", "synthetic", "--methods", "concat", *COMPARE_TINY, "--metric", "best",
+                         "--out", str(out)]) == 0
+    (row,) = list(csv.DictReader(open(out / "runs.csv")))
+    results = json.loads(next((out / "runs").rglob("results.json")).read_text())
+    assert float(row["test_acc_at_best"]) == results["test_acc_at_best"] is not None
+    assert f"{100 * results['test_acc_at_best']:.2f}" in (out / "table.md").read_text()
 
 
 def test_compare_out_that_is_a_file(tmp_path, capsys):

@@ -42,9 +42,13 @@ def test_cli_run_writes_every_output(tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     results = json.loads((out / "results.json").read_text())
     assert results["final_test_acc"] == rows[-1]["test_acc"]
-    assert results["best_test_acc"] == max(r["test_acc"] for r in rows)
+    # best: picked on the validation split (synthetic has one), never the test split
+    best = max(range(len(rows)), key=lambda e: (rows[e]["val_acc"], -e))
+    assert results["selection"] == "val" and results["best_epoch"] == best
+    assert results["best_val_acc"] == rows[best]["val_acc"] and results["test_acc_at_best"] == rows[best]["test_acc"]
     assert results["final_test_f1"] == rows[-1]["test_f1"] and 0.0 <= rows[-1]["test_f1"] <= 1.0
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    assert torch.load(out / "best.pt", weights_only=True)["best"]["epoch"] == best
     assert not list(out.glob(".*.tmp*")), "temporary checkpoint files left behind"
     cfg = resolve_config({}, [out / "config.yaml"])  # the resolved config runs again as a config file
     assert cfg.method == "sample-level" and cfg.syn_samples == 48
@@ -134,7 +138,7 @@ def assert_same_run(a, b, epochs, skip_test_row=()):
     ma, mb = read_metrics(a / "metrics.csv"), read_metrics(b / "metrics.csv")
     assert len(ma) == len(mb) == epochs
     for e, (ra, rb) in enumerate(zip(ma, mb)):
-        skip = TIMING | ({"test_loss", "test_acc", "test_f1"} if e in skip_test_row else set())
+        skip = TIMING | ({f"{s}_{m}" for s in ("test", "val") for m in ("loss", "acc", "f1")} if e in skip_test_row else set())
 
         def kept(row):  # NaN (an epoch without a test pass) compares equal to NaN here
             return {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items() if k not in skip}
@@ -171,6 +175,61 @@ def test_resume_after_a_test_pass_the_straight_run_skipped(tmp_path):
     assert not math.isnan(read_metrics(tmp_path / "b" / "metrics.csv")[0]["test_acc"])
     train(tiny_config(tmp_path / "b", epochs=4, resume="auto", **opts))
     assert_same_run(tmp_path / "a", tmp_path / "b", 4, skip_test_row=(0,))
+
+
+def _run_selecting(out, **opts):
+    results = train(tiny_config(out, epochs=3, **opts))
+    return results, read_metrics(out / "metrics.csv")
+
+
+def test_best_epoch_is_chosen_on_the_validation_split_never_the_test_split(tmp_path, monkeypatch):
+    from training.engine import Trainer as T
+
+    # Make the two splits disagree: the validation accuracy falls epoch by epoch, the test accuracy rises.
+    def evaluate(self, dataset=None, split="test"):
+        acc = {"val": 0.9 - 0.1 * self.epoch, "test": 0.5 + 0.1 * self.epoch}[split]
+        return {f"{split}_loss": 1.0, f"{split}_acc": acc, f"{split}_f1": acc}
+
+    monkeypatch.setattr(T, "evaluate", evaluate)
+    results, rows = _run_selecting(tmp_path / "a")
+    assert [r["val_acc"] for r in rows] == pytest.approx([0.9, 0.8, 0.7])
+    assert results["best_epoch"] == 0 and results["test_acc_at_best"] == pytest.approx(0.5)
+    assert results["final_test_acc"] == pytest.approx(0.7)
+    assert torch.load(tmp_path / "a" / "best.pt", weights_only=True)["epoch"] == 1  # saved after epoch 0
+
+
+def test_without_a_validation_split_there_is_no_model_selection(tmp_path):
+    (tmp_path / "data").mkdir()
+    root = _mfeat_root(tmp_path / "data")
+    base = dict(dataset="uci-mfeat", data_root=str(root), views="fou,mor", epochs=2, **QUIET)
+    results = train(resolve_config({**base, "out": str(tmp_path / "none")}))
+    assert results["selection"] == "none" and results["best_epoch"] == -1 and results["test_acc_at_best"] is None
+    assert (tmp_path / "none" / "last.pt").exists() and not (tmp_path / "none" / "best.pt").exists()
+    assert "val_acc" not in read_metrics(tmp_path / "none" / "metrics.csv")[0]
+    with pytest.raises(RunError, match="--select val: dataset uci-mfeat has no validation split \\(set --val-ratio\\)"):
+        Trainer(resolve_config({**base, "out": str(tmp_path / "v"), "select": "val"}))
+    # --val-ratio carves a stratified validation split out of the training split; the test split stays
+    results = train(resolve_config({**base, "out": str(tmp_path / "r"), "val_ratio": 0.25}))
+    assert results["selection"] == "val" and results["best_epoch"] >= 0
+    from training.data import build_dataset
+
+    opts = dict(views=["fou", "mor"], val_ratio=0.25)
+    train_rows, val_rows, test_rows = (build_dataset("uci-mfeat", str(root), s, **opts).source_rows for s in
+                                       ("train", "val", "test"))
+    plain_test = build_dataset("uci-mfeat", str(root), "test", views=["fou", "mor"]).source_rows
+    assert torch.equal(test_rows, plain_test)
+    assert len(set(train_rows.tolist()) | set(val_rows.tolist()) | set(test_rows.tolist())) == 2000
+    assert len(val_rows) == 400 and not set(val_rows.tolist()) & set(train_rows.tolist())
+
+
+def test_a_checkpoint_that_chose_its_best_on_the_test_split_keeps_no_best(tmp_path):
+    train(tiny_config(tmp_path, epochs=1))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state["best"] = {"test_acc": 0.99, "epoch": 0}  # the format before validation-based selection
+    torch.save(state, tmp_path / "last.pt")
+    t = Trainer(tiny_config(tmp_path, epochs=2, resume="auto"))
+    assert t.best["epoch"] == -1
+    t.close()
 
 
 class Killed(BaseException):

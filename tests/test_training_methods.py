@@ -231,10 +231,10 @@ def test_online_valuation_calls_the_op_once_per_step_and_runs_no_pass(tmp_path, 
     steps = sum(math.ceil(r["train_rows"] / 16) for r in t.history)
     assert spy.calls == steps
     assert not passes
-    # encoder forwards: the training steps and the test passes, nothing else
-    test_batches = math.ceil(32 / 32)
-    assert len(forwards) == t.n * (steps + 2 * test_batches)
-    assert sum(forwards) == t.n * (sum(r["train_rows"] for r in t.history) + 2 * 32)
+    # encoder forwards: the training steps and the test and validation passes (32 samples each), nothing else
+    eval_batches = math.ceil(32 / 32)
+    assert len(forwards) == t.n * (steps + 2 * 2 * eval_batches)
+    assert sum(forwards) == t.n * (sum(r["train_rows"] for r in t.history) + 2 * 2 * 32)
     # every original sample was valued once per epoch and the next plan came from that table
     for epoch in (0, 1):
         assert not np.isnan(phi_table(tmp_path, epoch)).any()

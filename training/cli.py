@@ -155,12 +155,18 @@ def _is_rank0() -> bool:
 
 
 def _summary(cfg, results: dict) -> None:
-    best, final = results.get("best_test_acc"), results.get("final_test_acc")
+    final, best_val, at_best = (results.get(k) for k in ("final_test_acc", "best_val_acc", "test_acc_at_best"))
     names = results.get("modality_names") or {}
     phi = ", ".join(f"{names.get(m, m)} {v:+.3f}" for m, v in (results.get("final_phi_mean") or {}).items()
                     if v is not None and v == v)
-    print(f"{cfg.method} on {cfg.dataset}: best test accuracy {best:.4f} (epoch {results['best_epoch']}), "
-          f"final {final:.4f}" if best is not None and final is not None else f"{cfg.method} on {cfg.dataset}: done")
+    line = f"{cfg.method} on {cfg.dataset}: "
+    line += f"final test accuracy {final:.4f}" if final is not None else "done"
+    if best_val is not None:
+        line += (f"; best validation accuracy {best_val:.4f} (epoch {results['best_epoch']}, best.pt), "
+                 f"test accuracy there {at_best:.4f}")
+    elif results.get("selection") == "none":
+        line += " (no validation split: no model selection)"
+    print(line)
     if phi:
         print(f"final mean phi: {phi}")
     print(f"valuation share of epoch time {100 * results['valuation_share']:.1f}%; outputs in {cfg.out}")

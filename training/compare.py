@@ -66,8 +66,10 @@ DISPLAY = {
 #: More seeds than this per method and setting is a typo, not a study: each is a full training run.
 MAX_SEEDS = 1000
 
-RUN_FIELDS = ("setting", "dataset", "views", "method", "seed", "status", "final_test_acc", "best_test_acc",
+RUN_FIELDS = ("setting", "dataset", "views", "method", "seed", "status", "final_test_acc", "test_acc_at_best",
               "best_epoch", "epochs", "seconds", "message")
+#: --metric -> the run's results.json entry it reports
+METRIC_KEYS = {"final": "final_test_acc", "best": "test_acc_at_best"}
 
 
 def parse_args(argv=None):
@@ -88,7 +90,8 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="option override applied to every run, e.g. --set epochs=20 (repeatable)")
     p.add_argument("--metric", choices=("final", "best"), default="final",
-                   help="test accuracy of the last epoch (default) or of the best epoch")
+                   help="test accuracy of the last epoch (default), or at the epoch of the best validation accuracy "
+                        "(needs a validation split)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="runs in parallel processes (default 1)")
     p.add_argument("--out", default="runs/compare", metavar="DIR", help="output directory (default runs/compare)")
     p.add_argument("--overwrite", action="store_true",
@@ -180,12 +183,12 @@ def run_config(spec: dict):
     return resolve_config(values, spec["config"])
 
 
-def check_runs(runs: list) -> None:
+def check_runs(runs: list, metric: str = "final") -> None:
     """Resolve every planned (setting, method) and check its dataset options before any run starts: a
     mistake stops the comparison at once instead of failing each of its runs. Raises ConfigError or
     DataOptionError naming the setting and method."""
     from training.config import ConfigError
-    from training.data import check_dataset_options
+    from training.data import check_dataset_options, dataset_options, has_validation_split
     from training.data.base import DataOptionError
 
     for spec in runs:
@@ -193,9 +196,17 @@ def check_runs(runs: list) -> None:
             continue  # the seed changes nothing that is checked here
         where = f"{spec['setting']}, {spec['method']}"
         try:  # run_config refuses views for a dataset that has none (training.data.views_problem)
-            check_dataset_options(run_config(spec))
+            cfg = run_config(spec)
+            check_dataset_options(cfg)
         except (ConfigError, DataOptionError) as exc:
             raise type(exc)(f"{where}: {exc}") from None
+        options = dataset_options(cfg)
+        if metric == "best" and (cfg.select == "none" or not has_validation_split(cfg.dataset, options)):
+            hint = ("--set select=none turns model selection off" if cfg.select == "none" else
+                    "--set val_ratio=0.1 carves one from the training split" if "val_ratio" in options else
+                    "the dataset has none")
+            raise ConfigError(f"{where}: --metric best is the test accuracy at the best validation epoch, and this "
+                              f"run has no validation split ({hint})")
 
 
 def run_one(spec: dict) -> dict:
@@ -211,8 +222,9 @@ def run_one(spec: dict) -> dict:
     start = time.perf_counter()
     try:
         results = train(run_config(spec), overwrite=spec["overwrite"])
-        row.update(status="ok", final_test_acc=results.get("final_test_acc"), best_test_acc=results.get("best_test_acc"),
-                   best_epoch=results.get("best_epoch"), epochs=results.get("epochs"), message="")
+        row.update(status="ok", final_test_acc=results.get("final_test_acc"),
+                   test_acc_at_best=results.get("test_acc_at_best"), best_epoch=results.get("best_epoch"),
+                   epochs=results.get("epochs"), message="")
     except NotApplicable as exc:
         row.update(status="n/a", message=str(exc))
     except (ConfigError, KeyError, RunError, DataOptionError, DataFileError, CheckpointError, BackendError) as exc:
@@ -227,7 +239,7 @@ def run_one(spec: dict) -> dict:
 
 def summarise(rows: list, metric: str) -> dict:
     """{(setting, method): {"mean", "std", "seeds", "status"}} with accuracies in [0, 1]."""
-    key = f"{metric}_test_acc"
+    key = METRIC_KEYS[metric]
     table = {}
     for row in rows:
         cell = table.setdefault((row["setting"], row["method"]), {"values": [], "statuses": set()})
@@ -344,7 +356,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(method_names())}")
     runs = plan_runs(args)
     try:
-        check_runs(runs)
+        check_runs(runs, args.metric)
     except (ConfigError, DataOptionError) as exc:
         parser.error(str(exc))
     out = Path(args.out)
@@ -367,7 +379,7 @@ def main(argv=None) -> int:
 
     def report(row):
         rows.append(row)
-        acc = row.get(f"{args.metric}_test_acc")
+        acc = row.get(METRIC_KEYS[args.metric])
         acc_text = f"{100 * float(acc):.2f}%" if row["status"] == "ok" and acc is not None else row["status"]
         print(f"[{len(rows)}/{len(runs)}] {row['setting']} {row['method']} seed {row['seed']}: {acc_text} "
               f"({row['seconds']:.1f} s){' ' + row['message'] if row['status'] != 'ok' else ''}", flush=True)

@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from training import distributed
 from training.config import Config, RunError, resume_path
-from training.data import build_dataset, dataset_options
-from training.data.base import Plan, PlanDataset, Subset, keep_bits
+from training.data import build_dataset, dataset_options, has_validation_split
+from training.data.base import DataFileError, Plan, PlanDataset, Subset, keep_bits
 from training.methods import build_method
 from training.metrics import confusion_update, weighted_f1_from_confusion
 from training.outputs import (
@@ -105,6 +105,7 @@ class Trainer:
         self.train_set = build_dataset(cfg.dataset, cfg.data_root, "train", augment=True, **opts)
         self.value_set = self.train_set.with_augment(cfg.valuation_augment)
         self.test_set = build_dataset(cfg.dataset, cfg.data_root, "test", augment=False, **opts)
+        self.val_set = self._validation_set(opts)
         self.modalities = tuple(self.train_set.modalities)
         self.n = len(self.modalities)
         if cfg.batch_size % self.dist.world:
@@ -131,7 +132,7 @@ class Trainer:
         self.train_indices = torch.as_tensor(self.method.train_indices(len(self.train_set)), dtype=torch.long)
         self.plan: Plan = self.method.first_plan()
         self.history: list = []
-        self.best = {"test_acc": -math.inf, "epoch": -1}
+        self.best = dict(_NO_BEST)
         self.last_phi: Optional[np.ndarray] = None  # the most recent full phi table (N, n), NaN = not valued
         self.last_phi_epoch = -1  # the epoch that valued it
         self.outputs = RunOutputs(cfg.out, self.dist.is_main, cfg.tensorboard, cfg.save_phi)
@@ -142,6 +143,27 @@ class Trainer:
         self.outputs.write_config(cfg)
 
     # -- set-up ---------------------------------------------------------------------------------------
+    def _validation_set(self, opts: dict):
+        """The split that picks best.pt and the best epoch, or None (no model selection). Never the test
+        split: a model picked on it reports an optimistic test accuracy."""
+        cfg = self.cfg
+        if cfg.select == "none":
+            return None
+        if not has_validation_split(cfg.dataset, opts):
+            if cfg.select == "val":
+                hint = " (set --val-ratio)" if "val_ratio" in opts else ""
+                raise RunError(f"--select val: dataset {cfg.dataset} has no validation split{hint}")
+            return None
+        try:
+            return build_dataset(cfg.dataset, cfg.data_root, "val", augment=False, **opts)
+        except DataFileError as exc:
+            if cfg.select == "val":
+                raise
+            if self.dist.is_main:
+                warnings.warn(f"no model selection: the validation split cannot be read ({exc}); --select none "
+                              "silences this", stacklevel=3)
+            return None
+
     def _configure_runtime(self) -> None:
         cfg = self.cfg
         # Process-wide settings, restored by close() (tests and notebooks run several trainers).
@@ -260,17 +282,17 @@ class Trainer:
         return {"train_loss": float(sums[0] / sums[3].clamp_min(1)), "train_acc": float(sums[1] / sums[2].clamp_min(1))}
 
     @torch.no_grad()
-    def evaluate(self, dataset=None) -> dict:
-        """Test loss, accuracy and weighted F1 (every label element counts: per-segment tasks average over
-        segments)."""
-        dataset = dataset or self.test_set
-        loader = self.ordered_loader(dataset, range(self.dist.rank, len(dataset), self.dist.world), "test")
+    def evaluate(self, dataset=None, split: str = "test") -> dict:
+        """`split`_loss, _acc and _f1 (weighted F1) on `dataset` (default: the test split); every label
+        element counts: per-segment tasks average over segments."""
+        dataset = dataset if dataset is not None else self.test_set
+        loader = self.ordered_loader(dataset, range(self.dist.rank, len(dataset), self.dist.world), split)
         was_training = self.core.training
         self.core.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         classes = self.train_set.num_classes
         confusion = torch.zeros(classes, classes, dtype=torch.float64, device=self.device)
-        for batch in self.progress(loader, "test"):
+        for batch in self.progress(loader, split):
             labels = batch["label"].to(self.device, non_blocking=True)
             with self.autocast():
                 logits = self.core(self.inputs_to_device(batch)).logits
@@ -282,8 +304,8 @@ class Trainer:
         sums = distributed.all_reduce_sum(sums, self.dist)
         confusion = distributed.all_reduce_sum(confusion, self.dist)
         count = max(1.0, float(sums[2]))
-        return {"test_loss": float(sums[0]) / count, "test_acc": float(sums[1]) / count,
-                "test_f1": weighted_f1_from_confusion(confusion)}
+        return {f"{split}_loss": float(sums[0]) / count, f"{split}_acc": float(sums[1]) / count,
+                f"{split}_f1": weighted_f1_from_confusion(confusion)}
 
     def value(self, indices: torch.Tensor):
         if self.cfg.valuation == "online":
@@ -320,10 +342,12 @@ class Trainer:
 
             t1 = time.perf_counter()
             last = epoch == cfg.epochs - 1
-            if (epoch + 1) % cfg.eval_every == 0 or last:
-                row.update(self.evaluate())
-            else:
-                row.update({"test_loss": math.nan, "test_acc": math.nan, "test_f1": math.nan})
+            splits = [("test", self.test_set)] + ([("val", self.val_set)] if self.val_set is not None else [])
+            for split, dataset in splits:
+                if (epoch + 1) % cfg.eval_every == 0 or last:
+                    row.update(self.evaluate(dataset, split))
+                else:
+                    row.update({f"{split}_loss": math.nan, f"{split}_acc": math.nan, f"{split}_f1": math.nan})
             eval_s = time.perf_counter() - t1
 
             row["lr"] = lr
@@ -376,9 +400,10 @@ class Trainer:
         return table.numpy()
 
     def _write_epoch(self, epoch: int, row: dict, phi_table) -> None:
-        improved = not math.isnan(row["test_acc"]) and row["test_acc"] > self.best["test_acc"]
+        val_acc = row.get("val_acc", math.nan)
+        improved = not math.isnan(val_acc) and val_acc > self.best["val_acc"]
         if improved:
-            self.best = {"test_acc": row["test_acc"], "epoch": epoch}
+            self.best = {"val_acc": val_acc, "test_acc": row["test_acc"], "epoch": epoch}
         self.epoch = epoch + 1
         state = self.state_dict() if self.cfg.checkpoint else None  # collective under DDP: every rank
         if not self.dist.is_main:
@@ -429,8 +454,11 @@ class Trainer:
             # checkpoints
             "modality_names": {m: _short(self.train_set, m) for m in self.modalities},
             "epochs": len(self.history),
-            "best_test_acc": self.best["test_acc"] if self.best["epoch"] >= 0 else None,
+            # model selection on the validation split: its best epoch, and the test accuracy there
+            "selection": "val" if self.val_set is not None else "none",
             "best_epoch": self.best["epoch"],
+            "best_val_acc": self.best["val_acc"] if self.best["epoch"] >= 0 else None,
+            "test_acc_at_best": self.best["test_acc"] if self.best["epoch"] >= 0 else None,
             "final_test_acc": final.get("test_acc"),
             "final_test_f1": final.get("test_f1"),
             "final_phi_mean": {m: final.get(f"phi_mean_{m}") for m in self.modalities},
@@ -514,7 +542,8 @@ class Trainer:
         self.plan = Plan.from_state(state["plan"])
         self.train_indices = state["train_indices"].long()
         self.history = list(state["history"])
-        self.best = dict(state["best"])
+        # A checkpoint from before validation-based selection picked its best on the test split: not kept.
+        self.best = dict(state["best"]) if "val_acc" in state["best"] else dict(_NO_BEST)
         self.last_phi = state["last_phi"].numpy() if state.get("last_phi") is not None else None
         self.last_phi_epoch = int(state.get("last_phi_epoch", -1))  # absent from older checkpoints
         self.epoch = int(state["epoch"])
@@ -537,6 +566,10 @@ class Trainer:
         threads, deterministic = self._saved_runtime
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+
+
+#: No best epoch yet (or no model selection: no validation split).
+_NO_BEST = {"val_acc": -math.inf, "test_acc": math.nan, "epoch": -1}
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

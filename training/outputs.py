@@ -5,15 +5,20 @@
     OUT/tensorboard/          event files: every metric, and phi histograms per modality
     OUT/phi/epoch_XXX.npz     per-sample phi (N, n) of the training set after epoch XXX (NaN: not valued)
     OUT/plots/*.png           phi_mean.png (mean phi per modality over epochs), phi_hist.png (per-sample
-                              phi of the last valued epoch), accuracy.png (train / test accuracy)
-    OUT/results.json          best and final test accuracy, final mean phi per modality, the modalities'
-                              short names (modality_names: view0 -> fou), times
+                              phi of the last valued epoch), accuracy.png (train / validation / test accuracy)
+    OUT/results.json          final test accuracy; with a validation split the best epoch by validation
+                              accuracy (best_epoch, best_val_acc) and the test accuracy there
+                              (test_acc_at_best); final mean phi per modality, the modalities' short names
+                              (modality_names: view0 -> fou), times
     OUT/last.pt, OUT/best.pt  checkpoints, written atomically (temporary file + os.replace); last.pt first:
-                              it commits the epoch (the files above are restored from it on resume)
+                              it commits the epoch (the files above are restored from it on resume). best.pt:
+                              the best validation accuracy, never the test split's (none without a validation
+                              split: --select, --val-ratio)
 
-metrics.csv columns: ``epoch, train_loss, train_acc, test_loss, test_acc, test_f1, lr, phi_mean_<modality>...,
-valued, resampled, train_rows, train_s, valuation_s, epoch_s, eval_s`` and the method's own columns.
-``epoch_s`` = ``train_s + valuation_s`` (the epoch's training work); ``eval_s`` is the test pass.
+metrics.csv columns: ``epoch, train_loss, train_acc, test_loss, test_acc, test_f1, [val_loss, val_acc, val_f1,]
+lr, phi_mean_<modality>..., valued, resampled, train_rows, train_s, valuation_s, epoch_s, eval_s`` and the
+method's own columns. ``epoch_s`` = ``train_s + valuation_s`` (the epoch's training work); ``eval_s`` is the
+test (and validation) pass.
 """
 
 from __future__ import annotations

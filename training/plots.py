@@ -76,7 +76,7 @@ def plot_accuracy(history: list, path, title: str = "") -> Optional[Path]:
     plt = _pyplot()
     epochs = _column(history, "epoch")
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for key in ("train_acc", "test_acc"):
+    for key in ("train_acc", "val_acc", "test_acc"):
         y = _column(history, key)
         ok = np.isfinite(y)
         if ok.any():

