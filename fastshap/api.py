@@ -35,7 +35,9 @@ def modality_shapley(
     Args:
         features: n tensors ``(B, d_i)``, one floating dtype (fp32/fp16/bf16/fp64) and device, 1 <= n <= 16.
         head: ``nn.Linear(sum d_i, C)`` over the concatenated features, a :mod:`fastshap.heads` module, or any
-            callable ``list of n (B, d_i) -> (B, C)`` logits (or ``(B, T, C)`` with ``(B, T)`` labels).
+            callable ``list of n (B, d_i) -> (B, C)`` logits (or ``(B, T, C)`` with ``(B, T)`` labels). A
+            module whose forward or hooks change what its parameters compute runs as a callable. Modules and
+            callables run in the mode they are in: ``head.eval()`` first (dropout would make phi random).
         labels: ``(B,)`` (or ``(B, T)`` for per-segment callables) integers in ``[0, C)``.
         baselines: what replaces a removed modality: None (zeros), or n tensors ``(d_i,)`` / ``(B, d_i)``.
         benefit: ``"paper"`` v(S) = |S| 1[correct]; ``"accuracy"`` 1[correct]; ``"probability"`` p(y | S).
@@ -68,7 +70,8 @@ def modality_shapley(
         raise ValueError(f"fastshap: unknown benefit {benefit!r}; choose from {', '.join(map(repr, BENEFITS))}")
     if not isinstance(backend, str):
         raise TypeError(f"fastshap: backend must be a name, got {type(backend).__name__}")
-    chosen = backends.select(backend, Call(spec.kind, device, dtype, n, per_segment=labels.dim() == 2))
+    call = Call(spec.kind, device, dtype, n, per_segment=labels.dim() == 2, note=spec.note)
+    chosen = backends.select(backend, call)
     if batch == 0:
         phi = torch.zeros(0, n, dtype=torch.float32, device=device)
         return (phi, torch.zeros(2, n, device=device)) if with_stats else phi
@@ -80,8 +83,7 @@ def modality_shapley(
     # one host-device synchronisation, or none with defer_checks; the head's parameters are never read on
     # the host (an optimizer step may change them without a trace that a cache could key on).
     if defer_checks is not None:
-        defer_checks.calls += 1
-        defer_checks.add_stats(stats, spec.num_classes)
+        defer_checks.add_stats(stats, spec.num_classes)  # counts the call too
     else:
         nonfinite, (nan_rows, *_) = stats[2:].tolist()
         if nan_rows or any(nonfinite):
@@ -210,10 +212,44 @@ def _no_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+#: The layer types whose forward the fused kernels reproduce from the parameters alone.
+_DECOMPOSED = (nn.Linear, heads.ConcatLinear, heads.DecisionFusion, heads.ConcatMLP)
+
+
+def _runs_its_own_way(head: nn.Module) -> Optional[str]:
+    """Why a layer of `head` computes something its parameters do not say, or None: a forward of its own (a
+    subclass's, e.g. a LoRA term or another activation) or forward hooks (e.g. the hook-based
+    torch.nn.utils.weight_norm, which recomputes the weight in a pre-hook). Parametrizations are fine: the
+    parameters read are already the parametrized ones."""
+    stack = [("", head)]  # a walk of _modules: named_modules() costs ~2 us a layer on every call
+    while stack:
+        name, module = stack.pop()
+        cls = type(module)
+        base = cls if cls in _DECOMPOSED else next((c for c in cls.__mro__ if c in _DECOMPOSED), None)
+        why = None
+        if base is not None and cls.forward is not base.forward:
+            why = f"overrides {base.__name__}.forward"
+        elif module._forward_hooks or module._forward_pre_hooks:
+            why = "has forward hooks"
+        if why is not None:
+            layer = type(head).__name__ + (f" layer {name!r} ({cls.__name__})" if name else "")
+            return f"{layer} {why}"
+        stack.extend((f"{name}.{key}" if name else key, child) for key, child in module._modules.items()
+                     if child is not None)
+    return None
+
+
 def _head_spec(head, dims, device) -> HeadSpec:
     """The head reduced to its parameters, after checking every layer's shapes against the feature widths
-    (heads can be changed after construction: a replaced layer must not be read out of bounds)."""
+    (heads can be changed after construction: a replaced layer must not be read out of bounds). A head
+    that runs its own way is evaluated as the callable it is (the slow path) rather than valued wrongly."""
     total = sum(dims)
+    own_way = _runs_its_own_way(head) if isinstance(head, _DECOMPOSED) else None
+    if own_way is not None:
+        note = f"{own_way}, so it runs as a callable"
+        if isinstance(head, nn.Linear):
+            return HeadSpec("callable", fn=lambda features: head(torch.cat(list(features), dim=-1)), note=note)
+        return HeadSpec("callable", fn=head, note=note)
     if isinstance(head, (nn.Linear, heads.ConcatLinear)):
         if isinstance(head, heads.ConcatLinear):
             _check_dims(head, dims, "ConcatLinear head")

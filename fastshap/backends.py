@@ -33,6 +33,7 @@ class Call(NamedTuple):
     dtype: torch.dtype
     n: int
     per_segment: bool = False  # labels (B, T) with (B, T, C) logits
+    note: str = ""  # why a module head is a callable (HeadSpec.note)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class HeadSpec:
     params: tuple = ()
     fn: object = None
     num_classes: Optional[int] = None
+    note: str = ""  # for a known head type run as a callable: why (a forward of its own, hooks)
 
 
 class Backend:
@@ -73,7 +75,8 @@ class TorchBackend(Backend):
 
 def _kernel_declines(call: Call, device_type: str, dtypes) -> Optional[str]:
     if call.kind not in _KERNEL_KINDS:
-        return f"it runs the fastshap heads and nn.Linear only, not a {call.kind} head"
+        return f"it runs the fastshap heads and nn.Linear only, not a {call.kind} head" + (
+            f" ({call.note})" if call.note else "")
     if call.per_segment:
         return "per-segment (B, T) labels need a callable head (torch backend)"
     if call.device.type != device_type:

@@ -11,6 +11,7 @@ end of an epoch), raises the same kind of error the call would have raised.
 from __future__ import annotations
 
 import operator
+import threading
 from typing import Optional
 
 import torch
@@ -29,6 +30,9 @@ class DeferredChecks:
     >>> for batch in loader:
     ...     phi = fastshap.modality_shapley(feats, head, labels, defer_checks=checks)
     >>> checks.raise_if_any()   # ValueError naming what was wrong and in how many calls
+
+    One object may serve calls from several threads (a lock orders their updates); under torch.compile
+    the updates are traced without it.
     """
 
     def __init__(self, max_modalities: int = 16):
@@ -47,10 +51,17 @@ class DeferredChecks:
         self._counts: Optional[torch.Tensor] = None
         self.calls = 0
         self.num_classes: Optional[int] = None
+        self._lock = threading.Lock()
+
+    def _new_counters(self, device: torch.device) -> torch.Tensor:
+        # Not an inference tensor even when the first call runs under torch.inference_mode(): later calls
+        # outside it add to the counters in place, which an inference tensor refuses.
+        with torch.inference_mode(False):
+            return torch.zeros(2, self._width, dtype=torch.float64, device=device)
 
     def _slot(self, device: torch.device) -> torch.Tensor:
         if self._counts is None:
-            self._counts = torch.zeros(2, self._width, dtype=torch.float64, device=device)
+            self._counts = self._new_counters(device)
         elif self._counts.device != device:
             raise ValueError(
                 f"fastshap: one DeferredChecks collects the checks of one device; it holds {self._counts.device}, "
@@ -59,25 +70,43 @@ class DeferredChecks:
         return self._counts
 
     def add_stats(self, stats: torch.Tensor, num_classes: Optional[int]) -> None:
-        """stats: an op's (4, n) stats; rows 2 (non-finite rows per modality) and 3 (NaN phi rows) are added
-        with one in-place add (each launch costs a GPU call's host tens of microseconds)."""
+        """Counts one call. stats: its op's (4, n) stats; rows 2 (non-finite rows per modality) and 3 (NaN
+        phi rows) are added with one in-place add (each launch costs a GPU call's host tens of microseconds)."""
         n = stats.shape[1]
         if n > self._width:
             raise ValueError(f"fastshap: this DeferredChecks holds {self._width} modalities, the call has {n}")
+        if torch.compiler.is_compiling():  # dynamo cannot trace a lock (a graph break); compiled code adds alone
+            self._add(stats, n, num_classes)
+            return
+        with self._lock:  # creating the counters and the in-place add are read-modify-writes
+            self._add(stats, n, num_classes)
+
+    def _add(self, stats: torch.Tensor, n: int, num_classes: Optional[int]) -> None:
         if num_classes is not None:
             self.num_classes = num_classes
         self._slot(stats.device)[:, :n].add_(stats[2:4])
+        self.calls += 1
+
+    def _give_back(self, counters: torch.Tensor, calls: int) -> None:
+        with self._lock:
+            if self._counts is None:
+                self._counts = counters
+            else:
+                self._counts.add_(counters)
+            self.calls += calls
 
     def reset(self) -> None:
-        self._counts = None
-        self.calls = 0
+        with self._lock:
+            self._counts = None
+            self.calls = 0
 
-    def _reduced(self, reduce) -> torch.Tensor:
+    @staticmethod
+    def _reduced(reduce, counters: torch.Tensor) -> torch.Tensor:
         """reduce(counters), checked: it must return the reduced counters, a tensor of their shape."""
         if not callable(reduce):
             raise TypeError(f"fastshap: raise_if_any(reduce=...) must be a function, got {type(reduce).__name__}")
-        counts = reduce(self._counts)
-        shape = tuple(self._counts.shape)
+        shape = tuple(counters.shape)
+        counts = reduce(counters)
         if not isinstance(counts, torch.Tensor):
             raise TypeError(
                 f"fastshap: raise_if_any's reduce returned {type(counts).__name__}; it must return the reduced "
@@ -98,15 +127,19 @@ class DeferredChecks:
         distributed job, so that every rank raises together instead of one rank leaving the others waiting
         in their next collective; every rank must then call it, with ``device`` (where the counters live
         when this rank recorded no call)."""
-        if self._counts is None:
+        with self._lock:  # take the counters; calls from other threads meanwhile start new ones
+            counters, calls = self._counts, self.calls
+            self._counts, self.calls = None, 0
+        if counters is None:
             if reduce is None:
-                self.reset()
                 return
-            self._slot(torch.device(device) if device is not None else torch.device("cpu"))
-        counts = self._counts if reduce is None else self._reduced(reduce)
+            counters = self._new_counters(torch.device(device) if device is not None else torch.device("cpu"))
+        try:
+            counts = counters if reduce is None else self._reduced(reduce, counters)
+        except BaseException:
+            self._give_back(counters, calls)  # a bad reduce loses no count
+            raise
         nonfinite, other = [[int(c) for c in row] for row in counts.tolist()]
-        calls = self.calls
-        self.reset()
         problems = []
         if other[_NAN_ROWS]:
             problems.append(

@@ -4,6 +4,7 @@ per-segment (B, T, C) logits with (B, T) labels, and clear errors for malformed 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -165,3 +166,88 @@ def test_wrong_output_shape_raises(make_output, labels_shape, match):
         fastshap.modality_shapley(
             feats, lambda xs: make_output(xs[0].shape[0], 5), torch.zeros(labels_shape, dtype=torch.long)
         )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Heads of the decomposed types (nn.Linear, fastshap.heads) whose parameters do not say what they compute:
+# a forward of their own or forward hooks. They run as the callables they are, never valued from their
+# parameters alone.
+
+
+class _ScaledLinear(torch.nn.Linear):
+    def forward(self, x):
+        return super().forward(x) / 5.0 + torch.tanh(x[:, :1]) * torch.arange(self.out_features)  # re-ranks classes
+
+
+class _GeluMLP(fastshap.heads.ConcatMLP):
+    def forward(self, features):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(torch.cat(list(features), -1))))
+
+
+class _LoraLinear(torch.nn.Linear):
+    def forward(self, x):
+        return super().forward(x) + x @ torch.ones(x.shape[1], self.out_features) * 0.05
+
+
+def _own_way_heads(dims, classes, g):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+    total = sum(dims)
+    hooked = torch.nn.Linear(total, classes)
+    hooked.register_forward_hook(lambda module, inputs, out: out * 0.1 + out.flip(-1))
+    mlp = _GeluMLP(dims, 8, classes)
+    lora_fc1 = fastshap.heads.ConcatMLP(dims, 8, classes)
+    lora_fc1.fc1 = _LoraLinear(total, 8)
+    norm = torch.nn.utils.weight_norm(torch.nn.Linear(total, classes))  # a pre-hook recomputes .weight
+    with torch.no_grad():
+        norm(torch.zeros(1, total))
+        norm.weight_g.mul_(3.0)  # as an optimizer step would: .weight is stale until the next forward
+    return {"subclass forward": (_ScaledLinear(total, classes), "overrides Linear.forward"),
+            "forward hook": (hooked, "has forward hooks"),
+            "ConcatMLP subclass": (mlp, "overrides ConcatMLP.forward"),
+            "fc1 subclass": (lora_fc1, "layer 'fc1' (_LoraLinear) overrides Linear.forward"),
+            "hook-based weight_norm": (norm, "has forward hooks")}
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated")
+@pytest.mark.parametrize("benefit", ["paper", "probability"])
+def test_heads_with_their_own_forward_or_hooks_run_as_callables(benefit):
+    g = torch.Generator().manual_seed(5)
+    dims, classes, batch = [4, 3, 5], 6, 200
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    labels = torch.randint(0, classes, (batch,), generator=g)
+    for name, (head, why) in _own_way_heads(dims, classes, g).items():
+        if isinstance(head, torch.nn.Linear):
+            as_callable = lambda xs, head=head: head(torch.cat(list(xs), -1))  # noqa: E731
+        else:
+            as_callable = head
+        # what the parameters alone give (read before any forward refreshes the weight_norm's .weight) differs,
+        # so the test would see a head valued the fast way
+        from_params = fastshap.modality_shapley(feats, copy_as_plain(head), labels, benefit=benefit)
+        got = fastshap.modality_shapley(feats, head, labels, benefit=benefit)
+        expected = fastshap.modality_shapley(feats, as_callable, labels, benefit=benefit, backend="torch")
+        assert torch.equal(got, expected), name
+        assert not torch.equal(from_params, expected), name
+        with pytest.raises(fastshap.BackendError, match=re.escape(why) + ", so it runs as a callable"):
+            fastshap.modality_shapley(feats, head, labels, benefit=benefit, backend="cpp")
+
+
+def copy_as_plain(head):
+    """The same parameters in a head of the plain library type (no forward of its own, no hooks)."""
+    if isinstance(head, torch.nn.Linear):
+        plain = torch.nn.Linear(head.in_features, head.out_features)
+        with torch.no_grad():
+            plain.weight.copy_(head.weight)
+            plain.bias.copy_(head.bias)
+        return plain
+    plain = fastshap.heads.ConcatMLP(head.dims, head.fc1.out_features, head.fc2.out_features)
+    plain.load_state_dict(head.state_dict())
+    return plain
+
+
+def test_parametrized_and_plain_heads_keep_the_fused_path():
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(16, 3, generator=g), torch.randn(16, 2, generator=g)]
+    labels = torch.randint(0, 4, (16,), generator=g)
+    norm = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(5, 4))  # .weight is computed when read
+    for head in (torch.nn.Linear(5, 4), norm, fastshap.heads.ConcatMLP([3, 2], 6, 4)):
+        fastshap.modality_shapley(feats, head, labels, backend="cpp")  # a callable would be refused

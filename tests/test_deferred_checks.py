@@ -238,3 +238,73 @@ def test_what_reduce_returns_is_checked(reduce, error, match):
     checks = fastshap.DeferredChecks()
     with pytest.raises(error, match="^fastshap: " + match):
         checks.raise_if_any(reduce=reduce, device="cpu")
+
+
+def _bad_label_call():
+    call = valid_call()
+    call["labels"] = call["labels"].clone()
+    call["labels"][0] = CLASSES  # one NaN row a call
+    return call
+
+
+def test_counters_made_under_inference_mode_serve_calls_outside_it():
+    checks = fastshap.DeferredChecks()
+    call = _bad_label_call()
+    with torch.inference_mode():  # e.g. a validation pass
+        _run(call, checks)
+    _run(call, checks)  # the next training step adds in place to the counters
+    with pytest.raises(ValueError, match="over 2 calls found bad values: 2 phi rows are NaN"):
+        checks.raise_if_any()
+
+
+def test_one_object_shared_by_threads_loses_no_count():
+    import sys
+    import threading
+
+    call = _bad_label_call()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: a race would show within the trials
+    try:
+        for _ in range(30):
+            checks = fastshap.DeferredChecks()
+            start = threading.Barrier(4)
+
+            def work():
+                start.wait()  # all threads race for the first call, which makes the counters
+                for _ in range(3):
+                    _run(call, checks, "cpp")
+
+            threads = [threading.Thread(target=work) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert checks.calls == 12
+            with pytest.raises(ValueError, match="over 12 calls found bad values: 12 phi rows are NaN"):
+                checks.raise_if_any()
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_a_bad_reduce_loses_no_count():
+    checks = fastshap.DeferredChecks()
+    _run(_bad_label_call(), checks)
+    with pytest.raises(TypeError, match="returned NoneType"):
+        checks.raise_if_any(reduce=lambda counters: None)
+    with pytest.raises(ValueError, match="over 1 calls found bad values: 1 phi rows are NaN"):
+        checks.raise_if_any()
+
+
+def test_deferred_calls_compile_in_one_graph():
+    import torch._dynamo
+
+    call = _bad_label_call()
+    checks = fastshap.DeferredChecks()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda labels: _run({**call, "labels": labels}, checks, "cpp"), fullgraph=True,
+                             backend="aot_eager")
+    for _ in range(2):
+        phi = compiled(call["labels"])
+    assert torch.isnan(phi[0]).all() and not torch.isnan(phi[1:]).any()
+    with pytest.raises(ValueError, match="over 2 calls found bad values: 2 phi rows are NaN"):
+        checks.raise_if_any()
