@@ -177,7 +177,10 @@ def test_fixed_rate_counts_and_dynamic_column(tmp_path):
     t = run(tmp_path, method="fixed-rate-high", epochs=2, warmup=1)
     phi = torch.from_numpy(phi_table(tmp_path, 0))
     assert t.history[1]["resampled"] == int((phi < 1).sum()) * 3
-    assert t.history[0]["resampled_dynamic"] == int(copy_counts(phi, "linear", 2.0, 3).sum())
+    dynamic = int(copy_counts(phi, "linear", 2.0, 3).sum())
+    assert t.history[0]["resampled_dynamic"] == dynamic
+    # epoch 0's row describes the plan epoch 1 trains
+    assert t.history[0]["resampled_vs_dynamic"] == pytest.approx(t.history[1]["resampled"] / dynamic)
 
 
 class OpSpy:

@@ -6,7 +6,9 @@
   every world-th sample and the results are all-gathered, so every rank holds the same full table.
 * **online** (beyond the paper): inside each training step the op values the batch from the features the
   forward already computed (one op call per step, no extra forward, no extra pass). Values therefore come
-  from train-mode features (dropout, batch-norm batch statistics) and from the parameters of the moment.
+  from train-mode features (dropout, batch-norm batch statistics) and from the parameters of the moment:
+  the head after the step's optimizer update, applied to the features computed before it (the op runs
+  once the step is done, so that it never delays the backward pass).
   Only unmodified original rows are recorded (re-sampled copies and masked rows are not), so each sample
   is valued once per epoch. With ``--removal input`` the baselines Enc_i(0) are computed once at the
   start of each epoch, in eval mode.

@@ -19,7 +19,11 @@ modality-level: value a random subset Z (``--part-ratio`` of the training set, d
     ``range`` (scale 1/n: the width of the phi range is n), or a number. f_m: ``linear`` alpha x,
     ``tanh`` tanh(alpha x), ``power`` alpha x^1.5.
 fixed-rate-low / -high: every modality with phi < 1 gets a fixed number of copies (1 / 3) whatever its
-    value. The ``resampled_dynamic`` column gives what the sample-level linear rule would have added.
+    value. The ``resampled_dynamic`` column gives what the sample-level linear rule would have added, and
+    ``resampled_vs_dynamic`` the fixed rule's copies over that (the comparison of supp. Table 6).
+
+The columns ``copies_<modality>``, ``resampled_dynamic`` and ``resampled_vs_dynamic`` of epoch e's row
+describe the plan made after epoch e, which epoch e + 1 trains: its ``resampled`` column is their total.
 """
 
 from __future__ import annotations
@@ -234,14 +238,16 @@ class FixedRateLow(SampleLevel):
         fixed = int(self.cfg[self.option])
         counts = torch.where(phi < 1, torch.full_like(phi, fixed), torch.zeros_like(phi)).long()
         dynamic = copy_counts(phi, "linear", 2.0, self.cfg.max_copies)
-        self._dynamic = int(dynamic.sum())
+        self._dynamic = (int(counts.sum()), int(dynamic.sum()))
         return counts
 
     def next_plan(self, epoch, values):
         self._dynamic = None
         plan = super().next_plan(epoch, values)
         if self._dynamic is not None:
-            self._metrics["resampled_dynamic"] = self._dynamic
+            fixed, dynamic = self._dynamic
+            self._metrics["resampled_dynamic"] = dynamic
+            self._metrics["resampled_vs_dynamic"] = fixed / dynamic if dynamic else math.nan
         return plan
 
 
