@@ -334,15 +334,36 @@ def test_agm_hooks_scale_each_modality_gradient():
     assert torch.allclose(h[1].grad, 2.0 * plain[1], atol=1e-6)
 
 
-@pytest.mark.parametrize("n", [2, 3])
-def test_agm_end_to_end(tmp_path, n):
-    trainer, rows = run(tmp_path, "agm", n=n, agm_alpha=1.0)
+@pytest.mark.parametrize("n, zero_inputs", [(2, True), (3, True), (2, False)])
+def test_agm_end_to_end(tmp_path, n, zero_inputs):
+    trainer, rows = run(tmp_path, "agm", n=n, agm_alpha=1.0, agm_zero_inputs=zero_inputs)
     assert trainer.method.iteration == 12  # 3 epochs x 4 steps, every step counted
     assert torch.isfinite(trainer.method.running).all()
     coefs = [r[f"agm_coef_view{i}"] for r in rows for i in range(n)]
     assert all(c > 0 and math.isfinite(c) for c in coefs)
     assert any(abs(c - 1) > 1e-3 for c in coefs)
     assert rows[-1]["agm_mono_ce_view0"] < rows[-1]["agm_mono_ce_view1"]  # the informative modality
+
+
+def test_agm_removes_a_modality_by_a_zero_input_through_its_encoder_every_step(tmp_path, monkeypatch):
+    from training.methods import agm
+
+    seen = []
+    original = agm.shapley_outputs
+
+    def spy(head, features, baselines=None):
+        seen.append(baselines)
+        return original(head, features, baselines)
+
+    monkeypatch.setattr(agm, "shapley_outputs", spy)
+    trainer, _ = run(tmp_path, "agm", n=2)
+    assert len(seen) == trainer.method.iteration == 12
+    core, batch = trainer.core, next(iter(trainer.train_loader(trainer.plan)))
+    for base, dim in zip(seen[-1], core.dims):
+        assert base.requires_grad and base.shape == (16, dim)  # a batch of Enc_m(0), in the graph
+    core.eval()  # the encoders' output for a zero input (the recorded ones ran in train mode)
+    zero = core.encode({m: torch.zeros_like(batch[m]) for m in core.modalities})
+    assert not torch.allclose(zero[0], torch.zeros_like(zero[0]))  # so not feature zeroing
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """``agm``: Adaptive Gradient Modulation (Li et al., ICCV 2023).
 
 **Mono-modal responses.** AGM splits the fused output f into one response per modality with the Shapley
-value of the modality in f, removed modalities zeroed (as the valuation removes them: feature zeroing, or the encoders'
-zero-input features b_i with ``--removal input``):
+value of the modality in f, removed modalities zeroed at the input as in the released code: by default
+(``--agm-zero-inputs``) a removed modality's features are its encoder's output for an all-zero input batch,
+computed at every step in the step's mode (train: dropout, batch-norm batch statistics) and with gradients,
+as the released code runs the model on zero-padded inputs; with ``--no-agm-zero-inputs`` the run's removal
+(feature zeroing, or the eval-mode Enc_i(0) of ``--removal input``, once per epoch):
 
     u_m = phi_m(f) + f(empty) / n,   phi_m(f) = sum over S not containing m of
           |S|! (n - |S| - 1)! / n! * (f(S + m) - f(S))
@@ -11,8 +14,8 @@ so that sum_m u_m = f(all) (efficiency). This is the authors' ``0.5 (total - pad
 modalities and their 1/3, 1/6 weights for three. ``f`` is the head's logits, not a benefit, so this is not
 ``fastshap.modality_shapley`` (which values a coalition by its correctness or probability); we use
 fastshap's exact coalition masks and integer Shapley coefficients (``fastshap.reference``) and evaluate
-the head on the 2^n coalitions of the features with gradients (the encoders run once). For the
-concat-linear head with feature zeroing the decomposition is exact in closed form:
+the head on the 2^n coalitions of the features with gradients (the encoders run once on the batch, and once
+on its zero input). For the concat-linear head with feature zeroing the decomposition is exact in closed form:
 f(S) = b + sum_{i in S} W_i h_i, so u_m = W_m h_m + b / n, the head's partial logits (``unimodal_logits``),
 and that path is taken.
 
@@ -60,6 +63,8 @@ register_options(
         Option("agm_end", -1, "AGM: last epoch with modulation, inclusive (-1: until the end)"),
         Option("agm_cap", 10.0, "AGM: cap on r_hat - r inside the exponent (released code: 10)",
                check=lambda x: None if x > 0 else "must be > 0"),
+        Option("agm_zero_inputs", True, "AGM: a removed modality is its encoder's output for a zero input, "
+               "computed every step with gradients (the released code); off: the run's --removal"),
         Option("agm_clip", 1.0, "AGM: when a head gradient entry exceeds this in magnitude, clip the gradient norm "
                "to it (released code: 1.0; 0: off)", check=lambda x: None if x >= 0 else "must be >= 0"),
     ],
@@ -124,8 +129,13 @@ class AGM(Method):
         self._sums = {}
         self.clipped_steps = 0
 
-    def baselines(self):
-        """Enc_i(0) for --removal input, refreshed once per epoch (eval mode); None for feature zeroing."""
+    def baselines(self, batch):
+        """What a removed modality's features are: with --agm-zero-inputs, the encoders' outputs for a zero
+        input batch of this step (its mode, with gradients); else Enc_i(0) for --removal input, refreshed once
+        per epoch (eval mode), or None for feature zeroing."""
+        if self.cfg.agm_zero_inputs:
+            inputs = self.trainer.inputs_to_device(batch)
+            return self.trainer.core.encode({m: torch.zeros_like(x) for m, x in inputs.items()})
         if self.cfg.removal != "input":
             return None
         if self._baseline_epoch != self.trainer.epoch:
@@ -135,7 +145,7 @@ class AGM(Method):
 
     def loss(self, out, batch):
         labels = batch["label"]
-        u = shapley_outputs(self.trainer.core.head, out.features, self.baselines())
+        u = shapley_outputs(self.trainer.core.head, out.features, self.baselines(batch))
         with torch.no_grad():
             sums = torch.stack([mono_modal_ce(x, labels) for x in u]
                                + [labels.new_tensor(labels.shape[0], dtype=torch.float64)])
