@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -216,6 +217,19 @@ def _no_autocast(device: torch.device):
 _DECOMPOSED = (nn.Linear, heads.ConcatLinear, heads.DecisionFusion, heads.ConcatMLP)
 
 
+@functools.lru_cache(maxsize=None)
+def _overrides(cls: type) -> Optional[str]:
+    """Which method of its decomposed base type `cls` overrides (forward, and what DecisionFusion's forward
+    and the kernels' parameters come from), or None; asked once per class."""
+    base = next((c for c in cls.__mro__ if c in _DECOMPOSED), None)
+    if base is None:
+        return None
+    for name in ("forward", "per_modality_logits", "packed"):
+        if hasattr(base, name) and getattr(cls, name) is not getattr(base, name):
+            return f"overrides {base.__name__}.{name}"
+    return None
+
+
 def _runs_its_own_way(head: nn.Module) -> Optional[str]:
     """Why a layer of `head` computes something its parameters do not say, or None: a forward of its own (a
     subclass's, e.g. a LoRA term or another activation) or forward hooks (e.g. the hook-based
@@ -225,11 +239,8 @@ def _runs_its_own_way(head: nn.Module) -> Optional[str]:
     while stack:
         name, module = stack.pop()
         cls = type(module)
-        base = cls if cls in _DECOMPOSED else next((c for c in cls.__mro__ if c in _DECOMPOSED), None)
-        why = None
-        if base is not None and cls.forward is not base.forward:
-            why = f"overrides {base.__name__}.forward"
-        elif module._forward_hooks or module._forward_pre_hooks:
+        why = _overrides(cls)
+        if why is None and (module._forward_hooks or module._forward_pre_hooks):
             why = "has forward hooks"
         if why is not None:
             layer = type(head).__name__ + (f" layer {name!r} ({cls.__name__})" if name else "")

@@ -130,14 +130,16 @@ class DeferredChecks:
         with self._lock:  # take the counters; calls from other threads meanwhile start new ones
             counters, calls = self._counts, self.calls
             self._counts, self.calls = None, 0
-        if counters is None:
+        taken = counters is not None
+        if not taken:
             if reduce is None:
                 return
             counters = self._new_counters(torch.device(device) if device is not None else torch.device("cpu"))
         try:
             counts = counters if reduce is None else self._reduced(reduce, counters)
         except BaseException:
-            self._give_back(counters, calls)  # a bad reduce loses no count
+            if taken:  # a bad reduce loses no count (fresh zero counters are not worth keeping)
+                self._give_back(counters, calls)
             raise
         nonfinite, other = [[int(c) for c in row] for row in counts.tolist()]
         problems = []

@@ -251,3 +251,20 @@ def test_parametrized_and_plain_heads_keep_the_fused_path():
     norm = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(5, 4))  # .weight is computed when read
     for head in (torch.nn.Linear(5, 4), norm, fastshap.heads.ConcatMLP([3, 2], 6, 4)):
         fastshap.modality_shapley(feats, head, labels, backend="cpp")  # a callable would be refused
+
+
+def test_decision_fusion_with_its_own_per_modality_logits_runs_as_a_callable():
+    class Tempered(fastshap.heads.DecisionFusion):
+        def per_modality_logits(self, features):
+            return [z / 4.0 for z in super().per_modality_logits(features)]
+
+    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(2)
+    head = Tempered([3, 4], 5)
+    feats = [torch.randn(40, 3, generator=g), torch.randn(40, 4, generator=g)]
+    labels = torch.randint(0, 5, (40,), generator=g)
+    got = fastshap.modality_shapley(feats, head, labels, benefit="probability")
+    expected = fastshap.modality_shapley(feats, lambda xs: head(xs), labels, benefit="probability", backend="torch")
+    assert torch.equal(got, expected)
+    with pytest.raises(fastshap.BackendError, match="overrides DecisionFusion.per_modality_logits"):
+        fastshap.modality_shapley(feats, head, labels, backend="cpp")

@@ -308,3 +308,11 @@ def test_deferred_calls_compile_in_one_graph():
     assert torch.isnan(phi[0]).all() and not torch.isnan(phi[1:]).any()
     with pytest.raises(ValueError, match="over 2 calls found bad values: 2 phi rows are NaN"):
         checks.raise_if_any()
+
+
+def test_a_bad_reduce_without_calls_does_not_tie_the_object_to_a_device():
+    checks = fastshap.DeferredChecks()
+    with pytest.raises(TypeError, match="returned NoneType"):
+        checks.raise_if_any(reduce=lambda counters: None, device="meta")
+    _run(valid_call(), checks, "cpp")  # a CPU call: the meta counters were not kept
+    checks.raise_if_any()

@@ -227,9 +227,59 @@ def test_a_checkpoint_that_chose_its_best_on_the_test_split_keeps_no_best(tmp_pa
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     state["best"] = {"test_acc": 0.99, "epoch": 0}  # the format before validation-based selection
     torch.save(state, tmp_path / "last.pt")
-    t = Trainer(tiny_config(tmp_path, epochs=2, resume="auto"))
+    with pytest.warns(UserWarning, match="chosen on the test split .* renamed to best-by-test.pt"):
+        t = Trainer(tiny_config(tmp_path, epochs=2, resume="auto"))
     assert t.best["epoch"] == -1
+    assert (tmp_path / "best-by-test.pt").exists() and not (tmp_path / "best.pt").exists()
     t.close()
+
+
+def _falling_validation(monkeypatch):
+    """Validation accuracy falls epoch by epoch while the test accuracy rises: the splits disagree."""
+    def evaluate(self, dataset=None, split="test"):
+        acc = {"val": 0.9 - 0.1 * self.epoch, "test": 0.5 + 0.1 * self.epoch}[split]
+        return {f"{split}_loss": 1.0, f"{split}_acc": acc, f"{split}_f1": acc}
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
+def test_a_resumed_run_picks_the_best_epoch_of_the_uninterrupted_run(tmp_path, monkeypatch):
+    # --eval-every 2: the short run also evaluates after its last epoch (0), which the uninterrupted run
+    # does not; that extra evaluation must not compete for the best epoch.
+    _falling_validation(monkeypatch)
+    a = train(tiny_config(tmp_path / "a", epochs=4, eval_every=2))
+    train(tiny_config(tmp_path / "b", epochs=1, eval_every=2))
+    b = train(tiny_config(tmp_path / "b", epochs=4, eval_every=2, resume="auto"))
+    assert a["best_epoch"] == b["best_epoch"] == 1
+    assert a["test_acc_at_best"] == b["test_acc_at_best"] == pytest.approx(0.6)
+
+
+def test_resuming_without_selection_reports_no_best(tmp_path):
+    train(tiny_config(tmp_path, epochs=1))
+    results = train(tiny_config(tmp_path, epochs=2, resume="auto", select="none"))
+    assert results["selection"] == "none" and results["best_epoch"] == -1 and results["best_val_acc"] is None
+
+
+def test_resuming_into_another_out_brings_the_matching_best_checkpoint(tmp_path, monkeypatch):
+    _falling_validation(monkeypatch)  # epoch 0 stays the best
+    train(tiny_config(tmp_path / "a", epochs=2))
+    results = train(tiny_config(tmp_path / "b", epochs=3, resume=str(tmp_path / "a" / "last.pt")))
+    assert results["best_epoch"] == 0
+    assert (tmp_path / "b" / "best.pt").read_bytes() == (tmp_path / "a" / "best.pt").read_bytes()
+
+
+@pytest.mark.parametrize("ratios, message", [
+    (dict(val_ratio=0.001), "leaves the validation split empty"),
+    (dict(val_ratio=0.99, test_ratio=0.9), "without training rows"),
+])
+def test_split_ratios_that_empty_a_split_are_refused(tmp_path, ratios, message):
+    from training.data.base import DataOptionError
+
+    (tmp_path / "data").mkdir()
+    root = _mfeat_root(tmp_path / "data")
+    with pytest.raises(DataOptionError, match=message):
+        Trainer(resolve_config(dict(dataset="uci-mfeat", data_root=str(root), views="fou,mor",
+                                    out=str(tmp_path / "o"), **ratios, **QUIET)))
 
 
 class Killed(BaseException):

@@ -12,7 +12,8 @@ valuation skip its logging pass (``--valuation none``).
 
 Outputs in ``--out``:
 
-    runs.csv    one row per run: setting, method, seed, status, final / best test accuracy, seconds
+    runs.csv    one row per run: setting, method, seed, status, final test accuracy, test accuracy at the
+                best validation epoch (test_acc_at_best, empty without a validation split), seconds
     table.csv   method x setting: mean, std (sample std over seeds), number of seeds
     table.md    the paper's layout: one row per method, one column per setting, "mean ± std" in percent
                 (best mean per column in bold; "n/a" where a method does not apply, e.g. Greedy with n != 2)

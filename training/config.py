@@ -274,8 +274,8 @@ register_options(
         Option("save_phi", True, "save each epoch's per-sample phi table as OUT/phi/epoch_XXX.npz"),
         Option("checkpoint", True, "write OUT/last.pt after every epoch and OUT/best.pt on a new best validation "
                "accuracy"),
-        Option("eval_every", 1, "evaluate on the test (and validation) split every K epochs (and always after the "
-               "last)", check=_positive),
+        Option("eval_every", 1, "evaluate on the test (and validation) split every K epochs and after the last; "
+               "model selection compares the every-K evaluations", check=_positive),
         Option("select", "auto", "model selection (best.pt, the best epoch) on the validation split, never the test "
                "split: auto (when the dataset has one: an official split or --val-ratio), val (required), none",
                choices=("auto", "val", "none")),

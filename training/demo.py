@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.dependencies import reports_missing_packages
+
 SETTINGS = {"2-view": ["fou", "mor"], "4-view": ["fou", "kar", "zer", "mor"]}
 METHODS = ["concat", "sample-level", "modality-level"]
 
@@ -162,6 +164,7 @@ def plots(runs: list, out: Path) -> list:
     return made
 
 
+@reports_missing_packages("python -m training.demo")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

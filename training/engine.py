@@ -133,6 +133,7 @@ class Trainer:
         self.plan: Plan = self.method.first_plan()
         self.history: list = []
         self.best = dict(_NO_BEST)
+        self._test_selected_best = False  # a resumed checkpoint chose its best.pt on the test split
         self.last_phi: Optional[np.ndarray] = None  # the most recent full phi table (N, n), NaN = not valued
         self.last_phi_epoch = -1  # the epoch that valued it
         self.outputs = RunOutputs(cfg.out, self.dist.is_main, cfg.tensorboard, cfg.save_phi)
@@ -401,7 +402,10 @@ class Trainer:
 
     def _write_epoch(self, epoch: int, row: dict, phi_table) -> None:
         val_acc = row.get("val_acc", math.nan)
-        improved = not math.isnan(val_acc) and val_acc > self.best["val_acc"]
+        # Only the every-K evaluations compete, not the extra one after a run's last epoch: a run stopped
+        # early to be resumed must pick the best epoch the uninterrupted run picks.
+        scheduled = (epoch + 1) % self.cfg.eval_every == 0
+        improved = scheduled and not math.isnan(val_acc) and val_acc > self.best["val_acc"]
         if improved:
             self.best = {"val_acc": val_acc, "test_acc": row["test_acc"], "epoch": epoch}
         self.epoch = epoch + 1
@@ -438,8 +442,19 @@ class Trainer:
             if not (self.outputs.dir / "phi" / f"epoch_{done:03d}.npz").exists():
                 self._write_phi(done, self.last_phi)
         best = self.outputs.dir / "best.pt"
-        if self.cfg.checkpoint and self.best["epoch"] == done >= 0 and Path(path).resolve() != best.resolve():
+        if self._test_selected_best and best.exists():
+            # chosen on the test split by an older version: kept, under a name that says so, out of the way
+            best.replace(best.with_name("best-by-test.pt"))
+            warnings.warn(f"{best} was chosen on the test split (an older checkpoint format): renamed to "
+                          "best-by-test.pt; best.pt now follows the validation split", stacklevel=4)
+        if not self.cfg.checkpoint or self.best["epoch"] < 0 or Path(path).resolve() == best.resolve():
+            return
+        if self.best["epoch"] == done:  # the checkpoint is the best state itself
             atomic_write_bytes(best, lambda tmp: shutil.copyfile(path, tmp))
+        elif not best.exists():  # resumed into another --out: the checkpoint's own best.pt, if it matches
+            source = Path(path).parent / "best.pt"
+            if source.is_file() and load_checkpoint(source).get("best") == self.best:
+                atomic_write_bytes(best, lambda tmp: shutil.copyfile(source, tmp))
 
     def _results(self, seconds: float) -> dict:
         final = self.history[-1] if self.history else {}
@@ -542,8 +557,10 @@ class Trainer:
         self.plan = Plan.from_state(state["plan"])
         self.train_indices = state["train_indices"].long()
         self.history = list(state["history"])
-        # A checkpoint from before validation-based selection picked its best on the test split: not kept.
-        self.best = dict(state["best"]) if "val_acc" in state["best"] else dict(_NO_BEST)
+        # A checkpoint from before validation-based selection picked its best on the test split: not kept
+        # (its best.pt is set aside by _restore_outputs); a run resumed without selection keeps none.
+        self.best = dict(state["best"]) if "val_acc" in state["best"] and self.val_set is not None else dict(_NO_BEST)
+        self._test_selected_best = "val_acc" not in state["best"] and state["best"].get("epoch", -1) >= 0
         self.last_phi = state["last_phi"].numpy() if state.get("last_phi") is not None else None
         self.last_phi_epoch = int(state.get("last_phi_epoch", -1))  # absent from older checkpoints
         self.epoch = int(state["epoch"])

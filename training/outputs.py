@@ -41,7 +41,7 @@ CHECKPOINT_FORMAT = "fastshap-training-checkpoint/1"
 
 #: What a run writes in --out, as (folder, glob) pairs (a file's temporary twin ``.<name>.tmp<pid>`` included):
 #: what --overwrite deletes, and nothing else, so that an --out holding other files never loses them.
-_FILES = ("config.yaml", "metrics.csv", "results.json", "last.pt", "best.pt")
+_FILES = ("config.yaml", "metrics.csv", "results.json", "last.pt", "best.pt", "best-by-test.pt")
 RUN_OUTPUTS = (
     *(("", name) for name in _FILES),
     *(("", f".{name}.tmp*") for name in _FILES),

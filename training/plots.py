@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from training.dependencies import reports_missing_packages
+
 
 def _pyplot():
     import matplotlib
@@ -104,6 +106,7 @@ def run_plots(out_dir, history: list, modalities: Sequence[str], last_phi: Optio
     return [p for p in made if p is not None]
 
 
+@reports_missing_packages("python -m training.plots")
 def main(argv=None) -> None:
     from training.outputs import read_metrics
 

@@ -158,8 +158,15 @@ def split_rows(name: str, labels: np.ndarray, split: str, test_ratio: float, val
     if val_ratio > 0:
         keep, held = stratified_split(labels[train], val_ratio, [seed, 1])
         train, val = train[keep], train[held]
+        if len(val) == 0:
+            raise DataOptionError(f"{name}: --val-ratio {val_ratio} leaves the validation split empty (each class "
+                                  "gives round(ratio x its training rows)): raise it, or set 0 for no validation")
     elif split == "val":
         raise DataOptionError(f"{name} has no validation split unless --val-ratio is above 0")
+    lost = sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[train]).tolist()))
+    if lost:
+        raise DataOptionError(f"{name}: --test-ratio {test_ratio} and --val-ratio {val_ratio} leave class(es) "
+                              f"{', '.join(map(str, lost))} without training rows: lower them")
     return train, {"train": train, "val": val, "test": test}[split]
 
 
