@@ -54,6 +54,8 @@ def train_cli(args):
     (["--dataset", "uci-mfeat", "--metric", "best"], "uci-mfeat, concat: --metric best is the test accuracy at the "
      "best validation epoch, and this run has no validation split (--set val_ratio=0.1 carves one"),
     (["--dataset", "synthetic", "--metric", "best", "--set", "select=none"], "(--set select=none turns model "),
+    (["--dataset", "synthetic", "--set", "val_ratio=0.2"], "dataset synthetic has an official validation split; "
+     "--val-ratio carves one for caltech101-20, uci-mfeat only"),
     (["--dataset", "synthetic", "--jobs", "0"], "--jobs must be in [1, "),
     (["--dataset", "synthetic", "--jobs", str(4 * (os.cpu_count() or 1) + 1)], "(at most 4 x the "),
 ])
@@ -471,7 +473,7 @@ def test_missing_train_package_is_one_error_line(command, argv, blocked, tmp_pat
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
     assert "the trainer needs the package" in run.stderr and f"(import {blocked!r} failed)" in run.stderr
-    assert 'pip install "fastshap-modality[train]"' in run.stderr
+    assert 'pip install --no-build-isolation "fastshap-modality[train]" with your torch pinned' in run.stderr
 
 
 def test_other_missing_modules_are_not_reworded():

@@ -25,8 +25,9 @@ the table and each run it makes. Datasets, views, methods, config files and --se
 the first run starts; a dataset, view list or method given twice is an error (it would count one run as
 two seeds).
 
-The table reports the test accuracy of the last epoch (``--metric final``, the default: no model selection
-on the test set) or the best epoch (``--metric best``, as the authors' code selected).
+The table reports the test accuracy of the last epoch (``--metric final``, the default) or at the epoch of
+the best validation accuracy (``--metric best``; never an epoch picked on the test set, as the authors'
+code picked it).
 """
 
 from __future__ import annotations
@@ -280,7 +281,8 @@ def markdown_table(summary: dict, settings: list, methods: list, metric: str) ->
                 cells.append(f"**{text}**" if best[s] is not None and c["mean"] == best[s] else text)
         lines.append(f"| {DISPLAY.get(m, m)} | " + " | ".join(cells) + " |")
     seeds = sorted({c["seeds"] for c in summary.values() if c["seeds"]})
-    note = (f"\nTest accuracy (%) of the {'last' if metric == 'final' else 'best'} epoch, mean ± sample std over "
+    which = "of the last epoch" if metric == "final" else "at the epoch of the best validation accuracy"
+    note = (f"\nTest accuracy (%) {which}, mean ± sample std over "
             f"{'/'.join(map(str, seeds)) or 0} seed(s).")
     return "\n".join(lines) + "\n" + note + "\n"
 

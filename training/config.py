@@ -540,11 +540,14 @@ def validate(values: Mapping, sources: Optional[Mapping] = None) -> Config:
             f"{sources.get('method', 'default')}: unknown method {out['method']!r}; "
             f"available: {', '.join(method_names())}"
         )
-    from training.data import views_problem
+    from training.data import val_ratio_problem, views_problem
 
     problem = views_problem(out["dataset"], out["views"])
     if problem:
         raise ConfigError(f"{sources.get('views', 'default')}: {problem}")
+    problem = val_ratio_problem(out["dataset"], out["val_ratio"])
+    if problem:
+        raise ConfigError(f"{sources.get('val_ratio', 'default')}: {problem}")
     from training.methods import method_class
 
     problem = method_class(out["method"]).check_config(out)

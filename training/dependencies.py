@@ -15,7 +15,8 @@ TRAIN_PACKAGES = {
     "h5py": "h5py", "torchvision": "torchvision", "transformers": "transformers", "tensorboard": "tensorboard",
     "PIL": "pillow",
 }
-INSTALL = 'pip install "fastshap-modality[train]"'
+INSTALL = ('pip install --no-build-isolation "fastshap-modality[train]" with your torch pinned (the README\'s '
+           '"Installing into an environment of your own")')
 
 
 def missing_package_message(exc: ModuleNotFoundError) -> str | None:

@@ -143,6 +143,16 @@ def views_problem(name: str, views) -> Optional[str]:
             f"{', '.join(multi_view_datasets())})")
 
 
+def val_ratio_problem(name: str, val_ratio) -> Optional[str]:
+    """Why --val-ratio cannot go with dataset `name` (it has an official validation split, or no seeded split
+    to carve one from), else None: checked with the configuration, as the views are."""
+    if not val_ratio or name not in _DATASETS or "val_ratio" in _DATASETS[name].options:
+        return None
+    carved = [n for n in dataset_names() if "val_ratio" in _DATASETS[n].options]
+    what = "has an official validation split" if "val" in _DATASETS[name].splits else "has no validation split"
+    return f"dataset {name} {what}; --val-ratio carves one for {', '.join(carved)} only"
+
+
 def check_dataset_options(cfg) -> None:
     """Raise DataOptionError for dataset options of `cfg` its dataset cannot take, when it can tell without
     reading data (e.g. an unknown view); building the dataset checks the rest."""
