@@ -1,6 +1,7 @@
 """Bad input to the trainer's command lines ends in one clear error line and a non-zero exit, never a
 traceback, a crash or silently lost work: python -m training, training.compare and training.preprocess."""
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -80,8 +81,6 @@ def test_compare_refuses_to_overwrite_a_comparison_without_overwrite(tmp_path, c
 
 
 def test_compare_metric_best_reports_the_test_accuracy_at_the_best_validation_epoch(tmp_path):
-    import csv
-
     out = tmp_path / "cmp"
     assert compare_main(["--dataset", "synthetic", "--methods", "concat", *COMPARE_TINY, "--metric", "best",
                          "--out", str(out)]) == 0
@@ -89,6 +88,19 @@ def test_compare_metric_best_reports_the_test_accuracy_at_the_best_validation_ep
     results = json.loads(next((out / "runs").rglob("results.json")).read_text())
     assert float(row["test_acc_at_best"]) == results["test_acc_at_best"] is not None
     assert f"{100 * results['test_acc_at_best']:.2f}" in (out / "table.md").read_text()
+
+
+def test_compare_metric_best_names_missing_validation_files(tmp_path, capsys):
+    from training.data import _fixtures as fx
+
+    layout = fx.write_ks(tmp_path / "ks", per_class=1)  # train and test lists only: no val_1fps_path.txt
+    out = tmp_path / "cmp"
+    code = compare_main(["--dataset", "ks", "--methods", "concat", "--seeds", "1", "--set", "epochs=1",
+                         "--set", f"data_root={layout.root}", "--set", "batch_size=2", "--metric", "best",
+                         "--out", str(out)])
+    assert code == 1
+    (row,) = list(csv.DictReader(open(out / "runs.csv")))
+    assert row["status"] == "error" and "val_1fps_path.txt" in row["message"]
 
 
 def test_compare_out_that_is_a_file(tmp_path, capsys):

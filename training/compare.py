@@ -164,7 +164,7 @@ def plan_runs(args) -> list:
                     runs.append({"setting": label, "dataset": dataset, "views": ",".join(views), "method": method,
                                  "seed": seed, "out": str(out), "config": list(args.config),
                                  "overrides": dict(args.overrides), "threads": 1 if args.jobs > 1 else 0,
-                                 "overwrite": args.overwrite})
+                                 "overwrite": args.overwrite, "metric": args.metric})
     return runs
 
 
@@ -180,6 +180,8 @@ def run_config(spec: dict):
         values["views"] = spec["views"]
     if spec["threads"] and "threads" not in spec["overrides"]:
         values["threads"] = spec["threads"]
+    if spec.get("metric") == "best" and "select" not in spec["overrides"]:
+        values["select"] = "val"  # a validation split whose files are missing: the run fails, naming them
     if not method_class(spec["method"]).needs_valuation and "valuation" not in spec["overrides"]:
         values["valuation"] = "none"
     return resolve_config(values, spec["config"])
