@@ -446,6 +446,27 @@ def uses_fused_kernel(head: str, n: int, width: int, per_sample_baselines: bool)
     return n <= MAX_FUSED and _footprint(_HEADS[head], n, width, 2 if per_sample_baselines else 0) <= limit
 
 
+#: The kernels form the element offsets of feature columns and of the head's weights from 32-bit index
+#: vectors (a batch's rows are 64-bit): such an offset must stay below 2^31.
+_OFFSET_LIMIT = 2**31
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
+
+
+def _with_32bit_offsets(name: str, t: torch.Tensor) -> torch.Tensor:
+    """`t` itself, or a contiguous copy where its strides would wrap a 32-bit offset; a clear error where
+    even that does not fit (instead of out-of-bounds reads)."""
+    if _max_offset(t) < _OFFSET_LIMIT:
+        return t
+    t = t.contiguous()
+    if _max_offset(t) >= _OFFSET_LIMIT:
+        raise ValueError(f"fastshap: backend 'triton' indexes the head's {name} with 32-bit offsets, and its "
+                         f"{t.numel()} elements do not fit them: use backend='cuda' or 'torch'")
+    return t
+
+
 def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefit):
     head = _HEADS[kind]
     _check(head, features, weight, bias, weight2, bias2, baselines, labels, benefit)
@@ -457,6 +478,17 @@ def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefi
         per_sample = bool(baselines) and baselines[0].dim() == 2
         fused = uses_fused_kernel(kind, n, weight.shape[0], per_sample)
         launch = _launch_fused if fused else _launch_streaming
+        # Column offsets (features, baselines) and the weights the kernels read (the first layer in the fused
+        # kernel only: the streaming path's partials come from torch GEMMs) must fit 32 bits; bias2 is read
+        # with unit stride.
+        wide = [(f.shape[-1] - 1) * abs(f.stride(-1)) >= _OFFSET_LIMIT for f in features]
+        features = [f.contiguous() if w else f for f, w in zip(features, wide)]
+        baselines = [b.contiguous() if (b.shape[-1] - 1) * abs(b.stride(-1)) >= _OFFSET_LIMIT else b
+                     for b in baselines]
+        if fused:
+            weight = _with_32bit_offsets("weight", weight)
+        if weight2 is not None:
+            weight2, bias2 = _with_32bit_offsets("weight2", weight2), bias2.contiguous()
         # Triton launches on the current CUDA device: make it the features' one (not while tracing with fake
         # tensors: nothing launches then, and a machine that traces need not have the device).
         guard = device.type == "cuda" and not is_fake(features[0])

@@ -291,6 +291,36 @@ def test_fused_and_streaming_kernels_agree(kind, device, monkeypatch):
             assert torch.equal(fused, streamed), benefit
 
 
+@pytest.mark.parametrize("fused_floats", [None, 0])  # the fused kernel, then the streaming one
+def test_strided_second_layer_bias_is_read_by_its_stride(fused_floats, device, monkeypatch):
+    g = torch.Generator().manual_seed(8)
+    dims, num_classes, batch = [4, 3], 6, 24
+    head = heads.ConcatMLP(dims, 9, num_classes)
+    big = torch.randn(2 * num_classes, generator=g)
+    head.fc2.bias = nn.Parameter(big[::2])  # a view with stride 2
+    head = head.to(device)
+    feats = [torch.randn(batch, d, generator=g).to(device) for d in dims]
+    labels = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+    if fused_floats is not None:
+        monkeypatch.setattr(triton_shapley, "FUSED_FLOATS", fused_floats)
+    got = fastshap.modality_shapley(feats, head, labels, benefit="probability", backend="triton")
+    want = fastshap.modality_shapley(feats, head, labels, benefit="probability", backend="torch")
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_offsets_that_would_wrap_32_bits_are_copied_or_refused():
+    # meta tensors: the strides of multi-GiB tensors without the memory
+    strided = torch.empty_strided((3, 4), (2**30, 1), device="meta")
+    assert triton_shapley._max_offset(strided) >= 2**31
+    copied = triton_shapley._with_32bit_offsets("weight", strided)
+    assert copied.is_contiguous() and triton_shapley._max_offset(copied) == 11
+    huge = torch.empty(2**16, 2**15 + 1, device="meta")
+    with pytest.raises(ValueError, match="indexes the head's weight2 with 32-bit offsets.*backend='cuda' or 'torch'"):
+        triton_shapley._with_32bit_offsets("weight2", huge)
+    small = torch.empty(5, 7, device="meta")
+    assert triton_shapley._with_32bit_offsets("weight", small) is small
+
+
 def test_many_modalities_streaming(device):
     """n = 12 (4096 coalitions) through the streaming kernel equals the torch backend and the oracle."""
     g = torch.Generator().manual_seed(12)
