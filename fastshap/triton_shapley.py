@@ -455,6 +455,12 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
+def _columns_with_32bit_offsets(t: torch.Tensor) -> torch.Tensor:
+    """Features or a baseline (rows are indexed in 64 bits): a contiguous copy where a column offset would
+    wrap 32 bits."""
+    return t.contiguous() if (t.shape[-1] - 1) * abs(t.stride(-1)) >= _OFFSET_LIMIT else t
+
+
 def _with_32bit_offsets(name: str, t: torch.Tensor) -> torch.Tensor:
     """`t` itself, or a contiguous copy where its strides would wrap a 32-bit offset; a clear error where
     even that does not fit (instead of out-of-bounds reads)."""
@@ -481,10 +487,8 @@ def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefi
         # Column offsets (features, baselines) and the weights the kernels read (the first layer in the fused
         # kernel only: the streaming path's partials come from torch GEMMs) must fit 32 bits; bias2 is read
         # with unit stride.
-        wide = [(f.shape[-1] - 1) * abs(f.stride(-1)) >= _OFFSET_LIMIT for f in features]
-        features = [f.contiguous() if w else f for f, w in zip(features, wide)]
-        baselines = [b.contiguous() if (b.shape[-1] - 1) * abs(b.stride(-1)) >= _OFFSET_LIMIT else b
-                     for b in baselines]
+        features = [_columns_with_32bit_offsets(f) for f in features]
+        baselines = [_columns_with_32bit_offsets(b) for b in baselines]
         if fused:
             weight = _with_32bit_offsets("weight", weight)
         if weight2 is not None:

@@ -319,6 +319,9 @@ def test_offsets_that_would_wrap_32_bits_are_copied_or_refused():
         triton_shapley._with_32bit_offsets("weight2", huge)
     small = torch.empty(5, 7, device="meta")
     assert triton_shapley._with_32bit_offsets("weight", small) is small
+    column_major = torch.empty_strided((2**16, 2**15 + 1), (1, 2**16), device="meta")  # features X.t()
+    assert triton_shapley._columns_with_32bit_offsets(column_major).is_contiguous()
+    assert triton_shapley._columns_with_32bit_offsets(small) is small
 
 
 def test_many_modalities_streaming(device):

@@ -260,7 +260,8 @@ register_options(
         Option("out", "runs/train", "output directory: config, metrics.csv, plots, checkpoints", kind="path"),
         Option("seed", 0, "random seed (model init, shuffling, re-sampling draws)", check=seed_check),
         Option("epochs", 60, "number of training epochs", check=_positive),
-        Option("resume", None, "checkpoint to continue from exactly, or 'auto' for OUT/last.pt (a new run when there is none yet)", kind="path"),
+        Option("resume", None, "checkpoint to continue from exactly, or 'auto' for OUT/last.pt (a new run when "
+               "there is none yet)", kind="path"),
         Option("device", "auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:K'", check=_device),
         Option("deterministic", "auto", "deterministic algorithms: auto (on for CPU runs), on, off",
                choices=("auto", "on", "off")),
