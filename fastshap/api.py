@@ -75,7 +75,7 @@ def modality_shapley(
     chosen = backends.select(backend, call)
     if batch == 0:
         phi = torch.zeros(0, n, dtype=torch.float32, device=device)
-        return (phi, torch.zeros(2, n, device=device)) if with_stats else phi
+        return (phi, torch.zeros(2, n, dtype=torch.float32, device=device)) if with_stats else phi
     with torch.no_grad(), _no_autocast(device):
         phi, stats = chosen.run(spec, feats, base, labels, benefit)
     # Every backend counts what the value checks need instead of stopping: stats row 2, per modality, the
@@ -103,8 +103,11 @@ def _raise_bad_values(nonfinite, nan_rows: int, labels, feats, base, spec: HeadS
             continue
         rows = (~torch.isfinite(tensors[first])).reshape(-1, tensors[first].shape[-1]).any(-1)
         if bool(rows.any()):
+            cast = f" in the features' dtype {feats[0].dtype} (the baselines are cast to it)" if what == "baselines" \
+                else ""
             raise ValueError(
-                f"fastshap: the {what} of modality {first} hold NaN or Inf values ({int(rows.sum())} rows affected)"
+                f"fastshap: the {what} of modality {first} hold NaN or Inf values{cast} ({int(rows.sum())} rows "
+                f"affected)"
             )
     if not all(bool(torch.isfinite(p).all()) for p in spec.params):  # () for a callable head
         raise ValueError("fastshap: the head parameters hold NaN or Inf values")
@@ -224,15 +227,20 @@ def _overrides(cls: type) -> Optional[str]:
     base = next((c for c in cls.__mro__ if c in _DECOMPOSED), None)
     if base is None:
         return None
-    for name in ("forward", "per_modality_logits", "packed"):
+    for name in _RUN_BY:
         if hasattr(base, name) and getattr(cls, name) is not getattr(base, name):
             return f"overrides {base.__name__}.{name}"
     return None
 
 
+#: What a decomposed layer's output comes from: a class or an instance that replaces one of these (a LoRA
+#: injector, accelerate's hooks and debugging wrappers assign `module.forward`) computes something else.
+_RUN_BY = ("forward", "per_modality_logits", "packed", "__call__", "_call_impl")
+
+
 def _runs_its_own_way(head: nn.Module) -> Optional[str]:
     """Why a layer of `head` computes something its parameters do not say, or None: a forward of its own (a
-    subclass's, e.g. a LoRA term or another activation) or forward hooks (e.g. the hook-based
+    subclass's or one set on the instance, e.g. a LoRA term or another activation) or forward hooks (e.g. the hook-based
     torch.nn.utils.weight_norm, which recomputes the weight in a pre-hook). Parametrizations are fine: the
     parameters read are already the parametrized ones."""
     stack = [("", head)]  # a walk of _modules: named_modules() costs ~2 us a layer on every call
@@ -242,6 +250,9 @@ def _runs_its_own_way(head: nn.Module) -> Optional[str]:
         why = _overrides(cls)
         if why is None and (module._forward_hooks or module._forward_pre_hooks):
             why = "has forward hooks"
+        if why is None:
+            own = next((name for name in _RUN_BY if name in module.__dict__), None)
+            why = None if own is None else f"has its own {own} set on the instance"
         if why is not None:
             layer = type(head).__name__ + (f" layer {name!r} ({cls.__name__})" if name else "")
             return f"{layer} {why}"
@@ -250,11 +261,22 @@ def _runs_its_own_way(head: nn.Module) -> Optional[str]:
     return None
 
 
+def _compiled_module(head):
+    """The module a `torch.compile(module)` wrapper runs (it computes what its parameters say as well),
+    unless hooks on the wrapper change that; anything else as it is."""
+    inner = getattr(head, "_orig_mod", None)
+    if (type(head).__name__ == "OptimizedModule" and isinstance(inner, nn.Module)
+            and not (head._forward_hooks or head._forward_pre_hooks)):
+        return inner
+    return head
+
+
 def _head_spec(head, dims, device) -> HeadSpec:
     """The head reduced to its parameters, after checking every layer's shapes against the feature widths
     (heads can be changed after construction: a replaced layer must not be read out of bounds). A head
     that runs its own way is evaluated as the callable it is (the slow path) rather than valued wrongly."""
     total = sum(dims)
+    head = _compiled_module(head)
     own_way = _runs_its_own_way(head) if isinstance(head, _DECOMPOSED) else None
     if own_way is not None:
         note = f"{own_way}, so it runs as a callable"

@@ -144,9 +144,11 @@ class DeferredChecks:
         nonfinite, other = [[int(c) for c in row] for row in counts.tolist()]
         problems = []
         if other[_NAN_ROWS]:
+            # num_classes is the last call's (None for callable heads, whose class count shows only in logits)
+            labels = "the classes" if self.num_classes is None else f"[0, {self.num_classes})"
             problems.append(
-                f"{other[_NAN_ROWS]} phi rows are NaN (labels outside [0, {self.num_classes}), or coalition logits "
-                f"holding NaN or Inf: NaN/Inf head parameters, or an overflow)"
+                f"{other[_NAN_ROWS]} phi rows are NaN (labels outside {labels}, NaN/Inf features or baselines, or "
+                f"coalition logits holding NaN or Inf: NaN/Inf head parameters, or an overflow)"
             )
         for i, c in enumerate(nonfinite):
             if c:

@@ -52,8 +52,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 @lru_cache(maxsize=None)
 def _masks_cpu(n: int) -> Tensor:
     """(2^n, n) bool: row m is coalition m, bit i of m set iff modality i is present."""
-    m = torch.arange(1 << n).unsqueeze(1)
-    return (m >> torch.arange(n)) & 1 == 1
+    m = torch.arange(1 << n, device="cpu").unsqueeze(1)
+    return (m >> torch.arange(n, device="cpu")) & 1 == 1
 
 
 @lru_cache(maxsize=None)
@@ -79,8 +79,10 @@ def _coefficients_cpu(n: int) -> Tensor:
     masks = _masks_cpu(n)
     size = masks.sum(1, keepdim=True).double()
     fact = [float(math.factorial(k)) for k in range(n + 1)]
-    gain = torch.tensor([fact[s - 1] * fact[n - s] if s >= 1 else 0.0 for s in range(n + 1)], dtype=torch.float64)
-    loss = torch.tensor([fact[s] * fact[n - 1 - s] if s <= n - 1 else 0.0 for s in range(n + 1)], dtype=torch.float64)
+    gain = torch.tensor([fact[s - 1] * fact[n - s] if s >= 1 else 0.0 for s in range(n + 1)], dtype=torch.float64,
+                        device="cpu")
+    loss = torch.tensor([fact[s] * fact[n - 1 - s] if s <= n - 1 else 0.0 for s in range(n + 1)], dtype=torch.float64,
+                        device="cpu")
     s = size.long().squeeze(1)
     return torch.where(masks, gain[s].unsqueeze(1), -loss[s].unsqueeze(1))
 
@@ -303,13 +305,20 @@ def shapley_callable(
         (b.expand(batch, -1) if b.dim() == 1 else b) if baselines else torch.zeros_like(f)
         for f, b in zip(features, baselines or features)
     ]
-    nonfinite = torch.tensor([float((~torch.isfinite(f)).any(1).sum()) for f in features])
+    # Rows holding NaN/Inf (features, or per-sample baselines; a shared baseline: every row) are counted per
+    # modality in stats row 2, as the kernels count their partial logits, and their phi rows are NaN like
+    # the kernels'. The head sees zeros in their place: its logits must stay finite for the other rows.
+    bad_rows = [(~torch.isfinite(f)).any(1) for f in features]
+    nonfinite = torch.stack([r.sum() for r in bad_rows]).float()
     if baselines:
-        nonfinite += torch.tensor([float((~torch.isfinite(b)).any(-1).sum()) for b in baselines])
+        bad_base = [(~torch.isfinite(b)).reshape(-1, b.shape[-1]).any(1) for b in baselines]
+        nonfinite += torch.stack([r.sum() for r in bad_base]).float()
+        bad_rows += bad_base  # a shared baseline's one row broadcasts to every sample
+    bad = torch.stack(torch.broadcast_tensors(*bad_rows)).any(0)
     if bool(nonfinite.any()):
-        # Report the bad modality (the caller raises on stats row 2) instead of the head's NaN logits.
-        phi = torch.zeros(batch, n, dtype=torch.float32, device=device)
-        return phi, _stats(phi, nonfinite)
+        keep = ~bad.unsqueeze(1)
+        features = [torch.where(keep, f, 0) for f in features]
+        fills = [torch.where(keep, fill, 0) for fill in fills]
     values = torch.empty(batch, count, dtype=torch.float64, device=device)
     size = masks.sum(1).double()
     expected = None
@@ -348,4 +357,5 @@ def shapley_callable(
         logits = out.reshape(k, batch, *out.shape[1:])
         values[:, m0 : m0 + k] = _callable_values(logits, labels, benefit, size[m0 : m0 + k])
     phi = shapley_from_values(values)
+    phi[bad] = float("nan")
     return phi, _stats(phi, nonfinite)

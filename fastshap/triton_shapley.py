@@ -48,6 +48,13 @@ from fastshap import _triton_kernels as kernels
 
 #: True when Triton runs in its interpreter (TRITON_INTERPRET=1 was set before it was imported).
 INTERPRETED = isinstance(kernels.fused_kernel, InterpretedFunction)
+# Triton reads TRITON_INTERPRET when a function is decorated: its own library's (tl.max, tl.sum) at its
+# import, ours at this import. Set in between, our kernels are interpreted and call compiled library
+# functions, which fails deep inside Triton at the first launch.
+_LIBRARY_FUNCTION = getattr(triton.language.standard, "max", None)
+if _LIBRARY_FUNCTION is not None and INTERPRETED != isinstance(_LIBRARY_FUNCTION, InterpretedFunction):
+    raise ImportError("TRITON_INTERPRET changed between the import of Triton and of fastshap's Triton kernels; set "
+                      "it before anything imports triton")
 
 MAX_MODALITIES = 16
 MAX_FUSED = kernels.MAX_FUSED

@@ -201,7 +201,19 @@ def _own_way_heads(dims, classes, g):
     with torch.no_grad():
         norm(torch.zeros(1, total))
         norm.weight_g.mul_(3.0)  # as an optimizer step would: .weight is stale until the next forward
+    patched = torch.nn.Linear(total, classes)  # as LoRA injectors and accelerate's hooks do
+    patched.forward = lambda x, plain=patched.forward: -plain(x)
+    patched_fc1 = fastshap.heads.ConcatMLP(dims, 8, classes)
+    patched_fc1.fc1.forward = lambda x, plain=patched_fc1.fc1.forward: plain(x) * 2.0 - 0.5
+
+    class Calling(torch.nn.Linear):
+        def __call__(self, x):
+            return super().__call__(x).flip(-1)
+
     return {"subclass forward": (_ScaledLinear(total, classes), "overrides Linear.forward"),
+            "instance forward": (patched, "has its own forward set on the instance"),
+            "fc1 instance forward": (patched_fc1, "layer 'fc1' (Linear) has its own forward set on the instance"),
+            "subclass __call__": (Calling(total, classes), "overrides Linear.__call__"),
             "forward hook": (hooked, "has forward hooks"),
             "ConcatMLP subclass": (mlp, "overrides ConcatMLP.forward"),
             "fc1 subclass": (lora_fc1, "layer 'fc1' (_LoraLinear) overrides Linear.forward"),
@@ -231,6 +243,41 @@ def test_heads_with_their_own_forward_or_hooks_run_as_callables(benefit):
             fastshap.modality_shapley(feats, head, labels, benefit=benefit, backend="cpp")
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+def test_deferred_callable_gives_nan_rows_only_where_values_are_bad(backend):
+    """A callable head with NaN/Inf features or per-sample baselines: those rows NaN, counted per modality
+    (stats row 2) and as NaN rows (row 3), the other rows their values, as the kernels give them."""
+    g = torch.Generator().manual_seed(7)
+    dims, classes, batch = [3, 4], 5, 12
+    torch.manual_seed(7)
+    linear = torch.nn.Linear(sum(dims), classes)
+    head = lambda xs: linear(torch.cat(list(xs), 1))  # noqa: E731
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    labels = torch.randint(0, classes, (batch,), generator=g)
+    base = [torch.randn(batch, d, generator=g) for d in dims]
+    spoiled = [f.clone() for f in feats]
+    spoiled[0][2, 1] = math.nan
+    spoiled[1][7, 0] = -math.inf
+    spoiled_base = [b.clone() for b in base]
+    spoiled_base[1][9, 3] = math.nan
+    bad = torch.zeros(batch, dtype=torch.bool)
+    bad[[2, 7, 9]] = True
+    clean = fastshap.modality_shapley(feats, head, labels, baselines=base)
+    checks = fastshap.DeferredChecks()
+    phi, _ = fastshap.modality_shapley(spoiled, head, labels, baselines=spoiled_base, defer_checks=checks,
+                                       with_stats=True)
+    assert torch.equal(phi.isnan().any(1), bad) and bool(phi[bad].isnan().all())
+    assert torch.equal(phi[~bad], clean[~bad])
+    # the same inputs through the decomposed head (a kernel) give the same rows
+    fast = fastshap.modality_shapley(spoiled, linear, labels, baselines=spoiled_base, backend=backend,
+                                     defer_checks=fastshap.DeferredChecks())
+    assert torch.equal(fast.isnan().any(1), bad)
+    stats = reference.shapley_callable(spoiled, head, labels, spoiled_base, "paper")[1]
+    assert stats[2].tolist() == [1.0, 2.0] and stats[3, 0].item() == 3.0
+    with pytest.raises(ValueError, match="3 phi rows are NaN"):
+        checks.raise_if_any()
+
+
 def copy_as_plain(head):
     """The same parameters in a head of the plain library type (no forward of its own, no hooks)."""
     if isinstance(head, torch.nn.Linear):
@@ -249,8 +296,14 @@ def test_parametrized_and_plain_heads_keep_the_fused_path():
     feats = [torch.randn(16, 3, generator=g), torch.randn(16, 2, generator=g)]
     labels = torch.randint(0, 4, (16,), generator=g)
     norm = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(5, 4))  # .weight is computed when read
-    for head in (torch.nn.Linear(5, 4), norm, fastshap.heads.ConcatMLP([3, 2], 6, 4)):
+    compiled = torch.compile(torch.nn.Linear(5, 4))  # the wrapper runs the same function (never compiled here)
+    for head in (torch.nn.Linear(5, 4), norm, fastshap.heads.ConcatMLP([3, 2], 6, 4), compiled,
+                 torch.compile(fastshap.heads.ConcatMLP([3, 2], 6, 4))):
         fastshap.modality_shapley(feats, head, labels, backend="cpp")  # a callable would be refused
+    hooked = torch.compile(torch.nn.Linear(5, 4))
+    hooked.register_forward_hook(lambda module, inputs, out: -out)
+    with pytest.raises(fastshap.BackendError):
+        fastshap.modality_shapley(feats, hooked, labels, backend="cpp")
 
 
 def test_decision_fusion_with_its_own_per_modality_logits_runs_as_a_callable():

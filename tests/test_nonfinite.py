@@ -81,6 +81,20 @@ def test_non_finite_parameters_give_nan_rows_in_every_backend(backend, name, ben
     assert stats[2].tolist() == [0.0, 0.0]  # the partial products are finite
 
 
+@pytest.mark.parametrize("benefit", fastshap.BENEFITS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_class_switched_off_by_a_minus_inf_decision_bias_is_no_error(backend, benefit, emulation):
+    """softmax gives such a class probability 0: the head's function is finite, and so are its values."""
+    feats, labels = make_call()
+    head = make_head("decision")
+    with torch.no_grad():
+        head.classifiers[0].bias[1] = -math.inf
+    phi, stats = run_op(backend, feats, head, labels, benefit=benefit, emulation=emulation)
+    want, _ = run_op("torch", feats, head, labels, benefit=benefit)
+    assert bool(torch.isfinite(want).all()) and stats[2:].abs().sum() == 0
+    torch.testing.assert_close(phi, want, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("name", sorted(SPOILED))
 def test_non_finite_parameters_raise_or_are_deferred(name):
     feats, labels = make_call()

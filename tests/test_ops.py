@@ -134,6 +134,37 @@ def test_fake_kernel_shapes():
         assert phi.dtype == stats.dtype == torch.float32
 
 
+@pytest.mark.parametrize("meta", ["weight", "bias", "baselines", "labels"])
+def test_ops_refuse_a_meta_argument_beside_real_features(meta):
+    """The dispatcher runs the fake kernel for a call that mixes in one meta tensor: it must refuse instead
+    of returning uninitialised CPU memory as phi."""
+    g = torch.Generator().manual_seed(3)
+    args = dict(features=[torch.randn(4, 3, generator=g), torch.randn(4, 5, generator=g)],
+                weight=torch.randn(4, 8, generator=g), bias=torch.randn(4, generator=g),
+                baselines=[torch.zeros(3), torch.zeros(5)], labels=torch.randint(0, 4, (4,), generator=g))
+    args[meta] = [b.to("meta") for b in args[meta]] if meta == "baselines" else args[meta].to("meta")
+    with pytest.raises(RuntimeError, match=f"argument {meta} is on meta, its features on cpu"):
+        torch.ops.fastshap.shapley_concat(*args.values(), "paper")
+
+
+def test_a_call_under_a_meta_default_device_leaves_no_meta_tables():
+    """The torch backend's cached coalition tables are made on the CPU whatever the default device (a
+    `with torch.device("meta")` around model construction once cached meta tables, failing later calls)."""
+    from fastshap import reference
+
+    for cached in (reference._masks_cpu, reference._coefficients_cpu, reference._on_device):
+        cached.cache_clear()
+    g = torch.Generator().manual_seed(4)
+    feats = [torch.randn(6, 2, generator=g) for _ in range(3)]
+    labels = torch.randint(0, 4, (6,), generator=g)
+    head = nn.Linear(6, 4)
+    with torch.device("meta"):
+        inside = fastshap.modality_shapley(feats, head, labels, backend="torch")
+    after = fastshap.modality_shapley(feats, head, labels, backend="torch")
+    assert inside.device.type == "cpu" and torch.equal(inside, after)
+    assert torch.equal(after, fastshap.modality_shapley(feats, head, labels, backend="cpp"))
+
+
 def test_compile_fullgraph_ops():
     """One graph with all three ops compiles with fullgraph=True (inductor) and returns the eager results."""
     g = torch.Generator().manual_seed(1)
@@ -304,6 +335,12 @@ def test_empty_batch(kind, backend, with_stats):
     assert phi.shape == (0, 3) and phi.dtype == torch.float32
     if with_stats:
         assert torch.equal(out[1], torch.zeros(2, 3))
+        torch.set_default_dtype(torch.float64)  # the stats' dtype is float32 whatever the default
+        try:
+            stats = fastshap.modality_shapley(feats, head, labels, backend=backend, with_stats=True)[1]
+        finally:
+            torch.set_default_dtype(torch.float32)
+        assert stats.dtype == torch.float32
 
 
 def _sixteen_modality_case():

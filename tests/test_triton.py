@@ -522,6 +522,20 @@ def _without_interpreter(args, timeout=600):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=root, timeout=timeout)
 
 
+def test_interpreter_switched_on_after_triton_was_imported_is_named():
+    """TRITON_INTERPRET=1 set after Triton's import leaves its library compiled and our kernels interpreted:
+    the backend says so instead of failing inside Triton at the first launch."""
+    code = (
+        "import os, triton\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from fastshap import backends\n"
+        "print(backends.available()['triton'])\n"
+    )
+    done = _without_interpreter(["-c", code], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "TRITON_INTERPRET changed between the import of Triton and of fastshap's Triton kernels" in done.stdout
+
+
 def test_import_is_lazy_and_safe():
     """`import fastshap` imports neither Triton nor the kernels, and works when Triton is missing."""
     code = (
