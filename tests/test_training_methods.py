@@ -283,6 +283,39 @@ def test_modality_drop_removes_the_stronger_modalities(tmp_path):
     assert t.history[1]["resampled"] == int(stronger_modalities(torch.from_numpy(phi_table(tmp_path, 0))).any(1).sum())
 
 
+def test_online_modality_drop_values_the_dropped_samples(tmp_path):
+    """With feature removal a dropped original's encoder outputs are the whole sample's: online valuation
+    records it, so every sample is valued every epoch and can be dropped in consecutive epochs."""
+    t = run(tmp_path, method="modality-drop", valuation="online", epochs=3, warmup=1, drop_prob=1.0)
+    dropped = t.plan.keep != t.plan.full
+    for epoch in (1, 2):
+        assert not np.isnan(phi_table(tmp_path, epoch)).any()
+        assert t.history[epoch]["valued"] == 64
+    # the plan of epoch 3 follows epoch 2's table, samples dropped in epoch 2 included
+    stronger = stronger_modalities(torch.from_numpy(phi_table(tmp_path, 2)))
+    assert torch.equal(dropped, stronger.any(1)[t.plan.index])
+    assert t.history[2]["resampled"] > 0
+
+
+@pytest.mark.parametrize("method,removal", [("data-mask", "feature"), ("data-mask", "input"),
+                                            ("modality-drop", "input")])
+def test_online_valuation_refused_where_altered_samples_cannot_be_valued(tmp_path, method, removal):
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--valuation online cannot value a"):
+        tiny_config(tmp_path, method=method, valuation="online", removal=removal)
+
+
+@pytest.mark.parametrize("method", ["sample-level", "modality-level", "fixed-rate-high", "modality-drop",
+                                    "data-mask"])
+def test_resampling_methods_need_the_paper_benefit(tmp_path, method):
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="thresholds on the paper benefit's scale"):
+        tiny_config(tmp_path, method=method, benefit="accuracy")
+    tiny_config(tmp_path, method="concat", benefit="accuracy")  # valuation alone takes any benefit
+
+
 def test_data_mask_masks_only_the_marked_rows(tmp_path):
     t = run(tmp_path, method="data-mask", epochs=2, warmup=1, mask_prob=1.0, mask_ratio=0.5)
     phi = torch.from_numpy(phi_table(tmp_path, 1))

@@ -9,8 +9,10 @@
   from train-mode features (dropout, batch-norm batch statistics) and from the parameters of the moment:
   the head after the step's optimizer update, applied to the features computed before it (the op runs
   once the step is done, so that it never delays the backward pass).
-  Only unmodified original rows are recorded (re-sampled copies and masked rows are not), so each sample
-  is valued once per epoch. With ``--removal input`` the baselines Enc_i(0) are computed once at the
+  Only original rows are recorded, so each sample is valued once per epoch: unmodified ones, and with
+  ``--removal feature`` those modality-drop removed modalities from (their encoder outputs are the whole
+  sample's; the head saw them zeroed). Re-sampled copies are not recorded; data-mask and modality-drop
+  with input removal alter what the encoders see, so they refuse online valuation. With ``--removal input`` the baselines Enc_i(0) are computed once at the
   start of each epoch, in eval mode.
 
 Both modes pass a :class:`fastshap.DeferredChecks` to the op, so that no call waits on the GPU for its
@@ -41,6 +43,9 @@ class Valuator:
         self.calls = 0  # op calls in the current epoch
         self.op_seconds = 0.0  # time inside those calls (host time; asynchronous on a GPU)
         self.checks = fastshap.DeferredChecks()
+        # Online: rows with modalities removed are originals whose raw features are the sample's (see above)
+        self.records_removals = (getattr(trainer.method, "removes_from_originals", False)
+                                 and trainer.cfg.removal == "feature")
 
     # -- shared -------------------------------------------------------------------------------------
     def compute_baselines(self) -> Optional[list]:
@@ -130,7 +135,9 @@ class Valuator:
         start = time.perf_counter()
         phi = self.value_batch(out.raw_features, batch["label"], self.baselines)
         sink = self.table.shape[0] - 1
-        original = (batch["keep"] == self.t.plan.full) & (batch["mask"] == 0)
+        original = batch["mask"] == 0
+        if not self.records_removals:
+            original &= batch["keep"] == self.t.plan.full
         rows = torch.where(original, batch["index"], torch.full_like(batch["index"], sink))
         # Index writes, no boolean selection: no host-device synchronisation in the training step.
         self.table[rows] = phi.to(self.table.dtype)

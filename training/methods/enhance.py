@@ -93,6 +93,17 @@ class ModalityDrop(_Enhance):
     help = "remove a sample's stronger modalities with probability --drop-prob when one of its modalities is weak"
     prob_option = "drop_prob"
     metric = "dropped"
+    # Its rows with modalities removed are originals (it adds no copies): with feature removal their encoder
+    # outputs are the whole sample's, so online valuation values them like any original.
+    removes_from_originals = True
+
+    @classmethod
+    def check_config(cls, cfg):
+        if cfg["valuation"] == "online" and cfg["removal"] == "input":
+            return ("--valuation online cannot value a dropped sample under --removal input (its encoders see "
+                    "zero inputs, not the sample): such a sample would go unvalued, and could not be dropped, "
+                    "every other epoch; use --valuation epoch or --removal feature")
+        return super().check_config(cfg)
 
     def alter(self, plan, pos, stronger_bits):
         plan.keep[pos] = plan.full & ~stronger_bits
@@ -103,6 +114,14 @@ class DataMask(_Enhance):
     help = "mask parts of a sample's stronger modalities' inputs with probability --mask-prob"
     prob_option = "mask_prob"
     metric = "masked"
+
+    @classmethod
+    def check_config(cls, cfg):
+        if cfg["valuation"] == "online":
+            return ("--valuation online cannot value a masked sample (the step's features are the masked "
+                    "input's): such a sample would go unvalued, and could not be masked, every other epoch; use "
+                    "--valuation epoch")
+        return super().check_config(cfg)
 
     def alter(self, plan, pos, stronger_bits):
         plan.mask[pos] = stronger_bits

@@ -198,6 +198,17 @@ class _Resampling(Method):
     head = "concat"
     needs_valuation = True
 
+    @classmethod
+    def check_config(cls, cfg):
+        # "weak" is phi below a fair share of v(N) = n, and the copy and modality-level rules are scaled to
+        # phi's range [-(n-1)/2, (n+1)/2]: all on the paper benefit's scale. Under 1[correct] a sample that
+        # every coalition gets right has phi = 1/n and would be re-sampled (the defect of BalanceMM's
+        # sample trainer).
+        if cfg["benefit"] != "paper":
+            return (f"re-samples by thresholds on the paper benefit's scale (phi < 1, its range up to (n+1)/2), "
+                    f"which --benefit {cfg['benefit']} does not share; use --benefit paper")
+        return super().check_config(cfg)
+
     def resampling_epoch(self, epoch: int) -> bool:
         """Whether the values after `epoch` rebuild the plan of epoch + 1 (warmup is over)."""
         return epoch + 1 >= self.cfg.warmup
