@@ -342,3 +342,21 @@ def test_three_modalities_and_mlp_head(tmp_path):
     assert np.allclose(np.round(table * 6), table * 6, atol=1e-5)
     assert set(np.unique(np.round(table.sum(1), 5))) <= {0.0, 3.0}
     assert isinstance(t.core.head, fastshap.heads.ConcatMLP)
+
+
+@pytest.mark.parametrize("values,n,bins_per_unit", [
+    ([-0.5, 0.0, 0.5, 1.0, 1.5], 2, 2),  # paper benefit, n = 2: one bin per multiple of 1/2
+    ([-1.0, -0.5, 0.0, 1.0], 2, 2),  # accuracy benefit: down to -1, outside the paper's range
+    ([-0.83, 0.013, 0.377, 0.91], 2, None),  # probability benefit: continuous values
+])
+def test_phi_histogram_bins_hold_every_value(values, n, bins_per_unit):
+    from training.plots import phi_hist_edges
+
+    phi = np.array([[v] * n for v in values])
+    edges = phi_hist_edges(phi)
+    counts, _ = np.histogram(phi[:, 0], bins=edges)
+    assert counts.sum() == len(values)  # nothing falls outside the bins
+    if bins_per_unit:
+        assert np.allclose(np.diff(edges), 1 / bins_per_unit) and counts.max() == 1  # one value a bin
+    else:
+        assert len(edges) == 41

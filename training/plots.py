@@ -49,17 +49,28 @@ def plot_phi_mean(history: list, modalities: Sequence[str], path, title: str = "
     return Path(path)
 
 
+def phi_hist_edges(phi: np.ndarray) -> np.ndarray:
+    """Bin edges covering every value: the paper benefit's range [-(n-1)/2, (n+1)/2] widened to the data
+    (the other benefits reach -1); one bin per multiple of 1/n! where the values are such multiples (the
+    discrete benefits, n <= 4), else 40 bins (the probability benefit's values are continuous)."""
+    n = phi.shape[1]
+    lo, hi = min(-(n - 1) / 2, float(phi.min())), max((n + 1) / 2, float(phi.max()))
+    scaled = phi * math.factorial(n)
+    if n <= 4 and np.allclose(scaled, np.round(scaled), rtol=0, atol=1e-4):
+        step = 1.0 / math.factorial(n)
+        return np.arange(lo - step / 2, hi + step, step)
+    return np.linspace(lo, hi, 41)
+
+
 def plot_phi_hist(phi: np.ndarray, modalities: Sequence[str], path, title: str = "", labels=None) -> Optional[Path]:
-    """Histogram of per-sample phi per modality (values are multiples of 1/n!)."""
+    """Histogram of per-sample phi per modality."""
     phi = np.asarray(phi, dtype=float)
     phi = phi[~np.isnan(phi).any(1)]
     if phi.size == 0:
         return None
     plt = _pyplot()
     n = phi.shape[1]
-    step = 1.0 / math.factorial(n) if n <= 4 else 0.05
-    lo, hi = -(n - 1) / 2, (n + 1) / 2
-    edges = np.arange(lo - step / 2, hi + step, step)
+    edges = phi_hist_edges(phi)
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     ax.hist([phi[:, i] for i in range(n)], bins=edges, label=[(labels or {}).get(m, m) for m in modalities])
     ax.set_xlabel("per-sample Shapley value")
