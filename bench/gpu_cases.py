@@ -56,7 +56,7 @@ SPECS = (
 )
 PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "fastshap_triton_checked",
              "fastshap_triton_graph", "fastshap_cuda_graph", "fastshap_cuda_tc", "fastshap_cuda_tc_graph", "triton_op",
-             "naive_batched")
+             "decomposed_torch", "naive_batched")
 NOTES = {
     "plain_forward": "yardstick: torch.cat + the head, one prediction",
     "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
@@ -72,7 +72,9 @@ NOTES = {
     "fastshap_cuda_tc_graph": "the same captured in a CUDA graph: its GPU time",
     "triton_op": "the registered op torch.ops.fastshap_triton.shapley_<head> called directly: the Triton "
     "path without modality_shapley's checks (host time: the launch's own share)",
-    "naive_batched": "2^n masked copies in one head forward (the head's dtype)",
+    "decomposed_torch": "fastshap's algorithm in plain torch ops: per-modality GEMMs (fp32 results), coalition sums "
+    "by one einsum, argmax, Shapley weights (bench/alternatives.py)",
+    "naive_batched": "the 2^n - 1 non-empty masked copies in one head forward (the head's dtype)",
 }
 
 
@@ -133,6 +135,8 @@ def _unpinned_callable(provider: str, case: alt.Case):
         return lambda: alt.plain_forward(case.features, case.head)
     if provider == "naive_batched":
         return lambda: alt.naive_batched(case.features, case.head, case.labels)
+    if provider == "decomposed_torch":
+        return lambda: alt.decomposed_torch(case.features, case.head, case.labels)
     import fastshap
 
     if provider == "triton_op":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One pass over a lent GPU machine, in under 8 minutes:
-#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> host_path.py -> GPU benchmarks (JSON) -> training
-#   benchmarks on the GPU (JSON) -> GPU tests -> report.
+#   nvidia-smi -> build with CUDA -> python -m fastshap.info -> a CUDA device check -> host_path.py ->
+#   GPU benchmarks (JSON) -> training benchmarks on the GPU (JSON) -> GPU tests -> report.
 # Every step runs under `timeout` within a total time budget; a failing step does not stop the others;
 # the exit status is non-zero when any step failed or was skipped. Everything goes flat into $OUT:
 #   summary.txt  env.txt  build.log  tests.log  bench.log  bench.json  training.json  report.md
@@ -9,7 +9,7 @@
 #
 #   OUT=/some/dir bash bench/gpu_check.sh         # default OUT: bench/results/gpu-<UTC date>-<time>
 #
-# Knobs: PYTHON (default: python, else python3), GPU_CHECK_BUDGET (total seconds, default 460),
+# Knobs: PYTHON (default: python, else python3), GPU_CHECK_BUDGET (total seconds, default 470),
 # TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default: all cores), GPU_CHECK_SKIP_BUILD=1 (keep the
 # installed build), GPU_CHECK_ONLY=bench,training (run only these steps; env and report always run). No package index is needed: pip runs with --no-index --no-deps --no-build-isolation
 # against the torch / Triton / CUDA already on the machine. Without pytest-benchmark the benchmarks run
@@ -80,6 +80,10 @@ else
 fi
 
 run_step info 30 "$OUT/env.txt" "$PY" -m fastshap.info
+# Without a device torch can use, every GPU test would skip and the pytest steps would still say ok.
+run_step cuda 30 "$OUT/env.txt" "$PY" -c 'import sys, torch
+sys.exit(0 if torch.cuda.is_available() else "torch sees no CUDA device: the GPU steps below prove nothing")'
+
 # This host's cost of fastshap's Python per call (launch stubbed, CPU tensors): the share of "host time /
 # call" in the report that is not Triton's launcher or CUDA launches.
 run_step host 40 "$OUT/env.txt" env -u TRITON_INTERPRET "$PY" bench/host_path.py
@@ -100,6 +104,9 @@ if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
     BENCH_TRAIN_ROUNDS="${BENCH_TRAIN_ROUNDS:-7}" BENCH_TRAIN_THREADS="${BENCH_TRAIN_THREADS:-0}" \
     "$PY" -m pytest bench/test_bench_training.py -q -rs --benchmark-only --benchmark-json "$OUT/training.json" \
     -p no:cacheprovider
+else
+  log "training SKIPPED (its benchmarks need pytest-benchmark)"
+  FAILED=1
 fi
 
 # Tests last: their parallel workers load every core, which would disturb the timings above.
@@ -111,7 +118,12 @@ run_step tests 150 "$OUT/tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:ca
 
 RESULTS=()
 for f in "$OUT/bench.json" "$OUT/training.json"; do [[ -f $f ]] && RESULTS+=("$f"); done
-run_step report 20 "$OUT/bench.log" "$PY" bench/report.py "${RESULTS[@]}" -o "$OUT/report.md"
+if ((${#RESULTS[@]})); then
+  run_step report 20 "$OUT/bench.log" "$PY" bench/report.py "${RESULTS[@]}" -o "$OUT/report.md"
+else  # report.py with no file would render the newest committed result: an old run as if it were this one
+  log "report   SKIPPED (this run wrote no result file)"
+  FAILED=1
+fi
 
 # What a caller sees first: the report, the tests' failures and skips, then the summary.
 [[ -f $OUT/report.md ]] && cat "$OUT/report.md"
