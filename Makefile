@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 # nvcc on PATH may be a wrapper script, from which torch guesses the toolkit root wrong.
 CUDA_HOME ?= $(shell test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda)
-TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export CUDA_HOME TORCH_CUDA_ARCH_LIST
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 

@@ -8,7 +8,7 @@ the CUDA part when it has the toolkit, and say so.
 Environment:
   FASTSHAP_BUILD_CUDA   1 / 0 / unset (auto)
   CUDA_HOME             toolkit root; defaults to /usr/local/cuda when it holds bin/nvcc
-  TORCH_CUDA_ARCH_LIST  architectures for nvcc (default "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST  architectures for nvcc (default "8.0;9.0+PTX")
   MAX_JOBS              parallel compile jobs (ninja)
   NVCC_FLAGS, CXX_FLAGS extra flags appended to nvcc / the C++ compiler
   FASTSHAP_DEBUG=1      -O0 -g builds
@@ -99,9 +99,12 @@ def _extension():
         py_limited_api=False,
     )
     if build_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # +PTX: newer GPUs (sm_100, sm_120) compile the sm_90 PTX when the module loads instead of failing
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         arch = os.environ["TORCH_CUDA_ARCH_LIST"]
-        nvcc = ["-O0", "-g", "-G"] if DEBUG else ["-O3", "--use_fast_math"]
+        # No --use_fast_math: it flushes subnormals to zero (FTZ), and the kernels promise the CPU kernel's bits
+        # (their divisions are __fdiv_rn and their exponentials double precision: nothing needs it).
+        nvcc = ["-O0", "-g", "-G"] if DEBUG else ["-O3"]
         nvcc += ["--expt-relaxed-constexpr", "-lineinfo"]
         nvcc += os.environ.get("NVCC_FLAGS", "").split()
         # ";" separates build_info fields, so the list is recorded with commas.

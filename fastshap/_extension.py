@@ -30,7 +30,7 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 def build_info() -> dict:
-    """What the extension says about its own build, e.g. {'cuda': '1', 'cuda_arch': '8.0;9.0', ...}."""
+    """What the extension says about its own build, e.g. {'cuda': '1', 'cuda_arch': '8.0,9.0+PTX', ...}."""
     if not LOADED:
         return {}
     pairs = (item.split("=", 1) for item in torch.ops.fastshap.build_info().split(";") if "=" in item)

@@ -115,7 +115,7 @@ class CudaBackend(Backend):
         return _cuda_unavailable()
 
     def declines(self, call):
-        return _kernel_declines(call, "cuda", self.dtypes)
+        return _kernel_declines(call, "cuda", self.dtypes) or _cuda_arch_problem(_device_index(call.device))
 
     def _ops(self):
         return torch.ops.fastshap
@@ -149,6 +149,38 @@ def _cuda_unavailable() -> Optional[str]:
         return "fastshap._C was built without its CUDA kernels (see FASTSHAP_BUILD_CUDA in the README)"
     if not torch.cuda.is_available():
         return "no CUDA device is available"
+    return None
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def runs_on(arch_list: str, capability: tuple) -> Optional[bool]:
+    """Whether code built for TORCH_CUDA_ARCH_LIST `arch_list` (e.g. "8.0,9.0+PTX") runs on a GPU of compute
+    `capability` (major, minor): machine code for M.m runs on M.m' with m' >= m; PTX for M.m on any later
+    GPU (compiled when the module loads). None when the list is not made of such numbers (e.g. "Hopper")."""
+    entries = [e.strip() for e in arch_list.replace(";", ",").replace(" ", ",").split(",") if e.strip()]
+    try:
+        parsed = [(tuple(int(x) for x in e.removesuffix("+PTX").split(".")), e.endswith("+PTX")) for e in entries]
+    except ValueError:
+        return None
+    if not parsed or any(len(version) != 2 for version, _ in parsed):
+        return None
+    return any((version[0] == capability[0] and version[1] <= capability[1])
+               or (ptx and tuple(capability) >= version) for version, ptx in parsed)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_arch_problem(device: int) -> Optional[str]:
+    """Why the compiled CUDA kernels cannot run on GPU `device`, or None (asked once per device): without
+    this, the first launch fails with "no kernel image is available"."""
+    arches = _extension.build_info().get("cuda_arch", "")
+    capability = torch.cuda.get_device_capability(device)
+    if runs_on(arches, capability) is False:
+        major, minor = capability
+        return (f"fastshap._C's CUDA kernels were compiled for {arches}, which cannot run on this sm_{major}{minor} "
+                f"GPU; rebuild with TORCH_CUDA_ARCH_LIST including {major}.{minor} (or an earlier one with +PTX)")
     return None
 
 

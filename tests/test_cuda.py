@@ -667,7 +667,11 @@ def test_cuda_equals_its_cpu_emulation(emu, case):
         assert torch.equal(phi.cpu(), want_phi), case.id
     # Row 0 is a float sum over the batch, reduced in a different order on each device.
     torch.testing.assert_close(stats[0].cpu(), want_stats[0])
-    assert torch.equal(stats[1:].cpu(), want_stats[1:]), case.id
+    assert torch.equal(stats[2:].cpu(), want_stats[2:]), case.id
+    # Row 1 counts phi < 1: exact, except that a probability-benefit phi within the tolerance above of 1 may
+    # fall on either side (the GPU's double exp is not the CPU's bit for bit).
+    near_one = ((want_phi - 1).abs() <= 1e-6).sum(0)
+    assert ((stats[1].cpu() - want_stats[1]).abs() <= near_one).all(), case.id
 
 
 @pytest.mark.gpu

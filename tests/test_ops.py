@@ -264,6 +264,32 @@ def test_explicit_cuda_backend_raises_with_reason():
     assert "cannot run this call: " in str(info.value) and len(str(info.value).split(": ", 2)[-1]) > 10
 
 
+@pytest.mark.parametrize("arches,capability,runs", [
+    ("8.0,9.0+PTX", (9, 0), True), ("8.0,9.0+PTX", (8, 9), True), ("8.0,9.0+PTX", (12, 0), True),
+    ("8.0,9.0", (10, 0), False), ("8.0,9.0", (7, 5), False), ("9.0", (8, 6), False), ("Hopper", (9, 0), None),
+])
+def test_compiled_architectures_against_a_gpu(arches, capability, runs):
+    assert backends.runs_on(arches, capability) is runs
+
+
+def test_cuda_backend_declines_a_gpu_its_build_cannot_run_on(monkeypatch):
+    """Instead of a "no kernel image" failure at the first launch (or auto picking it over torch)."""
+    monkeypatch.setattr(backends, "_cuda_unavailable", lambda: None)
+    monkeypatch.setattr(backends._extension, "build_info", lambda: {"cuda": "1", "cuda_arch": "8.0,9.0"})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    backends._cuda_arch_problem.cache_clear()
+    try:
+        call = backends.Call("concat", torch.device("cuda", 0), torch.float32, 2)
+        reason = backends.why_not("cuda", call)
+        assert "compiled for 8.0,9.0, which cannot run on this sm_100 GPU" in reason
+        monkeypatch.setattr(backends._extension, "build_info", lambda: {"cuda": "1", "cuda_arch": "8.0,9.0+PTX"})
+        backends._cuda_arch_problem.cache_clear()
+        assert backends.why_not("cuda", call) is None
+    finally:
+        backends._cuda_arch_problem.cache_clear()
+
+
 def test_explicit_backend_never_falls_back(monkeypatch):
     """When the explicit backend is unavailable the call raises, even though torch could run it."""
     monkeypatch.setattr(backends.CppBackend, "unavailable", lambda self: "pretend the extension is missing")

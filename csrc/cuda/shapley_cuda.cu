@@ -27,12 +27,16 @@ namespace {
 using at::Tensor;
 
 // Device attributes asked of the driver once per device instead of on every call (each call's host time
-// matters on a GPU). Zero means not asked yet; two threads racing only repeat a call.
+// matters on a GPU). The cache holds value + 1, so that zero means not asked yet (an attribute may be 0:
+// the reserved shared memory before sm_80); two threads racing only repeat a call.
 int device_attribute(cudaDeviceAttr attribute, int device, std::atomic<int>* cache) {
-  if (device < kMaxDevices && cache[device].load(std::memory_order_relaxed) != 0) return cache[device].load();
+  if (device < kMaxDevices) {
+    const int cached = cache[device].load(std::memory_order_relaxed);
+    if (cached != 0) return cached - 1;
+  }
   int value = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  if (device < kMaxDevices) cache[device].store(value);
+  if (device < kMaxDevices) cache[device].store(value + 1, std::memory_order_relaxed);
   return value;
 }
 

@@ -273,7 +273,8 @@ inline void with_modality_count(int n, F&& f) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Arithmetic with the same rounding on the GPU (whatever --use_fast_math does) and in the CPU emulation.
+// Arithmetic with the same rounding on the GPU and in the CPU emulation (setup.py builds without
+// --use_fast_math, whose flush of subnormals to zero would break that).
 
 FASTSHAP_FN float fma_rn(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
@@ -1432,7 +1433,7 @@ inline Plan layout(const Shape& sh, int tb, int rows, bool p_shared, bool hl_sha
   int64_t g = 0;
   auto take_global = [&](int64_t elems) {
     const int64_t offset = g;
-    g += (elems + 1) & ~int64_t{1};  // keeps every slice 16-byte aligned for 8-byte types too
+    g += (elems + 3) & ~int64_t{3};  // every slice 16-byte aligned, for 4- and 8-byte elements
     return offset;
   };
   pl.off_num = take(int64_t{tb} * sh.n * 8);
@@ -1494,7 +1495,11 @@ inline Plan make_plan(const Shape& sh, const Limits& lim) {
           const Plan pl = layout(sh, tb, mlp ? rows : chunk_rows(tb), true, true, true, false, stages);
           // A block per SM slot that runs several tiles: its tensor-core pipeline copies the next tile's
           // first steps while this tile's coalitions are computed.
-          if (pl.smem_bytes <= budget) return done(pl, lim.fallback_grid);
+          // fallback_grid is two blocks per SM: one where this plan leaves room for only one, so that every
+          // block is resident (a second wave would start without the prefetch the pipeline relies on).
+          if (pl.smem_bytes <= budget)
+            return done(pl, pl.smem_bytes <= lim.soft_budget ? lim.fallback_grid
+                                                             : std::max<int64_t>(1, lim.fallback_grid / 2));
         }
       }
     }
