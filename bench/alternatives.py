@@ -128,8 +128,10 @@ def partial_products(features: Sequence[Tensor], weight: Tensor) -> Tensor:
 # --- naive batched masked evaluation ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def coalition_masks(n: int, device=None) -> Tensor:
-    """(2^n, n) bool: row m is the coalition whose bit i says whether modality i is present."""
+    """(2^n, n) bool: row m is the coalition whose bit i says whether modality i is present. Made once per n
+    and device (a copy from host memory on every call would synchronise with the GPU)."""
     m = torch.arange(1 << n, device=device).unsqueeze(1)
     return (m >> torch.arange(n, device=device)) & 1 == 1
 
@@ -164,6 +166,13 @@ def _first_coalition(benefit: str) -> int:
     return 1 if benefit == "paper" else 0
 
 
+@functools.lru_cache(maxsize=None)
+def _keep_columns(dims: tuple, first: int, device, dtype) -> Tensor:
+    """(k, sum dims): 1 in the columns of the modalities each coalition (from `first` on) keeps."""
+    masks = coalition_masks(len(dims))[first:]
+    return masks.repeat_interleave(torch.tensor(dims), dim=1).to(device, dtype)
+
+
 def naive_batched(features: Sequence[Tensor], head: nn.Module, labels: Tensor, benefit: str = "paper") -> Tensor:
     """The masked copies of the batch (all 2^n coalitions, the empty one only where it has a value) in one
     head forward; (B, n) float32 Shapley values."""
@@ -171,12 +180,11 @@ def naive_batched(features: Sequence[Tensor], head: nn.Module, labels: Tensor, b
     x = torch.cat(list(features), dim=1)  # (B, D)
     batch, width = x.shape
     first = _first_coalition(benefit)
-    masks = coalition_masks(n)[first:]  # made on the CPU: a tiny table, no device round trip
-    dims = torch.tensor([f.shape[1] for f in features])
-    keep = masks.repeat_interleave(dims, dim=1).to(x.device, x.dtype)  # (k, D): 1 where the modality is present
+    masks = coalition_masks(n, x.device)[first:]
+    keep = _keep_columns(tuple(f.shape[1] for f in features), first, x.device, x.dtype)  # (k, D)
     stacked = (x.unsqueeze(0) * keep.unsqueeze(1)).reshape(-1, width)  # (k * B, D)
     logits = concat_forward(head, stacked).view(len(masks), batch, -1)
-    values = _coalition_values(logits.argmax(-1) == labels.unsqueeze(0), masks.to(x.device), benefit)
+    values = _coalition_values(logits.argmax(-1) == labels.unsqueeze(0), masks, benefit)
     return (values.t() @ shapley_numerators(n, x.device)[first:] / math.factorial(n)).float()
 
 
@@ -198,7 +206,7 @@ def decomposed_torch(features: Sequence[Tensor], head: nn.Module, labels: Tensor
         offset += f.shape[1]
     partials = torch.stack(parts)  # (n, B, K)
     start = _first_coalition(benefit)
-    masks = coalition_masks(n)[start:].to(partials.device)
+    masks = coalition_masks(n, partials.device)[start:]
     scores = torch.einsum("mi,ibk->mbk", masks.float(), partials) + bias.float()  # (k, B, K)
     if isinstance(head, ConcatMLP):
         scores = torch.relu(scores) @ head.fc2.weight.float().t() + head.fc2.bias.float()

@@ -9,20 +9,16 @@ from fastshap import _extension
 
 def _fake_outputs(features, *others):
     """phi (B, n) and stats (4, n) float32, after the one check a fake kernel can make: every tensor on the
-    features' device. The dispatcher also picks this kernel for a real call that mixes in a meta tensor,
-    whose outputs would otherwise be uninitialised memory on the features' device."""
+    features' device (ValueError, as the kernels' own check). The dispatcher also picks this kernel for a
+    real call that mixes in a meta tensor, whose outputs would otherwise be uninitialised memory."""
     if not features:
-        raise RuntimeError("fastshap: the op needs at least one modality's features")
+        raise ValueError("fastshap: the op needs at least one modality's features")
     f = features[0]
-    for name, value in others:
+    for name, value in (("features", features), *others):
         for t in value if isinstance(value, (list, tuple)) else [value]:
             if t.device != f.device:
-                raise RuntimeError(f"fastshap: the op's argument {name} is on {t.device}, its features on "
-                                   f"{f.device}; every tensor argument must be on one device")
-    for t in features:
-        if t.device != f.device:
-            raise RuntimeError(f"fastshap: the op's features are on {t.device} and {f.device}; every tensor "
-                               f"argument must be on one device")
+                raise ValueError(f"fastshap: the op's argument {name} is on {t.device}, its features on "
+                                 f"{f.device}; every tensor argument must be on one device")
     n, batch = len(features), f.shape[0]
     return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((4, n), dtype=torch.float32)
 

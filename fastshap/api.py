@@ -220,6 +220,13 @@ def _no_autocast(device: torch.device):
 _DECOMPOSED = (nn.Linear, heads.ConcatLinear, heads.DecisionFusion, heads.ConcatMLP)
 
 
+#: What a decomposed layer's output comes from: a class that overrides one of these computes something else.
+_RUN_BY = ("forward", "per_modality_logits", "packed", "__call__", "_call_impl")
+#: The same set on an instance (LoRA injectors, accelerate's hooks and debugging wrappers assign
+#: `module.forward`); not __call__, which Python looks up on the type.
+_RUN_BY_INSTANCE = ("forward", "per_modality_logits", "packed", "_call_impl")
+
+
 @functools.lru_cache(maxsize=None)
 def _overrides(cls: type) -> Optional[str]:
     """Which method of its decomposed base type `cls` overrides (forward, and what DecisionFusion's forward
@@ -232,10 +239,6 @@ def _overrides(cls: type) -> Optional[str]:
             return f"overrides {base.__name__}.{name}"
     return None
 
-
-#: What a decomposed layer's output comes from: a class or an instance that replaces one of these (a LoRA
-#: injector, accelerate's hooks and debugging wrappers assign `module.forward`) computes something else.
-_RUN_BY = ("forward", "per_modality_logits", "packed", "__call__", "_call_impl")
 
 
 def _runs_its_own_way(head: nn.Module) -> Optional[str]:
@@ -251,7 +254,7 @@ def _runs_its_own_way(head: nn.Module) -> Optional[str]:
         if why is None and (module._forward_hooks or module._forward_pre_hooks):
             why = "has forward hooks"
         if why is None:
-            own = next((name for name in _RUN_BY if name in module.__dict__), None)
+            own = next((name for name in _RUN_BY_INSTANCE if name in module.__dict__), None)
             why = None if own is None else f"has its own {own} set on the instance"
         if why is not None:
             layer = type(head).__name__ + (f" layer {name!r} ({cls.__name__})" if name else "")
@@ -262,11 +265,12 @@ def _runs_its_own_way(head: nn.Module) -> Optional[str]:
 
 
 def _compiled_module(head):
-    """The module a `torch.compile(module)` wrapper runs (it computes what its parameters say as well),
-    unless hooks on the wrapper change that; anything else as it is."""
+    """The decomposed module a `torch.compile(module)` wrapper runs, when the kernels can value it from its
+    parameters (no hooks on the wrapper, nothing of its own inside); anything else as it is (a compiled
+    callable head keeps its compilation)."""
     inner = getattr(head, "_orig_mod", None)
-    if (type(head).__name__ == "OptimizedModule" and isinstance(inner, nn.Module)
-            and not (head._forward_hooks or head._forward_pre_hooks)):
+    if (type(head).__name__ == "OptimizedModule" and isinstance(inner, _DECOMPOSED)
+            and not (head._forward_hooks or head._forward_pre_hooks) and _runs_its_own_way(inner) is None):
         return inner
     return head
 

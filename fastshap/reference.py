@@ -356,6 +356,5 @@ def shapley_callable(
             raise ValueError("fastshap: the head returned NaN or Inf logits")
         logits = out.reshape(k, batch, *out.shape[1:])
         values[:, m0 : m0 + k] = _callable_values(logits, labels, benefit, size[m0 : m0 + k])
-    phi = shapley_from_values(values)
-    phi[bad] = float("nan")
+    phi = _nan_rows(shapley_from_values(values), bad)
     return phi, _stats(phi, nonfinite)

@@ -304,6 +304,11 @@ def test_parametrized_and_plain_heads_keep_the_fused_path():
     hooked.register_forward_hook(lambda module, inputs, out: -out)
     with pytest.raises(fastshap.BackendError):
         fastshap.modality_shapley(feats, hooked, labels, backend="cpp")
+    # a compiled callable head keeps its compilation (it runs as the wrapper it is)
+    from fastshap.api import _head_spec
+
+    compiled_callable = torch.compile(_GeluMLP([3, 2], 6, 4))
+    assert _head_spec(compiled_callable, [3, 2], torch.device("cpu")).fn is compiled_callable
 
 
 def test_decision_fusion_with_its_own_per_modality_logits_runs_as_a_callable():

@@ -143,7 +143,7 @@ def test_ops_refuse_a_meta_argument_beside_real_features(meta):
                 weight=torch.randn(4, 8, generator=g), bias=torch.randn(4, generator=g),
                 baselines=[torch.zeros(3), torch.zeros(5)], labels=torch.randint(0, 4, (4,), generator=g))
     args[meta] = [b.to("meta") for b in args[meta]] if meta == "baselines" else args[meta].to("meta")
-    with pytest.raises(RuntimeError, match=f"argument {meta} is on meta, its features on cpu"):
+    with pytest.raises(ValueError, match=f"argument {meta} is on meta, its features on cpu"):
         torch.ops.fastshap.shapley_concat(*args.values(), "paper")
 
 

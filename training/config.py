@@ -329,8 +329,8 @@ register_options(
                choices=("epoch", "online", "none")),
         Option("removal", "feature", "how a modality is removed: feature (its features zeroed) or input "
                "(the encoder applied to a zero input)", choices=("feature", "input")),
-        Option("benefit", "paper", "coalition value: paper |S|*1[correct], accuracy, probability (the re-sampling methods' "
-               "thresholds need paper)",
+        Option("benefit", "paper", "coalition value: paper |S|*1[correct], accuracy, probability "
+               "(the re-sampling methods' thresholds need paper)",
                choices=("paper", "accuracy", "probability")),
         Option("backend", "auto", "fastshap backend: auto, torch, cpp, cuda, triton",
                choices=("auto", "torch", "cpp", "cuda", "triton")),

@@ -12,8 +12,8 @@
   Only original rows are recorded, so each sample is valued once per epoch: unmodified ones, and with
   ``--removal feature`` those modality-drop removed modalities from (their encoder outputs are the whole
   sample's; the head saw them zeroed). Re-sampled copies are not recorded; data-mask and modality-drop
-  with input removal alter what the encoders see, so they refuse online valuation. With ``--removal input`` the baselines Enc_i(0) are computed once at the
-  start of each epoch, in eval mode.
+  with input removal alter what the encoders see, so they refuse online valuation. With ``--removal
+  input`` the baselines Enc_i(0) are computed once at the start of each epoch, in eval mode.
 
 Both modes pass a :class:`fastshap.DeferredChecks` to the op, so that no call waits on the GPU for its
 value checks; the checks are read once, where the pass or the epoch ends (a sync point anyway).

@@ -201,9 +201,9 @@ class _Resampling(Method):
     @classmethod
     def check_config(cls, cfg):
         # "weak" is phi below a fair share of v(N) = n, and the copy and modality-level rules are scaled to
-        # phi's range [-(n-1)/2, (n+1)/2]: all on the paper benefit's scale. Under 1[correct] a sample that
-        # every coalition gets right has phi = 1/n and would be re-sampled (the defect of BalanceMM's
-        # sample trainer).
+        # phi's range [-(n-1)/2, (n+1)/2]: all on the paper benefit's scale. Under 1[correct] every phi is at
+        # most 1, so nearly every modality of every sample would count as weak (the defect of BalanceMM's sample
+        # trainer).
         if cfg["benefit"] != "paper":
             return (f"re-samples by thresholds on the paper benefit's scale (phi < 1, its range up to (n+1)/2), "
                     f"which --benefit {cfg['benefit']} does not share; use --benefit paper")
