@@ -6,8 +6,8 @@
 Times are medians (GPU: the CUDA-synchronised median of triton.testing.do_bench, or CUDA events). Ratios
 are per sample against the plain head forward of the same case (CPU) or against fastshap's torch backend
 and the decomposed torch alternative on the same device (GPU; end-to-end rows only: a CUDA-graph row is
-GPU time, which no torch row measures). Rows timed on fewer samples than the case (slow loops, Captum) are marked "*"
-and scaled to the case's batch per sample.
+GPU time, which no torch row measures). Rows timed on fewer samples than the case (slow loops, Captum) are
+marked "*" and scaled to the case's batch per sample.
 """
 
 from __future__ import annotations

@@ -240,12 +240,11 @@ def _overrides(cls: type) -> Optional[str]:
     return None
 
 
-
 def _runs_its_own_way(head: nn.Module) -> Optional[str]:
     """Why a layer of `head` computes something its parameters do not say, or None: a forward of its own (a
-    subclass's or one set on the instance, e.g. a LoRA term or another activation) or forward hooks (e.g. the hook-based
-    torch.nn.utils.weight_norm, which recomputes the weight in a pre-hook). Parametrizations are fine: the
-    parameters read are already the parametrized ones."""
+    subclass's or one set on the instance, e.g. a LoRA term or another activation) or forward hooks (e.g.
+    the hook-based torch.nn.utils.weight_norm, which recomputes the weight in a pre-hook). Parametrizations
+    are fine: the parameters read are already the parametrized ones."""
     stack = [("", head)]  # a walk of _modules: named_modules() costs ~2 us a layer on every call
     while stack:
         name, module = stack.pop()

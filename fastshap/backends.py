@@ -115,7 +115,8 @@ class CudaBackend(Backend):
         return _cuda_unavailable()
 
     def declines(self, call):
-        return _kernel_declines(call, "cuda", self.dtypes) or _cuda_arch_problem(_device_index(call.device))
+        problem = _kernel_declines(call, "cuda", self.dtypes)
+        return problem or _cuda_arch_problem(reference._device_key(call.device).index)
 
     def _ops(self):
         return torch.ops.fastshap
@@ -150,10 +151,6 @@ def _cuda_unavailable() -> Optional[str]:
     if not torch.cuda.is_available():
         return "no CUDA device is available"
     return None
-
-
-def _device_index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def runs_on(arch_list: str, capability: tuple) -> Optional[bool]:

@@ -44,8 +44,7 @@ class Valuator:
         self.op_seconds = 0.0  # time inside those calls (host time; asynchronous on a GPU)
         self.checks = fastshap.DeferredChecks()
         # Online: rows with modalities removed are originals whose raw features are the sample's (see above)
-        self.records_removals = (getattr(trainer.method, "removes_from_originals", False)
-                                 and trainer.cfg.removal == "feature")
+        self.records_removals = trainer.method.removes_from_originals and trainer.cfg.removal == "feature"
 
     # -- shared -------------------------------------------------------------------------------------
     def compute_baselines(self) -> Optional[list]:

@@ -27,13 +27,16 @@ class Method:
 
     Attributes the trainer reads: ``head`` (default fusion head), ``needs_valuation`` (the method uses the
     values, so ``--valuation none`` is rejected), ``skips_parameters`` (some steps leave parameters out of
-    the loss, so DDP must look for them: ``find_unused_parameters``, which costs a graph walk per step).
+    the loss, so DDP must look for them: ``find_unused_parameters``, which costs a graph walk per step),
+    ``removes_from_originals`` (its rows with modalities removed are the originals, not extra copies: online
+    valuation records them under feature removal).
     """
 
     name = ""
     head = "concat"
     needs_valuation = False
     skips_parameters = False
+    removes_from_originals = False
     help = ""
 
     def __init__(self, cfg, trainer):
