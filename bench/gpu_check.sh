@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One pass over a lent GPU machine, in under 8 minutes:
 #   nvidia-smi -> build with CUDA -> python -m fastshap.info -> a CUDA device check -> host_path.py ->
-#   GPU benchmarks (JSON) -> training benchmarks on the GPU (JSON) -> GPU tests -> report.
+#   GPU benchmarks (JSON) -> training benchmarks on the GPU (JSON) -> GPU tests -> report; on request
+#   (GPU_CHECK_ONLY=sanitize), the kernels under compute-sanitizer.
 # Every step runs under `timeout` within a total time budget; a failing step does not stop the others;
 # the exit status is non-zero when any step failed or was skipped. Everything goes flat into $OUT:
 #   summary.txt  env.txt  build.log  tests.log  bench.log  bench.json  training.json  report.md
@@ -118,6 +119,16 @@ XDIST=()
 "$PY" -c 'import xdist' 2>/dev/null && XDIST=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
 run_step tests 150 "$OUT/tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider "${XDIST[@]}" \
   --durations=15
+
+# compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over the CUDA and Triton kernels on small
+# cases: the barriers, cp.async waits and mma fragments that the CPU emulation only models. Opt-in, outside
+# the 8-minute default: after a full run, GPU_CHECK_SKIP_BUILD=1 GPU_CHECK_ONLY=sanitize (time unmeasured; each
+# tool has 120 s). Exit 2 in its log: no compute-sanitizer, or it refuses the device (gVisor machines).
+if [[ ,${GPU_CHECK_ONLY:-}, == *,sanitize,* ]]; then
+  run_step sanitize 420 "$OUT/tests.log" "$PY" tests/gpu_sanitize_check.py --timeout "${GPU_CHECK_SANITIZE_TOOL_S:-120}"
+else
+  log "$(printf '%-8s %-26s' sanitize 'opt-in (GPU_CHECK_ONLY=sanitize)')"
+fi
 
 RESULTS=()
 for f in "$OUT/bench.json" "$OUT/training.json"; do [[ -f $f ]] && RESULTS+=("$f"); done

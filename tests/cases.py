@@ -15,13 +15,14 @@ from oracle import NonlinearHead
 
 def layout(values: torch.Tensor, kind: str) -> torch.Tensor:
     """values (B, d) -> the same values as "contig", "T" (a column-major view) or "strided" (every other
-    column of a wider tensor). Cast before calling, so that the view survives."""
+    column of a wider tensor, NaN in the others). Cast before calling, so that the view survives."""
     if kind == "contig":
         return values.clone()
     if kind == "T":
         return values.t().contiguous().t()
     batch, d = values.shape
-    wide = torch.zeros(batch, 2 * d + 1, dtype=values.dtype)
+    # NaN between the columns: a backend that reads a neighbouring column gives NaN phi instead of passing.
+    wide = torch.full((batch, 2 * d + 1), float("nan"), dtype=values.dtype)
     wide[:, 1::2] = values
     return wide[:, 1::2]
 

@@ -371,7 +371,9 @@ def _staging_inputs(dtype, kind, dims=(72, 40), batch=150, device="cpu"):
     def inside(offset):  # the values as a view at column `offset` of a wider tensor (row stride d + 8)
         views = []
         for v in values:
-            w = torch.zeros(batch, v.shape[1] + 8, dtype=dtype, device=device)
+            # NaN around the view: a kernel that lets a neighbouring column into a sum (a 16-byte load past
+            # a row's end, a zero weight times it) gives NaN rows, where zeros would hide it.
+            w = torch.full((batch, v.shape[1] + 8), float("nan"), dtype=dtype, device=device)
             w[:, offset : offset + v.shape[1]] = v.to(device)
             views.append(w[:, offset : offset + v.shape[1]])
         return views

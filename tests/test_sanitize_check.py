@@ -1,0 +1,76 @@
+"""tests/gpu_sanitize_check.py, the compute-sanitizer run of the GPU kernels, without a GPU: its cases run on the
+CPU kernels (--dry-run), and its driver reads a sanitizer's outcomes right (a stand-in compute-sanitizer on
+PATH): clean, reported, unable to run on the machine, missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import gpu_sanitize_check
+
+SCRIPT = gpu_sanitize_check.__file__
+
+
+def test_dry_run_builds_and_checks_every_case():
+    """Every case of the full list, built as on the GPU (exact-size storages, NaN around views) and checked
+    against the CPU kernel's bits (CUDA cases) or the torch backend and the oracle (Triton, interpreted)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, SCRIPT, "--dry-run"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    counts = dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.startswith(("cuda:", "triton:")))
+    assert int(counts["cuda"].split()[0]) > 300 and int(counts["triton"].split()[0]) > 20, done.stdout
+
+
+def test_exact_storage_ends_at_the_last_element():
+    import torch
+
+    wide = torch.arange(40.0).reshape(4, 10)
+    for t in (wide, wide[:, 1:8], wide.t(), wide[:, ::3]):
+        copy = gpu_sanitize_check.exact_storage(t, "cpu")
+        assert torch.equal(copy, t) and copy.stride() == t.stride()
+        last = copy.storage_offset() + sum((s - 1) * st for s, st in zip(copy.shape, copy.stride()))
+        assert copy.untyped_storage().nbytes() == (last + 1) * copy.element_size()
+        gaps = copy.untyped_storage().nbytes() // 4 - copy.numel()
+        assert int(torch.isnan(torch.frombuffer(bytearray(bytes(copy.untyped_storage())), dtype=torch.float32)).sum()) == gaps
+
+
+def _fake_sanitizer(tmp_path, body):
+    """A compute-sanitizer on PATH that runs `body` (bash) and records its arguments."""
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/calls\n{body}\n')
+    fake.chmod(0o755)
+    return dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", CUDA_HOME=str(tmp_path / "none"))
+
+
+@pytest.mark.parametrize(
+    "body,status,says",
+    [
+        ('echo "cuda: 3 cases"; echo "========= ERROR SUMMARY: 0 errors"', 0, "racecheck: clean"),
+        ('echo "========= Invalid __global__ read of size 16 bytes"; exit 3', 1, "memcheck: REPORTED (exit 3)"),
+        ('echo "========= Error: Device not supported"; exit 1', 2, "cannot run on this machine"),
+    ],
+    ids=["clean", "reported", "unsupported"],
+)
+def test_driver_reads_the_sanitizer(tmp_path, body, status, says):
+    env = _fake_sanitizer(tmp_path, body)
+    done = subprocess.run([sys.executable, SCRIPT, "--tools", "memcheck,racecheck"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == status, done.stdout + done.stderr
+    assert says in done.stdout, done.stdout
+    calls = (tmp_path / "calls").read_text().splitlines()
+    # memcheck filters both backends' kernels and runs the full list; racecheck only the CUDA kernel, quick.
+    assert "--tool memcheck" in calls[0] and "kns=fused_kernel" in calls[0] and "--quick" not in calls[0]
+    if status != 2:
+        assert "--tool racecheck" in calls[1] and "kns=fused_kernel" not in calls[1] and calls[1].endswith(
+            "--run --backends cuda --quick")
+
+
+@pytest.mark.skipif(os.access("/usr/local/cuda/bin/compute-sanitizer", os.X_OK), reason="this machine has one")
+def test_driver_without_a_sanitizer(tmp_path):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable), CUDA_HOME=str(tmp_path))
+    done = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2 and "compute-sanitizer not found" in done.stdout, done.stdout + done.stderr
