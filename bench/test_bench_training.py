@@ -103,8 +103,10 @@ def eval_forward(trainer: Trainer) -> float:
 
 def alternate(benchmark, case, baseline, rounds=ROUNDS):
     """Median times of `case` and of `baseline`, in interleaved rounds: pytest-benchmark times `case`; the
-    baseline runs untimed by it (as the round's setup) and is timed here."""
-    case(), baseline()  # warm-up: allocator, first-call dispatch
+    baseline runs untimed by it (as the round's setup) and is timed here. The warm-up ends with `case`, so
+    that every timed run of either follows a run of the other (what one leaves in caches and the allocator,
+    the next finds, alike for both)."""
+    baseline(), case()  # warm-up: allocator, first-call dispatch
     benchmark.extra_info["note"] = "medians of interleaved rounds; min in *_min_s"
     base_times, case_times = [], []
 

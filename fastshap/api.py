@@ -349,6 +349,12 @@ def _check_labels(labels, batch, device, spec: HeadSpec) -> torch.Tensor:
         )
     if labels.device != device:
         raise ValueError(f"fastshap: labels are on {labels.device}, the features on {device}")
+    if labels.dtype == torch.uint64:
+        # int64 would wrap a uint64 of 2^63 or more to a negative label and name that one in the error: read
+        # them here (a synchronisation, for this rare dtype only) to name the caller's value.
+        wrapped = labels.long() < 0
+        if bool(wrapped.any()):
+            raise ValueError(f"fastshap: label {labels[wrapped][0].item()} is outside the classes of any head")
     return labels.long()
 
 

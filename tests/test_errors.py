@@ -21,6 +21,13 @@ from oracle import NonlinearHead
 DIMS, BATCH, CLASSES = [3, 4], 6, 5
 
 
+def _uint64_labels(labels, third):
+    """The labels as uint64 with the third one replaced (torch has few uint64 ops: built from a list)."""
+    values = labels.tolist()
+    values[2] = third
+    return torch.tensor(values, dtype=torch.uint64)
+
+
 def valid_call():
     g = torch.Generator().manual_seed(0)
     head = nn.Linear(sum(DIMS), CLASSES)
@@ -121,6 +128,19 @@ CASES = [
         _with(labels=lambda c: c["labels"].index_fill(0, torch.tensor([0]), -1)),
         ValueError,
         r"label -1 is outside \[0, 5\)",
+    ),
+    (
+        # int64 would wrap it to a negative label: the error names the caller's value.
+        "label-uint64-above-int64",
+        _with(labels=lambda c: _uint64_labels(c["labels"], 2**63 + 5)),
+        ValueError,
+        r"label 9223372036854775813 is outside the classes of any head",
+    ),
+    (
+        "label-uint64-too-large",
+        _with(labels=lambda c: _uint64_labels(c["labels"], 7)),
+        ValueError,
+        r"label 7 is outside \[0, 5\)",
     ),
     (
         "nan-features",
