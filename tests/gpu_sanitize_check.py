@@ -41,6 +41,10 @@ TOOLS = {
 }
 #: backend -> substrings of its kernels' names (compute-sanitizer's kernel filter)
 KERNELS = {"cuda": ("shapley_kernel",), "triton": ("fused_kernel", "streaming_kernel")}
+#: tool -> options it takes when this compute-sanitizer knows them (read from its --help): memcheck pads each
+#: allocation, so that a read just past a tensor cannot land in the next allocation unseen; initcheck also
+#: checks shared memory (a pipeline stage read before its copy landed reads uninitialised bytes).
+OPTIONAL = {"memcheck": ("--padding", "256"), "initcheck": ("--initcheck-address-space", "all")}
 #: What compute-sanitizer prints where it cannot run (a finding about the machine, not the kernels).
 UNSUPPORTED = ("Device not supported", "Unable to find injection library", "LibraryNotLoaded")
 
@@ -201,6 +205,10 @@ def drive(tools, backends, timeout):
     if sanitizer is None:
         print("compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
         return 2
+    try:
+        known = subprocess.run([sanitizer, "--help"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        known = ""
     status = 0
     for tool in tools:
         checks, quick = TOOLS[tool]
@@ -209,7 +217,10 @@ def drive(tools, backends, timeout):
             print(f"{tool}: nothing to check with backends {','.join(backends)}")
             continue
         command = [sanitizer, "--tool", tool, "--error-exitcode", "3", "--print-limit", "30"]
-        command += [f"--kernel-name=kns={k}" for b in ran for k in KERNELS[b]]
+        if tool in OPTIONAL and OPTIONAL[tool][0] in known:
+            command += OPTIONAL[tool]
+        for kernel in (k for b in ran for k in KERNELS[b]):
+            command += ["--kernel-name", f"kns={kernel}"]
         command += [sys.executable, os.path.abspath(__file__), "--run", "--backends", ",".join(ran)]
         command += ["--quick"] if quick else []
         env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1", FASTSHAP_TRITON_AUTOTUNE="0")

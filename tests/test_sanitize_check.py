@@ -39,9 +39,12 @@ def test_exact_storage_ends_at_the_last_element():
 
 
 def _fake_sanitizer(tmp_path, body):
-    """A compute-sanitizer on PATH that runs `body` (bash) and records its arguments."""
+    """A compute-sanitizer on PATH that knows --padding (not --initcheck-address-space), runs `body` (bash)
+    and records its arguments."""
     fake = tmp_path / "compute-sanitizer"
-    fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/calls\n{body}\n')
+    help_text = "Memcheck-specific options:\n  --padding arg (=0)   Size in bytes for padding"
+    fake.write_text(f'#!/usr/bin/env bash\n[[ $1 == --help ]] && {{ echo "{help_text}"; exit 0; }}\n'
+                    f'echo "$@" >> {tmp_path}/calls\n{body}\n')
     fake.chmod(0o755)
     return dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", CUDA_HOME=str(tmp_path / "none"))
 
@@ -64,9 +67,19 @@ def test_driver_reads_the_sanitizer(tmp_path, body, status, says):
     calls = (tmp_path / "calls").read_text().splitlines()
     # memcheck filters both backends' kernels and runs the full list; racecheck only the CUDA kernel, quick.
     assert "--tool memcheck" in calls[0] and "kns=fused_kernel" in calls[0] and "--quick" not in calls[0]
+    assert "--padding 256" in calls[0]  # an option this sanitizer's --help lists
     if status != 2:
         assert "--tool racecheck" in calls[1] and "kns=fused_kernel" not in calls[1] and calls[1].endswith(
             "--run --backends cuda --quick")
+
+
+def test_driver_leaves_out_options_its_sanitizer_does_not_know(tmp_path):
+    env = _fake_sanitizer(tmp_path, "exit 0")
+    done = subprocess.run([sys.executable, SCRIPT, "--tools", "initcheck"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    call = (tmp_path / "calls").read_text()
+    assert "--tool initcheck" in call and "--initcheck-address-space" not in call and "--padding" not in call
 
 
 @pytest.mark.skipif(os.access("/usr/local/cuda/bin/compute-sanitizer", os.X_OK), reason="this machine has one")
