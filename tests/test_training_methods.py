@@ -1,6 +1,7 @@
 """The trainer's methods: the re-sampling rules on known values, and each method end to end on synthetic
 data with its mechanism checked against what the run recorded."""
 
+import copy
 import math
 
 import numpy as np
@@ -295,6 +296,78 @@ def test_online_modality_drop_values_the_dropped_samples(tmp_path):
     stronger = stronger_modalities(torch.from_numpy(phi_table(tmp_path, 2)))
     assert torch.equal(dropped, stronger.any(1)[t.plan.index])
     assert t.history[2]["resampled"] > 0
+
+
+def test_online_modality_drop_records_each_row_from_its_raw_features(tmp_path, monkeypatch):
+    """The online table holds, for each sample, the value the op computed in the step that recorded it, from
+    the encoder outputs of that step's forward: for a dropped original, the whole sample's features (not the
+    zeroed ones its head saw), under the head of the moment (after the step's update)."""
+    t = Trainer(tiny_config(tmp_path, method="modality-drop", valuation="online", epochs=3, warmup=1,
+                            drop_prob=1.0))
+    encoded = {}  # each encoder's latest output, captured apart from the model's ModelOutput
+    for m, enc in t.core.encoders.items():
+        enc.register_forward_hook(lambda mod, inp, out, m=m: encoded.__setitem__(m, out.detach().clone()))
+    op_calls = []
+    real_op = fastshap.modality_shapley
+
+    def op(features, head, labels, **kwargs):
+        phi = real_op(features, head, labels, **kwargs)
+        op_calls.append(([f.detach().clone() for f in features], labels.clone(), phi.detach().clone()))
+        return phi
+
+    monkeypatch.setattr(valuation_module.fastshap, "modality_shapley", op)
+    steps = []
+    real_update = valuation_module.Valuator.online_update
+
+    def online_update(self, out, batch):
+        head = copy.deepcopy(self.t.method.valuation_head())  # its parameters at the call
+        before = len(op_calls)
+        real_update(self, out, batch)
+        assert len(op_calls) == before + 1, "one op call per step"
+        features, labels, phi = op_calls[-1]
+        steps.append(dict(epoch=self.t.epoch, head=head, encoded=[encoded[m] for m in self.t.modalities],
+                          seen=[f.detach().clone() for f in out.features], features=features, labels=labels,
+                          phi=phi, batch={k: batch[k].clone() for k in ("label", "index", "keep", "mask")}))
+
+    monkeypatch.setattr(valuation_module.Valuator, "online_update", online_update)
+    t.fit()
+    t.close()
+
+    full = t.plan.full
+    zeroed_differs = 0
+    for epoch in range(3):
+        expected = np.full((64, t.n), np.nan, dtype=np.float32)
+        dropped_rows = 0
+        calls = [s for s in steps if s["epoch"] == epoch]
+        assert calls
+        for s in calls:
+            b = s["batch"]
+            # the op got the step's encoder outputs and the batch's labels ...
+            assert all(torch.equal(f, e) for f, e in zip(s["features"], s["encoded"]))
+            assert torch.equal(s["labels"], b["label"])
+            # ... and returned their values under the head of the moment
+            phi = fastshap.modality_shapley(s["encoded"], s["head"], b["label"], benefit=t.cfg.benefit,
+                                            backend="torch").float()
+            assert torch.allclose(s["phi"].float(), phi, atol=1e-6)
+            dropped = b["keep"] != full
+            dropped_rows += int(dropped.sum())
+            for i in range(t.n):
+                gone = dropped & ((b["keep"] >> i) & 1 == 0)
+                # the head saw the dropped modality zeroed; the op got the sample's own features for it
+                assert bool((s["seen"][i][gone] == 0).all())
+                assert bool((s["features"][i][gone] != 0).any(1).all())
+            if dropped.any():  # the values the zeroed features would give: the test tells them apart
+                zeroed = fastshap.modality_shapley(s["seen"], s["head"], b["label"], benefit=t.cfg.benefit,
+                                                   backend="torch").float()
+                zeroed_differs += int((zeroed[dropped] != phi[dropped]).any(1).sum())
+            # originals (dropped ones included) are recorded at their sample's row; a later call overwrites
+            original = b["mask"] == 0
+            expected[b["index"][original].numpy()] = phi[original].numpy()
+        if epoch > 0:
+            assert dropped_rows > 0, "the test needs dropped samples"
+        assert not np.isnan(expected).any()
+        np.testing.assert_allclose(phi_table(tmp_path, epoch), expected, rtol=0, atol=1e-6)
+    assert zeroed_differs > 0, "the zeroed features give the same values: the test could not tell them apart"
 
 
 @pytest.mark.parametrize("method,removal", [("data-mask", "feature"), ("data-mask", "input"),
