@@ -25,8 +25,12 @@ $(VENV)/.deps: requirements/constraints.txt requirements/torch.txt requirements/
 
 venv: $(VENV)/.deps
 
+# The build's output goes to $(VENV)/build.log (tests/test_packaging.py reads it: no compiler warning from
+# our own sources); its end is printed when the build fails.
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	$(PIP) install --no-build-isolation --no-deps -e .
+	$(PY) -m pip --disable-pip-version-check install --no-build-isolation --no-deps -v -e . > $(VENV)/build.log 2>&1 \
+		|| { tail -60 $(VENV)/build.log; exit 1; }
+	grep -m1 -A8 'fastshap build configuration' $(VENV)/build.log
 	touch $@
 
 build: $(VENV)/.built

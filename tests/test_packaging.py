@@ -2,6 +2,7 @@
 wheel built from it holds the compiled extension and the trainer's dataset configs (read at run time)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,3 +78,34 @@ def test_version_is_the_same_in_the_metadata_and_the_package():
 
     with open(ROOT / "pyproject.toml", "rb") as f:
         assert tomllib.load(f)["project"]["version"] == fastshap.__version__
+
+
+#: `make build` keeps the build's output here (FASTSHAP_BUILD_LOG for a log kept elsewhere).
+BUILD_LOG = Path(os.environ.get("FASTSHAP_BUILD_LOG", ROOT / ".venv" / "build.log"))
+#: A compiler's warning about one of our files: gcc's "csrc/x.cpp:12:5: warning: ..." and nvcc's front end's
+#: "csrc/cuda/x.cuh(12): warning #177-D: ..." (torch's headers live under torch/csrc/: not ours).
+_OUR_WARNING = re.compile(r"(^|[\s/])(?<!torch/)csrc/\S+?(:\d+(:\d+)?:|\(\d+\):)\s*(warning|Warning)")
+
+
+def test_the_build_has_no_warnings_from_our_sources():
+    """The C++ and CUDA sources compile without warnings from our own code (gcc -Wall -Wextra, nvcc's front
+    end, ptxas): read from the log of the build the tests run against."""
+    if not BUILD_LOG.exists():
+        pytest.skip(f"no build log at {BUILD_LOG} (`make build` writes it)")
+    text = BUILD_LOG.read_text(errors="replace")
+    assert "fastshap build configuration" in text, f"{BUILD_LOG} is not a verbose log of our build"
+    ours = [line for line in text.splitlines() if _OUR_WARNING.search(line)]
+    # ptxas names kernels, not files: any warning of its is about our kernels (stack frames, spills are info).
+    ours += [line for line in text.splitlines() if line.lstrip().startswith("ptxas warning")]
+    assert not ours, f"{len(ours)} warnings from our sources in {BUILD_LOG}:\n" + "\n".join(ours[:20])
+
+
+@pytest.mark.parametrize("line,ours", [
+    ("csrc/cpu/shapley_cpu.cpp:12:5: warning: unused variable 'x' [-Wunused-variable]", True),
+    ("/work/csrc/cuda/shapley_tile.cuh(340): warning #177-D: variable \"k\" was declared but never referenced", True),
+    ("In file included from csrc/fastshap.cpp:3:", False),
+    ("/venv/include/torch/csrc/api/include/torch/nn/x.h:5:1: warning: deprecated", False),
+    ("csrc/cuda/kernels_fp32.cu(8): error: identifier \"y\" is undefined", False),
+])
+def test_the_warning_pattern(line, ours):
+    assert bool(_OUR_WARNING.search(line)) == ours
