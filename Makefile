@@ -30,7 +30,7 @@ venv: $(VENV)/.deps
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	$(PY) -m pip --disable-pip-version-check install --no-build-isolation --no-deps -v -e . > $(VENV)/build.log 2>&1 \
 		|| { tail -60 $(VENV)/build.log; exit 1; }
-	grep -m1 -A8 'fastshap build configuration' $(VENV)/build.log
+	grep -m1 -A7 'fastshap build configuration' $(VENV)/build.log
 	touch $@
 
 build: $(VENV)/.built
