@@ -5,7 +5,8 @@ Canonical computation (every backend reproduces it; the compiled ones bit for bi
 * Compute dtype ``T``: float64 for float64 features, float32 otherwise (fp16/bf16 are upcast, so they
   accumulate in fp32). Head parameters are cast to ``T``.
 * Partial products: ``present[i] = h_i @ W[:, cols_i].T`` and, with baselines, ``absent[i] = b_i @ W[:, cols_i].T``
-  (one GEMM per modality, ``(n, rows, K)``). Without baselines a removed modality contributes exactly zero.
+  (one GEMM per modality, ``(n, rows, K)``; on the CPU with zero weight rows padding K, see :func:`gemm_width`).
+  Without baselines a removed modality contributes exactly zero.
 * Coalition score, summed left to right over modalities ``i = 0..n-1``:
   ``score(S) = start + sel_0 + sel_1 + ... + sel_{n-1}``, ``sel_i = present[i] if i in S else absent[i]``.
 
@@ -115,11 +116,33 @@ def _count_nonfinite(partials: Tensor) -> Tensor:
     return (~torch.isfinite(partials)).any(-1).sum(-1).float()
 
 
-def _partial_products(xs: Sequence[Tensor], weight: Tensor, ct: torch.dtype) -> Tensor:
-    """xs: n tensors (rows, d_i) or (d_i,); weight (K, sum d_i) -> (n, rows, K) in dtype ct."""
+def gemm_width(width: int, device) -> int:
+    """Output columns of the GEMMs that compute `width` real ones (partial products, the MLP's second layer):
+    on the CPU, 8 or more are padded with zero weight rows to a multiple of 8, because the CPU BLAS runs some
+    widths far slower than the next multiple of 8 (torch 2.14.1 on this project's CPU: 4096 x 512 by 31
+    columns 1.8 ms, by 32 0.8 ms). The C++ kernels pad by the same rule (csrc/shapley.h), so that the two
+    backends run the same GEMMs and stay bit-identical. The extra columns are never read."""
+    return width if torch.device(device).type != "cpu" or width < 8 else -(-width // 8) * 8
+
+
+def _padded(weight: Tensor, ct: torch.dtype, bias: Optional[Tensor] = None):
+    """weight (K, D) in dtype ct with zero rows up to gemm_width(K) (and bias (K,) with zeros alike)."""
     w = weight.to(ct)
+    pad = gemm_width(w.shape[0], w.device) - w.shape[0]
+    if pad:
+        w = torch.cat([w, w.new_zeros(pad, w.shape[1])])
+    if bias is None:
+        return w
+    b = bias.to(ct)
+    return w, (torch.cat([b, b.new_zeros(pad)]) if pad else b)
+
+
+def _partial_products(xs: Sequence[Tensor], weight: Tensor, ct: torch.dtype) -> Tensor:
+    """xs: n tensors (rows, d_i) or (d_i,); weight (K, sum d_i) -> (n, rows, K) in dtype ct (a view of the
+    GEMMs' (n, rows, gemm_width(K)) outputs)."""
+    w = _padded(weight, ct)
     rows = 1 if xs[0].dim() == 1 else xs[0].shape[0]
-    out = torch.empty(len(xs), rows, weight.shape[0], dtype=ct, device=weight.device)
+    out = torch.empty(len(xs), rows, w.shape[0], dtype=ct, device=weight.device)
     offset = 0
     for i, x in enumerate(xs):
         x = x.to(ct)
@@ -128,7 +151,7 @@ def _partial_products(xs: Sequence[Tensor], weight: Tensor, ct: torch.dtype) -> 
         d = x.shape[1]
         torch.mm(x, w.narrow(1, offset, d).t(), out=out[i])
         offset += d
-    return out
+    return out[..., : weight.shape[0]]
 
 
 def _coalition_scores(start: Tensor, present: Tensor, absent: Optional[Tensor], rows: slice) -> Tensor:
@@ -250,7 +273,9 @@ def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, ben
     absent = _partial_products(baselines, weight1, ct) if baselines else None
     nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
     batch, n, hidden = present.shape[1], present.shape[0], present.shape[2]
-    start, w2t, b2 = bias1.to(ct), weight2.to(ct).t(), bias2.to(ct)
+    num_classes = weight2.shape[0]
+    w2, b2 = _padded(weight2, ct, bias2)  # as the C++ kernel: the same GEMM, columns past C unread
+    start, w2t = bias1.to(ct), w2.t()
     phi = torch.empty(batch, n, dtype=torch.float32, device=present.device)
     step = _mlp_chunk_samples(batch, n, hidden)
     for b0 in range(0, batch, step):
@@ -258,7 +283,8 @@ def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, ben
         pre = _coalition_scores(start, present, absent, rows)
         hidden_nonfinite = _nonfinite(pre)  # the ReLU would hide a -Inf (and the kernels flag them all)
         count = rows.stop - rows.start
-        logits = torch.addmm(b2, pre.relu().reshape(count << n, hidden), w2t).view(count, 1 << n, -1)
+        logits = torch.addmm(b2, pre.relu().reshape(count << n, hidden), w2t)[:, :num_classes]
+        logits = logits.view(count, 1 << n, num_classes)
         phi[rows] = shapley_from_values(_values(logits, labels[rows], benefit, nonfinite=hidden_nonfinite))
     phi = _nan_rows(phi, bad)
     return phi, _stats(phi, nonfinite)

@@ -45,6 +45,7 @@ from torch._subclasses.fake_tensor import is_fake
 from triton.runtime.interpreter import InterpretedFunction
 
 from fastshap import _triton_kernels as kernels
+from fastshap import reference
 
 #: True when Triton runs in its interpreter (TRITON_INTERPRET=1 was set before it was imported).
 INTERPRETED = isinstance(kernels.fused_kernel, InterpretedFunction)
@@ -350,13 +351,14 @@ def _partials(xs, weight):
     fp32 GEMMs as in the reference (torch's fp32 matmul precision applies); on CUDA, fp16/bf16 inputs
     with weights of the same dtype use the 16-bit GEMM with fp32 output (exact products, fp32 sums)."""
     half = xs[0].is_cuda and xs[0].dtype in _HALF and weight.dtype == xs[0].dtype
-    w = weight if half else weight.float()
-    out, offset = [], 0
+    # The reference's weight, padded as its GEMMs are (on the CPU only: see reference.gemm_width).
+    w = weight if half else reference._padded(weight, torch.float32)
+    k, out, offset = weight.shape[0], [], 0
     for x in xs:
         d = x.shape[-1]
         x2 = x if x.dim() == 2 else x.unsqueeze(0)
         wt = w[:, offset : offset + d].t()
-        out.append(torch.mm(x2, wt, out_dtype=torch.float32) if half else x2.float() @ wt)
+        out.append(torch.mm(x2, wt, out_dtype=torch.float32) if half else (x2.float() @ wt)[:, :k])
         offset += d
     return torch.stack(out)
 

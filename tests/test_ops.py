@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fastshap
-from fastshap import _extension, backends, heads
+from fastshap import _extension, backends, heads, reference
 from cases import assert_bad_labels_counted, spoil_labels
 from fastshap.api import _head_spec
 from oracle import NonlinearHead, dyadic, oracle_shapley
@@ -71,6 +71,30 @@ def test_cpp_equals_torch_exactly(kind, dtype, baselines):
         else:
             assert torch.equal(out["cpp"], out["torch"]), f"{benefit}: {int((out['cpp'] != out['torch']).sum())} differ"
         assert bool((out["cpp"] != 0).any())
+
+
+@pytest.mark.parametrize("kind", ["concat", "mlp"])
+@pytest.mark.parametrize("num_classes", [10, 31, 101])
+def test_cpp_equals_torch_with_wide_features(kind, num_classes):
+    """Long reductions (d = 512 + 256), where the CPU BLAS may sum in another order for another GEMM width: the
+    two backends pad their GEMMs' output columns alike (reference.gemm_width), so their logits are the same
+    bits. The probability benefit shows it: a last-bit difference in a logit moves p(y) by ~1e-8, which the
+    float32 phi keeps, while the two softmax implementations (float64) differ by ~1e-16, which it drops."""
+    g = torch.Generator().manual_seed(num_classes)
+    dims, batch = [512, 256], 2048
+    head = make_head(kind, dims, num_classes, g, hidden=num_classes)
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    labels = torch.randint(0, num_classes, (batch,), generator=g)
+    for benefit in ("accuracy", "probability"):
+        a = fastshap.modality_shapley(feats, head, labels, backend="torch", benefit=benefit)
+        b = fastshap.modality_shapley(feats, head, labels, backend="cpp", benefit=benefit)
+        assert torch.equal(a, b), f"{benefit}: {int((a != b).any(1).sum())} rows differ"
+
+
+def test_gemm_width_pads_cpu_gemms_to_a_multiple_of_8():
+    assert [reference.gemm_width(k, "cpu") for k in (1, 2, 7, 8, 10, 31, 32, 101, 1000)] == [1, 2, 7, 8, 16, 32, 32,
+                                                                                            104, 1000]
+    assert reference.gemm_width(31, "meta") == 31  # other devices: no padding
 
 
 def test_cpp_equals_torch_on_large_mlp_chunks():

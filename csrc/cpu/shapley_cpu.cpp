@@ -13,6 +13,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/softmax.h>
@@ -36,25 +37,37 @@ at::ScalarType compute_type(const Tensor& features0) {
   return features0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// (n, rows, K): xs[i] (rows, d_i) or (d_i,) times the columns of modality i of `weight` (K, D).
+// `weight` (K, D) in dtype ct with its output rows padded by zero rows to gemm_width(K) (shapley.h: the
+// torch backend pads alike, so both run the same GEMMs), and that width.
+Tensor padded_weight(const Tensor& weight, at::ScalarType ct) {
+  const int64_t K = weight.size(0), width = gemm_width(K);
+  Tensor w = weight.to(ct);
+  return width == K ? w : at::cat({w, at::zeros({width - K, w.size(1)}, w.options())});
+}
+
+// (n, rows, K): xs[i] (rows, d_i) or (d_i,) times the columns of modality i of `weight` (K, D); a view of
+// (n, rows, gemm_width(K)) GEMM outputs, so its rows are gemm_width(K) apart.
 Tensor partial_products(at::TensorList xs, const Tensor& weight, const ProblemShape& p, at::ScalarType ct) {
   const int64_t rows = xs[0].dim() == 1 ? 1 : xs[0].size(0);
-  Tensor w = weight.to(ct);
-  Tensor out = at::empty({p.n, rows, weight.size(0)}, weight.options().dtype(ct));
+  const Tensor w = padded_weight(weight, ct);
+  Tensor out = at::empty({p.n, rows, w.size(0)}, weight.options().dtype(ct));
   for (int64_t i = 0; i < p.n; ++i) {
     Tensor x = xs[i].to(ct);
     if (x.dim() == 1) x = x.unsqueeze(0);
     Tensor dst = out.select(0, i);
     at::mm_out(dst, x, w.narrow(1, p.offsets[i], p.dims[i]).t());
   }
-  return out;
+  return out.narrow(2, 0, weight.size(0));
 }
 
-// (n,) float: for each modality, how many rows of its contiguous partial products (n, rows, K) hold a NaN
-// or an Inf. A non-finite feature always yields a non-finite partial product (NaN propagates; Inf * w is
-// +-Inf or NaN), so this one cheap pass over (n, rows, K) replaces a pass over the much wider features.
+// (n,) float: for each modality, how many rows of its partial products (n, rows, K), rows with unit stride,
+// hold a NaN or an Inf. A non-finite feature always yields a non-finite partial product (NaN propagates;
+// Inf * w is +-Inf or NaN), so this one cheap pass over (n, rows, K) replaces a pass over the much wider
+// features.
 Tensor count_nonfinite(const Tensor& partials) {
   const int64_t n = partials.size(0), rows = partials.size(1), K = partials.size(2);
+  const int64_t s0 = partials.stride(0), s1 = partials.stride(1);
+  TORCH_INTERNAL_ASSERT(K <= 1 || partials.stride(2) == 1);
   Tensor counts = at::zeros({n}, partials.options().dtype(at::kFloat));
   float* out = counts.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES(partials.scalar_type(), "fastshap_count_nonfinite", [&] {
@@ -64,7 +77,7 @@ Tensor count_nonfinite(const Tensor& partials) {
           0, rows, 2048, int64_t{0},
           [&](int64_t begin, int64_t end, int64_t found) {
             for (int64_t r = begin; r < end; ++r) {
-              const scalar_t* row = data + (i * rows + r) * K;
+              const scalar_t* row = data + i * s0 + r * s1;
               // x * 0 is 0 for finite x and NaN otherwise: one compare per row instead of K branches.
               scalar_t total = 0;
               for (int64_t c = 0; c < K; ++c) total += row[c] * scalar_t(0);
@@ -108,8 +121,9 @@ template <typename T>
 struct CoalitionWalk {
   int64_t n, K, batch, absent_rows;
   const T* start;    // (K)
-  const T* present;  // (n, batch, K)
-  const T* absent;   // (n, absent_rows, K), or nullptr when removed modalities contribute zero
+  const T* present;  // (n, batch, K): element (i, b, c) at i * present_s0 + b * present_s1 + c
+  const T* absent;   // (n, absent_rows, K) likewise, or nullptr when removed modalities contribute zero
+  int64_t present_s0, present_s1, absent_s0, absent_s1;
 
   // Calls visit(mask, size, score) for every coalition; bit i of mask is modality i. `scratch` holds n*K.
   template <typename Visit>
@@ -126,8 +140,8 @@ struct CoalitionWalk {
       for (int64_t k = from; k < n; ++k) {
         const bool in = (t >> (n - 1 - k)) & 1u;
         mask = in ? (mask | (1u << k)) : (mask & ~(1u << k));
-        const T* add = in ? present + (k * batch + b) * K
-                          : (absent ? absent + (k * absent_rows + (absent_rows == 1 ? 0 : b)) * K : nullptr);
+        const T* add = in ? present + k * present_s0 + b * present_s1
+                          : (absent ? absent + k * absent_s0 + (absent_rows == 1 ? 0 : b) * absent_s1 : nullptr);
         if (add == nullptr) {
           level[k + 1] = level[k];  // adding a zero contribution is exact: skip it
         } else {
@@ -141,6 +155,18 @@ struct CoalitionWalk {
     }
   }
 };
+
+// The walk over start (K) and partial products present / absent ((n, rows, K), unit stride along K).
+template <typename T>
+CoalitionWalk<T> make_walk(int64_t n, int64_t K, int64_t batch, const Tensor& start, const Tensor& present,
+                           const Tensor& absent) {
+  TORCH_INTERNAL_ASSERT(start.is_contiguous() && (K <= 1 || present.stride(2) == 1));
+  TORCH_INTERNAL_ASSERT(!absent.defined() || K <= 1 || absent.stride(2) == 1);
+  const bool a = absent.defined();
+  return CoalitionWalk<T>{n, K, batch, a ? absent.size(1) : 0, start.data_ptr<T>(), present.data_ptr<T>(),
+                          a ? absent.data_ptr<T>() : nullptr, present.stride(0), present.stride(1),
+                          a ? absent.stride(0) : 0, a ? absent.stride(1) : 0};
+}
 
 // True when `label` is the first maximal index of score[0:K] (torch.argmax semantics; scores finite).
 template <typename T>
@@ -243,7 +269,7 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
   Tensor y = labels.contiguous();
   Tensor phi = at::empty({p.batch, p.n}, features[0].options().dtype(at::kFloat));
   Tensor present = partial_products(features, weight, p, ct);
-  Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight, p, ct).contiguous();
+  Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight, p, ct);
   Tensor nonfinite = count_nonfinite(present);
   if (absent.defined()) nonfinite.add_(count_nonfinite(absent));
 
@@ -265,17 +291,9 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
     check_param(start_or_bias, "the bias", features[0]);
     start = start_or_bias.to(ct).contiguous();
   }
-  present = present.contiguous();
-  if (absent.defined()) absent = absent.contiguous();
   const ShapleyCoefficients coef = shapley_coefficients(p.n);
   AT_DISPATCH_FLOATING_TYPES(present.scalar_type(), "fastshap_additive_cpu", [&] {
-    CoalitionWalk<scalar_t> walk{p.n,
-                                 K,
-                                 p.batch,
-                                 absent.defined() ? absent.size(1) : 0,
-                                 start.data_ptr<scalar_t>(),
-                                 present.data_ptr<scalar_t>(),
-                                 absent.defined() ? absent.data_ptr<scalar_t>() : nullptr};
+    const auto walk = make_walk<scalar_t>(p.n, K, p.batch, start, present, absent);
     additive_kernel(walk, y.data_ptr<int64_t>(), benefit, combine, coef, phi.data_ptr<float>());
   });
   return finish(phi, nonfinite);
@@ -320,26 +338,23 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
   Tensor y_t = labels.contiguous();
   const int64_t* y = y_t.data_ptr<int64_t>();
   Tensor phi = at::empty({p.batch, p.n}, features[0].options().dtype(at::kFloat));
-  Tensor present = partial_products(features, weight1, p, ct).contiguous();
-  Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight1, p, ct).contiguous();
+  Tensor present = partial_products(features, weight1, p, ct);
+  Tensor absent = baselines.empty() ? Tensor() : partial_products(baselines, weight1, p, ct);
   Tensor nonfinite = count_nonfinite(present);
   if (absent.defined()) nonfinite.add_(count_nonfinite(absent));
   Tensor start = bias1.to(ct).contiguous();
-  Tensor w2t = weight2.to(ct).t();
+  // The second layer's GEMM pads its output columns too (C to gemm_width(C)): logits rows are C2 apart.
+  const Tensor w2t = padded_weight(weight2, ct).t();
+  const int64_t C2 = w2t.size(1);
   Tensor b2 = bias2.to(ct);
+  if (C2 != C) b2 = at::cat({b2, at::zeros({C2 - C}, b2.options())});
   const ShapleyCoefficients coef = shapley_coefficients(p.n);
   const int64_t coalitions = int64_t{1} << p.n;
   const int64_t chunk = mlp_chunk_samples(p.batch, p.n, H);
   Tensor hidden = at::empty({chunk * coalitions, H}, present.options());
 
   AT_DISPATCH_FLOATING_TYPES(present.scalar_type(), "fastshap_mlp_cpu", [&] {
-    CoalitionWalk<scalar_t> walk{p.n,
-                                 H,
-                                 p.batch,
-                                 absent.defined() ? absent.size(1) : 0,
-                                 start.data_ptr<scalar_t>(),
-                                 present.data_ptr<scalar_t>(),
-                                 absent.defined() ? absent.data_ptr<scalar_t>() : nullptr};
+    const auto walk = make_walk<scalar_t>(p.n, H, p.batch, start, present, absent);
     for (int64_t c0 = 0; c0 < p.batch; c0 += chunk) {
       const int64_t rows = std::min(chunk, p.batch - c0);
       scalar_t* z = hidden.data_ptr<scalar_t>();
@@ -369,7 +384,7 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
           ShapleyAccumulator acc{coef, p.n};
           for (int64_t mask = 0; mask < coalitions; ++mask) {
             const int size = __builtin_popcount(static_cast<uint32_t>(mask));
-            const scalar_t* score = L + (j * coalitions + mask) * C;
+            const scalar_t* score = L + (j * coalitions + mask) * C2;
             acc.add(static_cast<uint32_t>(mask), size,
                     coalition_value(score, C, y[b], size, benefit, Combine::Logits, p.n));
           }
