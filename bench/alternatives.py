@@ -117,18 +117,9 @@ def plain_forward(features: Sequence[Tensor], head: nn.Module) -> Tensor:
 
 def partial_products(features: Sequence[Tensor], weight: Tensor) -> Tensor:
     """The n per-modality GEMMs h_i @ W_i^T into (n, B, K): the first stage of fastshap's cpp backend, timed
-    alone to split its cost into GEMMs and coalition walk. Run as cpp runs them: the output columns padded
-    with zero weight rows to fastshap.reference.gemm_width (a multiple of 8 on the CPU)."""
-    k = weight.shape[0]
-    width = reference.gemm_width(k, weight.device)
-    if width != k:
-        weight = torch.cat([weight, weight.new_zeros(width - k, weight.shape[1])])
-    out = features[0].new_empty(len(features), features[0].shape[0], width)
-    offset = 0
-    for i, f in enumerate(features):
-        torch.mm(f, weight[:, offset : offset + f.shape[1]].t(), out=out[i])
-        offset += f.shape[1]
-    return out[..., :k]
+    alone to split its cost into GEMMs and coalition walk. The reference's own function, which runs the same
+    GEMMs as cpp (output columns padded to fastshap.reference.gemm_width on the CPU)."""
+    return reference._partial_products(features, weight, reference.compute_dtype(features[0].dtype))
 
 
 # --- naive batched masked evaluation ---------------------------------------------------------------------
