@@ -10,9 +10,10 @@ PIP := $(PY) -m pip -q --disable-pip-version-check
 CUDA_HOME ?= $(shell test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda)
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export CUDA_HOME TORCH_CUDA_ARCH_LIST
-SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+# pyproject.toml: its package list and entry points are part of the install, not only the sources.
+SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: all venv build test demo bench bench-gpu info clean
+.PHONY: all venv build test lint format demo bench bench-gpu info clean
 
 all: test
 
@@ -38,9 +39,18 @@ build: $(VENV)/.built
 test: build
 	$(PY) -m pytest -q
 
+# ruff (configured in pyproject.toml): lint rules and the formatter's check; `make format` rewrites.
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.deps
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 demo: build
 	$(PY) -m fastshap.demo
-	$(PY) -m training.demo
+	$(PY) -m fastshap_train.demo
 
 bench: build
 	$(PY) -m pytest bench -q --benchmark-only

@@ -32,9 +32,9 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class Case:
     def batch(self) -> int:
         return self.features[0].shape[0]
 
-    def rows(self, count: int) -> "Case":
+    def rows(self, count: int) -> Case:
         """The first `count` samples (for the slow alternatives)."""
         return Case([f[:count] for f in self.features], self.head, self.labels[:count])
 
@@ -71,7 +71,7 @@ def make_case(
     dim: int = 512,
     classes: int = 31,
     *,
-    hidden: Optional[int] = None,
+    hidden: int | None = None,
     dtype: torch.dtype = torch.float32,
     device="cpu",
     seed: int = 0,
@@ -125,7 +125,7 @@ def partial_products(features: Sequence[Tensor], weight: Tensor) -> Tensor:
 # --- naive batched masked evaluation ---------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def coalition_masks(n: int, device=None) -> Tensor:
     """(2^n, n) bool: row m is the coalition whose bit i says whether modality i is present. Made once per n
     and device (a copy from host memory on every call would synchronise with the GPU)."""
@@ -133,7 +133,7 @@ def coalition_masks(n: int, device=None) -> Tensor:
     return (m >> torch.arange(n, device=device)) & 1 == 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shapley_numerators(n: int, device=None) -> Tensor:
     """(2^n, n) float64 integers k_i(S): (|S|-1)!(n-|S|)! if i in S, else -|S|!(n-|S|-1)!; phi = v @ k / n!.
     Made once per n and device (a user would keep the table too)."""
@@ -163,7 +163,7 @@ def _first_coalition(benefit: str) -> int:
     return 1 if benefit == "paper" else 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keep_columns(dims: tuple, first: int, device, dtype) -> Tensor:
     """(k, sum dims): 1 in the columns of the modalities each coalition (from `first` on) keeps."""
     masks = coalition_masks(len(dims))[first:]
@@ -231,7 +231,7 @@ def authors_loop(features: Sequence[Tensor], head: nn.Module, labels: Tensor) ->
 
     contribution = {}
     label = labels
-    for i, item in enumerate(label):
+    for i, _item in enumerate(label):
         all_ = prediction[i].cpu().data.numpy()
         index_all = np.argmax(all_)
         v_ = pred_v[i].cpu().data.numpy()
@@ -315,7 +315,7 @@ def balancemm_to_phi(shapley: dict) -> Tensor:
 
 
 def captum_shapley(
-    features: Sequence[Tensor], head: nn.Module, labels: Tensor, perturbations_per_eval: Optional[int] = None
+    features: Sequence[Tensor], head: nn.Module, labels: Tensor, perturbations_per_eval: int | None = None
 ) -> Tensor:
     """Captum's exact ShapleyValues (all n! permutations, n forwards each) with one feature group per
     modality, zero baselines, v(S) = 1[argmax == y]. The n prefixes of a permutation go through the head in
@@ -387,12 +387,12 @@ def compare(phi: Tensor, reference: Tensor, near_tie: Tensor, atol: float = 0.0)
 
 
 def assert_agrees(result: dict, max_near_tie_fraction: float = 0.01) -> None:
-    assert (
-        result["mismatch"] == 0
-    ), f"values differ from fastshap on {result['mismatch']} samples that are not near ties: {result}"
-    assert (
-        result["near_tie_samples"] <= max_near_tie_fraction * result["samples"]
-    ), f"too many near-tie samples: {result}"
+    assert result["mismatch"] == 0, (
+        f"values differ from fastshap on {result['mismatch']} samples that are not near ties: {result}"
+    )
+    assert result["near_tie_samples"] <= max_near_tie_fraction * result["samples"], (
+        f"too many near-tie samples: {result}"
+    )
 
 
 def sanity(ns=(2, 3, 4), batch: int = 96) -> None:

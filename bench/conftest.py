@@ -10,10 +10,9 @@
 
 import os
 
+import harness
 import pytest
 import torch
-
-import harness
 
 
 def pytest_configure(config):

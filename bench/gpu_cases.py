@@ -16,13 +16,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-import torch
-from torch import nn
 
 import alternatives as alt  # bench/ is on sys.path: the script's own folder, or pytest's prepend import
 import harness
+import torch
+from torch import nn
 
 BATCH, DIM = 65536, 512
 #: Where the cases run. --dry-run switches to the CPU with a small batch, to exercise everything but the
@@ -39,7 +37,7 @@ class Spec:
     n: int
     classes: int
     dtype: torch.dtype
-    hidden: Optional[int] = None
+    hidden: int | None = None
 
     @property
     def id(self) -> str:
@@ -54,9 +52,20 @@ SPECS = (
     Spec("mlp", 2, 31, torch.float32, hidden=256),
     Spec("mlp", 2, 31, torch.bfloat16, hidden=256),
 )
-PROVIDERS = ("plain_forward", "fastshap_triton", "fastshap_cuda", "fastshap_torch", "fastshap_triton_checked",
-             "fastshap_triton_graph", "fastshap_cuda_graph", "fastshap_cuda_tc", "fastshap_cuda_tc_graph", "triton_op",
-             "decomposed_torch", "naive_batched")
+PROVIDERS = (
+    "plain_forward",
+    "fastshap_triton",
+    "fastshap_cuda",
+    "fastshap_torch",
+    "fastshap_triton_checked",
+    "fastshap_triton_graph",
+    "fastshap_cuda_graph",
+    "fastshap_cuda_tc",
+    "fastshap_cuda_tc_graph",
+    "triton_op",
+    "decomposed_torch",
+    "naive_batched",
+)
 NOTES = {
     "plain_forward": "yardstick: torch.cat + the head, one prediction",
     "fastshap_triton": "fastshap backend='triton', defer_checks (no host sync per call, as the trainer calls it)",
@@ -182,8 +191,9 @@ def _with_tensor_cores(provider: str, case: alt.Case):
     if not eligible or any(p.dtype != dtype for p in case.head.parameters()):
         raise Unavailable("tensor cores: fp16/bf16/fp32 features and a head of their dtype only")
     if not isinstance(case.head, nn.Linear):  # not timed: the rows would repeat the cuda ones (and cost time)
-        raise Unavailable("tensor cores: the MLP at H = 256 keeps the FMA plan (its tensor-core stages do not fit "
-                          "two blocks per SM)")
+        raise Unavailable(
+            "tensor cores: the MLP at H = 256 keeps the FMA plan (its tensor-core stages do not fit two blocks per SM)"
+        )
     return _pinned(lambda: _unpinned_callable(provider, case), "1")
 
 
@@ -206,8 +216,9 @@ def _registered_op(case: alt.Case):
     from fastshap import backends
     from fastshap.api import _head_spec
 
-    reason = backends.why_not("triton", backends.Call("concat", case.features[0].device, case.features[0].dtype,
-                                                      case.n))
+    reason = backends.why_not(
+        "triton", backends.Call("concat", case.features[0].device, case.features[0].dtype, case.n)
+    )
     if reason:
         raise Unavailable(reason)
     import fastshap.triton_shapley  # noqa: F401  (registers torch.ops.fastshap_triton)
@@ -337,11 +348,15 @@ def _autotuning_log() -> list:
     log = []
     for tuner in module.AUTOTUNERS:
         timings = getattr(tuner, "configs_timings", None) or {}
-        log.append({
-            "candidates": {str(c): [round(float(t), 5) for t in (v if isinstance(v, (list, tuple)) else [v])]
-                           for c, v in timings.items()},
-            "chosen": str(getattr(tuner, "best_config", "")),
-        })
+        log.append(
+            {
+                "candidates": {
+                    str(c): [round(float(t), 5) for t in (v if isinstance(v, (list, tuple)) else [v])]
+                    for c, v in timings.items()
+                },
+                "chosen": str(getattr(tuner, "best_config", "")),
+            }
+        )
     return log
 
 
@@ -410,7 +425,8 @@ def main(argv=None) -> int:
             )
             failed += bool(bad)
             print(
-                f"{name}: {info['gpu_ms']:.3f} ms, {info['gbs']:.0f} GB/s{'  VALUES DIFFER: ' + str(check) if bad else ''}"
+                f"{name}: {info['gpu_ms']:.3f} ms, {info['gbs']:.0f} GB/s"
+                f"{'  VALUES DIFFER: ' + str(check) if bad else ''}"
             )
     machine = harness.machine_info()
     out = {

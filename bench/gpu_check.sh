@@ -5,7 +5,7 @@
 #   (GPU_CHECK_ONLY=sanitize), the kernels under compute-sanitizer.
 # Every step runs under `timeout` within a total time budget; a failing step does not stop the others;
 # the exit status is non-zero when any step failed or was skipped. Everything goes flat into $OUT:
-#   summary.txt  env.txt  build.log  tests.log  bench.log  bench.json  training.json  report.md
+#   summary.txt  env.txt  build.log  tests.log  bench.log  bench.json  fastshap_train.json  report.md
 # (eight files: the most a lent machine's $OUT hands back). The summary and the report are printed last.
 #
 #   OUT=/some/dir bash bench/gpu_check.sh         # default OUT: bench/results/gpu-<UTC date>-<time>
@@ -106,7 +106,7 @@ if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
   run_step training 120 "$OUT/bench.log" env BENCH_TRAIN_SAMPLES="${BENCH_TRAIN_SAMPLES:-1024}" \
     BENCH_TRAIN_SIZE="${BENCH_TRAIN_SIZE:-64}" BENCH_TRAIN_BATCH="${BENCH_TRAIN_BATCH:-64}" \
     BENCH_TRAIN_ROUNDS="${BENCH_TRAIN_ROUNDS:-7}" BENCH_TRAIN_THREADS="${BENCH_TRAIN_THREADS:-0}" \
-    "$PY" -m pytest bench/test_bench_training.py -q -rs --benchmark-only --benchmark-json "$OUT/training.json" \
+    "$PY" -m pytest bench/test_bench_training.py -q -rs --benchmark-only --benchmark-json "$OUT/fastshap_train.json" \
     -p no:cacheprovider
 elif asked training; then
   log "training SKIPPED (its benchmarks need pytest-benchmark)"
@@ -132,7 +132,7 @@ else
 fi
 
 RESULTS=()
-for f in "$OUT/bench.json" "$OUT/training.json"; do [[ -f $f ]] && RESULTS+=("$f"); done
+for f in "$OUT/bench.json" "$OUT/fastshap_train.json"; do [[ -f $f ]] && RESULTS+=("$f"); done
 if ((${#RESULTS[@]})); then
   run_step report 20 "$OUT/bench.log" "$PY" bench/report.py "${RESULTS[@]}" -o "$OUT/report.md"
 elif asked bench || asked training; then  # report.py with no file would render an old committed run

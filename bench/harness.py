@@ -14,9 +14,9 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -50,7 +50,7 @@ PEAK_BANDWIDTH = (
 )
 
 
-def peak_bandwidth(device_name: str) -> Optional[float]:
+def peak_bandwidth(device_name: str) -> float | None:
     name = device_name.lower()
     for key, value in PEAK_BANDWIDTH:
         if key in name:
@@ -58,7 +58,7 @@ def peak_bandwidth(device_name: str) -> Optional[float]:
     return None
 
 
-def _version(dist: str) -> Optional[str]:
+def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -102,7 +102,7 @@ def fastshap_info() -> dict:
     }
 
 
-def gpu_info() -> Optional[dict]:
+def gpu_info() -> dict | None:
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -143,7 +143,7 @@ def machine_info() -> dict:
     }
 
 
-def loadavg() -> Optional[list]:
+def loadavg() -> list | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:

@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -62,7 +61,7 @@ LABELS = {
 }
 
 
-def fmt_time(seconds: Optional[float]) -> str:
+def fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 1e-3:
@@ -72,7 +71,7 @@ def fmt_time(seconds: Optional[float]) -> str:
     return f"{seconds:.2f} s"
 
 
-def fmt_ratio(x: Optional[float]) -> str:
+def fmt_ratio(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
@@ -221,9 +220,11 @@ def cpu_targets(benches: list) -> list:
     for n in sorted(main):
         row = main[n]
         cpp, gemm = row.get("fastshap_cpp"), row.get("partial_gemms")
-        ratio = {p: (row[p] / cpp if p in ("naive_batched", "decomposed_torch") else cpp / row[p])
-                 for p in ("plain_forward", "linear_precat", "naive_batched", "decomposed_torch")
-                 if cpp and row.get(p)}
+        ratio = {
+            p: (row[p] / cpp if p in ("naive_batched", "decomposed_torch") else cpp / row[p])
+            for p in ("plain_forward", "linear_precat", "naive_batched", "decomposed_torch")
+            if cpp and row.get(p)
+        }
         goal = {2: 8, 5: 60}.get(n)
         naive = ratio.get("naive_batched")
         v2 = "" if naive is None or goal is None else (" met" if naive >= goal else f" missed by {goal / naive:.2f}×")
@@ -233,8 +234,11 @@ def cpu_targets(benches: list) -> list:
             f"| {fmt_ratio(ratio.get('linear_precat'))}{within(ratio.get('linear_precat'))} "
             f"| {fmt_ratio(naive)}{v2} | {fmt_ratio(ratio.get('decomposed_torch'))} | {share} |"
         )
-    lines += ["", "The plain forward includes a torch.cat of the features, whose cost varies with the allocator "
-              "(a fresh 42 MB buffer at n = 5): the pre-concatenated Linear is the stricter yardstick."]
+    lines += [
+        "",
+        "The plain forward includes a torch.cat of the features, whose cost varies with the allocator "
+        "(a fresh 42 MB buffer at n = 5): the pre-concatenated Linear is the stricter yardstick.",
+    ]
     return lines
 
 
@@ -243,7 +247,7 @@ def case_label(info: dict) -> str:
     return f"{head}{f' H={hidden}' if hidden else ''} n={n} C={classes} d={dim} B={batch} {dtype}"
 
 
-def gpu_table(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[float]) -> list:
+def gpu_table(benches: list, copy_gbs: float | None, peak_gbs: float | None) -> list:
     lines = [
         "| case | provider | median | GB/s | % of data-sheet peak | % of measured copy "
         "| speed-up vs fastshap torch | vs decomposed torch | host time / call | check |",
@@ -297,7 +301,7 @@ def timer_disagreement(bench: dict) -> str:
     return f"; ⚠ synchronised rounds: {fmt_time(sync)} ({ratio:.2f}× the median)"
 
 
-def gpu_targets(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[float]) -> list:
+def gpu_targets(benches: list, copy_gbs: float | None, peak_gbs: float | None) -> list:
     """The Triton and CUDA issues' targets, measured in this run (information, not a gate): at n = 2 the
     linear head's end-to-end bandwidth (>= 70% of the data-sheet peak) and speed-up (>= 3x the torch
     backend); for the other cases, time within 2x of the bandwidth bound (bytes / measured copy). Each backend
@@ -313,8 +317,14 @@ def gpu_targets(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[flo
         decomposed_t = seconds(row["decomposed_torch"]) if "decomposed_torch" in row else None
         info0 = row[next(iter(row))]["extra_info"]
         two = info0.get("n") == 2 and info0.get("head") != "mlp"
-        for p in ("fastshap_triton", "fastshap_triton_graph", "fastshap_cuda", "fastshap_cuda_graph",
-                  "fastshap_cuda_tc", "fastshap_cuda_tc_graph"):
+        for p in (
+            "fastshap_triton",
+            "fastshap_triton_graph",
+            "fastshap_cuda",
+            "fastshap_cuda_graph",
+            "fastshap_cuda_tc",
+            "fastshap_cuda_tc_graph",
+        ):
             if p not in row:
                 continue
             info, t = row[p]["extra_info"], seconds(row[p])
@@ -335,13 +345,19 @@ def gpu_targets(benches: list, copy_gbs: Optional[float], peak_gbs: Optional[flo
             lines.append(f"| {case_label(info)} | {LABELS.get(p, p)} | {timed} | {first} | {second} | {third} |")
     if not lines:
         return []
-    return ["## Targets (this run, defer_checks)", "",
-            "n = 2 linear: ≥ 70% of the data-sheet HBM bandwidth and ≥ 3× the torch backend; n = 5 and the MLP: "
-            "within 2× of the bandwidth bound (bytes / measured copy). End to end: one Python call after another, "
-            "host time included; GPU time: the same call replayed from a CUDA graph (what the GPU spends, as "
-            "under torch.compile's CUDA graphs or when the host runs ahead).", "",
-            "| case | backend | timed | bandwidth target | vs torch backend | vs decomposed torch |",
-            "|---|---|---|---|---|---|", *lines, ""]
+    return [
+        "## Targets (this run, defer_checks)",
+        "",
+        "n = 2 linear: ≥ 70% of the data-sheet HBM bandwidth and ≥ 3× the torch backend; n = 5 and the MLP: "
+        "within 2× of the bandwidth bound (bytes / measured copy). End to end: one Python call after another, "
+        "host time included; GPU time: the same call replayed from a CUDA graph (what the GPU spends, as "
+        "under torch.compile's CUDA graphs or when the host runs ahead).",
+        "",
+        "| case | backend | timed | bandwidth target | vs torch backend | vs decomposed torch |",
+        "|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
 
 
 def checks(benches: list) -> list:
@@ -351,17 +367,19 @@ def checks(benches: list) -> list:
     bad = [b for b in checked if b["extra_info"]["mismatch"]]
     ties = sum(b["extra_info"].get("near_tie_samples", 0) for b in checked)
     lines = [
-        f"Value checks: {len(checked) - len(bad)} of {len(checked)} checked rows agree with fastshap on every sample outside near ties "
+        f"Value checks: {len(checked) - len(bad)} of {len(checked)} checked rows agree with fastshap on every sample "
+        "outside near ties "
         f"({ties} near-tie samples in all, where summation order may flip an argmax)."
     ]
     for b in bad:
         lines.append(
-            f"- ⚠ {b['name']}: {b['extra_info']['mismatch']} samples differ ({b['extra_info'].get('checked_against', '?')})"
+            f"- ⚠ {b['name']}: {b['extra_info']['mismatch']} samples differ "
+            f"({b['extra_info'].get('checked_against', '?')})"
         )
     return lines
 
 
-def autotuning(benches: list, copy_gbs: Optional[float]) -> list:
+def autotuning(benches: list, copy_gbs: float | None) -> list:
     """The Triton kernel alone: the autotuner's own timing of each candidate tile (do_bench medians of the
     kernel launch, no host work between launches), against the same bytes as the op's row."""
     rows = []
@@ -375,17 +393,27 @@ def autotuning(benches: list, copy_gbs: Optional[float]) -> list:
             ms = times[0]
             gbs = info.get("bytes", 0) / (ms * 1e-3) / 1e9
             share = f"{gbs / copy_gbs:.0%}" if copy_gbs else "-"
-            tile = ", ".join(part for part in chosen.split(", ") if not part.endswith("None") and "num_ctas" not in part)
+            tile = ", ".join(
+                part for part in chosen.split(", ") if not part.endswith("None") and "num_ctas" not in part
+            )
             kernel = "streaming" if "BLOCK_K" in chosen else "fused"
-            rows.append(f"| {case_label(info)} | {kernel} | {tile} | {ms * 1e3:.0f} µs | {gbs:.0f} | {share} | "
-                        f"{len(tuning['candidates'])} |")
+            rows.append(
+                f"| {case_label(info)} | {kernel} | {tile} | {ms * 1e3:.0f} µs | {gbs:.0f} | {share} | "
+                f"{len(tuning['candidates'])} |"
+            )
     if not rows:
         return []
-    return ["## Triton kernel alone (autotuner timings)", "",
-            "GB/s: the op's bytes over the kernel's time. The streaming kernel reads the partial products that "
-            "torch GEMMs computed before it, so its row leaves those GEMMs out.", "",
-            "| case | kernel | chosen tile | kernel median | GB/s | % of measured copy | candidates |",
-            "|---|---|---|---|---|---|---|", *rows, ""]
+    return [
+        "## Triton kernel alone (autotuner timings)",
+        "",
+        "GB/s: the op's bytes over the kernel's time. The streaming kernel reads the partial products that "
+        "torch GEMMs computed before it, so its row leaves those GEMMs out.",
+        "",
+        "| case | kernel | chosen tile | kernel median | GB/s | % of measured copy | candidates |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def report(path: Path) -> str:
@@ -417,7 +445,8 @@ def report(path: Path) -> str:
             out += [
                 "",
                 f"Bandwidth: bytes moved (see bench/README.md) / median time; measured device-to-device copy: "
-                f"{f'{copy_gbs:.0f} GB/s' if copy_gbs else 'not measured'}; data-sheet peak: {f'{peak:.0f} GB/s' if peak else 'unknown'}.",
+                f"{f'{copy_gbs:.0f} GB/s' if copy_gbs else 'not measured'}; "
+                f"data-sheet peak: {f'{peak:.0f} GB/s' if peak else 'unknown'}.",
             ]
         else:
             out += cpu_suite_table(suites[suite])

@@ -18,13 +18,13 @@ torch bit for bit; the others sample by sample outside near ties), and the check
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
+import alternatives as alt
 import pytest
 import torch
 
-import alternatives as alt
 import fastshap
 
 DIM, CLASSES, BATCH = 512, 31, 4096
@@ -43,12 +43,12 @@ class Provider:
 
     make: Callable  # (features, head, labels) -> zero-argument callable, the thing timed
     note: str
-    to_phi: Optional[Callable] = None  # its return value -> (B, n) phi; None: not a valuation (no check)
+    to_phi: Callable | None = None  # its return value -> (B, n) phi; None: not a valuation (no check)
     reference: str = "torch"  # "torch": fastshap's torch backend, "naive": naive_batched (independent code)
     benefit: str = "paper"
     exact: bool = False  # must equal the reference on every sample (same canonical computation)
     atol: float = 0.0  # Python float accumulation of the Shapley sum in another order
-    rows: Optional[int] = None  # time only the first `rows` samples (slow providers)
+    rows: int | None = None  # time only the first `rows` samples (slow providers)
     rounds: int = 0  # > 0: benchmark.pedantic with this many rounds (slow providers)
 
 
@@ -72,8 +72,8 @@ def _partial(features, head, labels):
 
 
 def _fastshap(backend, benefit="paper"):
-    return lambda features, head, labels: lambda: fastshap.modality_shapley(
-        features, head, labels, backend=backend, benefit=benefit
+    return lambda features, head, labels: (
+        lambda: fastshap.modality_shapley(features, head, labels, backend=backend, benefit=benefit)
     )
 
 
@@ -100,8 +100,9 @@ PROVIDERS = {
         _identity,
     ),
     "naive_batched": Provider(
-        lambda f, h, y: lambda: alt.naive_batched(f, h, y), "the 2^n - 1 non-empty masked copies in one head forward",
-        _identity
+        lambda f, h, y: lambda: alt.naive_batched(f, h, y),
+        "the 2^n - 1 non-empty masked copies in one head forward",
+        _identity,
     ),
     "authors_loop": Provider(
         lambda f, h, y: lambda: alt.authors_loop(f, h, y),

@@ -23,11 +23,10 @@ ties; naive batched in bf16 is not compared: it rounds the logits to bf16, fasts
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import alternatives as alt
 import harness
+import pytest
+import torch
 from gpu_cases import BATCH, MAX_NEAR_TIE_FRACTION, PROVIDERS, ROUNDS, SPECS, Unavailable, prepare, synchronised
 
 

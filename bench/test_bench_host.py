@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 
+import host_path
 import pytest
 import torch
-
-import host_path
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """What valuation costs inside training: epoch time of plain concat training, sample-level training with
-the paper's epoch-mode valuation pass, and with online valuation (training.valuation).
+the paper's epoch-mode valuation pass, and with online valuation (fastshap_train.valuation).
 
 Synthetic audio + visual data (``(1, S, S)`` spectrograms, 2 frames of ``(3, S, S)``) through two
 torchvision ResNet-18 encoders and the concat-linear head; warmup longer than the run, so every case
@@ -29,9 +29,9 @@ import time
 import pytest
 import torch
 
-from training.config import Config
-from training.engine import Trainer
-from training.testing import tiny_config
+from fastshap_train.config import Config
+from fastshap_train.engine import Trainer
+from fastshap_train.testing import tiny_config
 
 SAMPLES = int(os.environ.get("BENCH_TRAIN_SAMPLES", "128"))
 SIZE = int(os.environ.get("BENCH_TRAIN_SIZE", "32"))
@@ -117,8 +117,9 @@ def alternate(benchmark, case, baseline, rounds=ROUNDS):
         case_times.append(case())
 
     benchmark.pedantic(timed_case, setup=setup, rounds=rounds, iterations=1)
-    benchmark.extra_info.update(case_rounds_s=[round(t, 4) for t in case_times],
-                                baseline_rounds_s=[round(t, 4) for t in base_times])
+    benchmark.extra_info.update(
+        case_rounds_s=[round(t, 4) for t in case_times], baseline_rounds_s=[round(t, 4) for t in base_times]
+    )
     benchmark.extra_info.update(case_min_s=min(case_times), baseline_min_s=min(base_times))
     return statistics.median(case_times), statistics.median(base_times)
 
@@ -141,9 +142,16 @@ def test_online_valuation_overhead(benchmark, tmp_path):
         return t
 
     case, base = alternate(benchmark, online_epoch, lambda: train_epoch(trainer, "none"))
-    _info(benchmark, online_epoch_s=case, plain_epoch_s=base, overhead=case / base - 1,
-          valuation_share=statistics.median(shares), op_share=statistics.median(op_shares),
-          op_calls_per_epoch=trainer.valuator.calls, target="<= 0.03")
+    _info(
+        benchmark,
+        online_epoch_s=case,
+        plain_epoch_s=base,
+        overhead=case / base - 1,
+        valuation_share=statistics.median(shares),
+        op_share=statistics.median(op_shares),
+        op_calls_per_epoch=trainer.valuator.calls,
+        target="<= 0.03",
+    )
 
 
 @pytest.mark.benchmark(group="valuation pass")
@@ -157,8 +165,14 @@ def test_valuation_pass_vs_eval_forward(benchmark, tmp_path):
         return t
 
     case, base = alternate(benchmark, run_pass, lambda: eval_forward(trainer))
-    _info(benchmark, pass_s=case, eval_forward_s=base, ratio=case / base, op_share=statistics.median(op_shares),
-          target="<= 1.05")
+    _info(
+        benchmark,
+        pass_s=case,
+        eval_forward_s=base,
+        ratio=case / base,
+        op_share=statistics.median(op_shares),
+        target="<= 1.05",
+    )
 
 
 @pytest.mark.benchmark(group="training epoch")

@@ -1,10 +1,9 @@
 """fastshap: exact per-sample modality Shapley values for multimodal learning.
 
-    phi = fastshap.modality_shapley([audio_feat, visual_feat], head, labels)   # (B, 2) float32
+phi = fastshap.modality_shapley([audio_feat, visual_feat], head, labels)   # (B, 2) float32
 """
 
-from fastshap import _extension, _ops  # noqa: F401  (loads the compiled ops and their fake kernels, if built)
-from fastshap import heads
+from fastshap import _extension, _ops, heads  # noqa: F401  (loads the compiled ops and their fake kernels, if built)
 from fastshap.api import BENEFITS, MAX_MODALITIES, modality_shapley
 from fastshap.backends import BackendError
 from fastshap.checks import DeferredChecks

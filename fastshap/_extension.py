@@ -9,8 +9,10 @@ import torch
 if importlib.util.find_spec("fastshap._C") is None:
     # Said plainly: Python's own message for a missing submodule talks of a "circular import".
     LOADED = False
-    LOAD_ERROR = ("it is not built (`pip install --no-build-isolation .`, or `-e .` in a checkout, builds it "
-                  "against the installed torch; see the README)")
+    LOAD_ERROR = (
+        "it is not built (`pip install --no-build-isolation .`, or `-e .` in a checkout, builds it "
+        "against the installed torch; see the README)"
+    )
 else:
     try:
         from fastshap import _C  # noqa: F401  (loading it registers the fastshap:: ops and their kernels)

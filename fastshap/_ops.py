@@ -17,8 +17,10 @@ def _fake_outputs(features, *others):
     for name, value in (("features", features), *others):
         for t in value if isinstance(value, (list, tuple)) else [value]:
             if t.device != f.device:
-                raise ValueError(f"fastshap: the op's argument {name} is on {t.device}, its features on "
-                                 f"{f.device}; every tensor argument must be on one device")
+                raise ValueError(
+                    f"fastshap: the op's argument {name} is on {t.device}, its features on "
+                    f"{f.device}; every tensor argument must be on one device"
+                )
     n, batch = len(features), f.shape[0]
     return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((4, n), dtype=torch.float32)
 
@@ -27,15 +29,20 @@ if _extension.LOADED:
 
     @torch.library.register_fake("fastshap::shapley_concat")
     def _concat_fake(features, weight, bias, baselines, labels, benefit):
-        return _fake_outputs(features, ("weight", weight), ("bias", bias), ("baselines", baselines),
-                             ("labels", labels))
+        return _fake_outputs(features, ("weight", weight), ("bias", bias), ("baselines", baselines), ("labels", labels))
 
     @torch.library.register_fake("fastshap::shapley_decision")
     def _decision_fake(features, weight, bias, baselines, labels, benefit):
-        return _fake_outputs(features, ("weight", weight), ("bias", bias), ("baselines", baselines),
-                             ("labels", labels))
+        return _fake_outputs(features, ("weight", weight), ("bias", bias), ("baselines", baselines), ("labels", labels))
 
     @torch.library.register_fake("fastshap::shapley_mlp")
     def _mlp_fake(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
-        return _fake_outputs(features, ("weight1", weight1), ("bias1", bias1), ("weight2", weight2),
-                             ("bias2", bias2), ("baselines", baselines), ("labels", labels))
+        return _fake_outputs(
+            features,
+            ("weight1", weight1),
+            ("bias1", bias1),
+            ("weight2", weight2),
+            ("bias2", bias2),
+            ("baselines", baselines),
+            ("labels", labels),
+        )

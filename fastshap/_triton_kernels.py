@@ -119,8 +119,23 @@ def _any_nonfinite(s, cmask):
 
 
 @triton.jit
-def _accumulate(num, mm, arg, top, total, sy, nonfinite, y, gain, loss,
-                N: tl.constexpr, NP: tl.constexpr, NS: tl.constexpr, BENEFIT: tl.constexpr, HEAD: tl.constexpr):
+def _accumulate(
+    num,
+    mm,
+    arg,
+    top,
+    total,
+    sy,
+    nonfinite,
+    y,
+    gain,
+    loss,
+    N: tl.constexpr,
+    NP: tl.constexpr,
+    NS: tl.constexpr,
+    BENEFIT: tl.constexpr,
+    HEAD: tl.constexpr,
+):
     """num (BLOCK_B, NP) float64 += sum over the coalitions mm of v(S) k_i(S); v(S) is NaN where `nonfinite`
     (BLOCK_B, MB) says the coalition's scores were not all finite, which makes the sample's phi row NaN."""
     coef, size = _coefficients(mm, gain, loss, N, NP, NS)
@@ -141,8 +156,13 @@ def _accumulate(num, mm, arg, top, total, sy, nonfinite, y, gain, loss,
 def _state(BLOCK_B: tl.constexpr, MB: tl.constexpr):
     """Initial (best, arg, top, total, sy) of _scan."""
     best = tl.full((BLOCK_B, MB), float("-inf"), tl.float32)
-    return best, tl.zeros((BLOCK_B, MB), tl.int32), best, tl.zeros((BLOCK_B, MB), tl.float32), \
-        tl.zeros((BLOCK_B, MB), tl.float32)
+    return (
+        best,
+        tl.zeros((BLOCK_B, MB), tl.int32),
+        best,
+        tl.zeros((BLOCK_B, MB), tl.float32),
+        tl.zeros((BLOCK_B, MB), tl.float32),
+    )
 
 
 @triton.jit
@@ -163,18 +183,36 @@ def _finish(num, y, rows, live, B, C, PHI, STATS, N: tl.constexpr, NP: tl.conste
 
 
 @triton.jit
-def _rows_times_weight(x_ptr, x_rs, x_cs, d, rows, live, W, W_rs, W_cs, off, kc, K,
-                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, KP: tl.constexpr,
-                       NATIVE: tl.constexpr, PREC: tl.constexpr):
+def _rows_times_weight(
+    x_ptr,
+    x_rs,
+    x_cs,
+    d,
+    rows,
+    live,
+    W,
+    W_rs,
+    W_cs,
+    off,
+    kc,
+    K,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    KP: tl.constexpr,
+    NATIVE: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BLOCK_B, KP) float32: rows of x (d wide) times columns off..off+d of W (K, D), transposed."""
     acc = tl.zeros((BLOCK_B, KP), tl.float32)
     dd = tl.arange(0, BLOCK_D)
     for d0 in range(0, d, BLOCK_D):
         dm = (d0 + dd) < d
-        x = tl.load(x_ptr + rows[:, None] * x_rs + (d0 + dd)[None, :] * x_cs, mask=live[:, None] & dm[None, :],
-                    other=0.0)
-        w = tl.load(W + kc[None, :] * W_rs + (off + d0 + dd)[:, None] * W_cs, mask=dm[:, None] & (kc < K)[None, :],
-                    other=0.0)
+        x = tl.load(
+            x_ptr + rows[:, None] * x_rs + (d0 + dd)[None, :] * x_cs, mask=live[:, None] & dm[None, :], other=0.0
+        )
+        w = tl.load(
+            W + kc[None, :] * W_rs + (off + d0 + dd)[:, None] * W_cs, mask=dm[:, None] & (kc < K)[None, :], other=0.0
+        )
         if NATIVE:  # fp16/bf16 features and weights of the same dtype: tensor cores, fp32 accumulation
             acc = tl.dot(x, w, acc)
         else:
@@ -190,8 +228,9 @@ def _vector_times_weight(a_ptr, a_cs, d, W, W_rs, W_cs, off, kc, K, BLOCK_DV: tl
     for d0 in range(0, d, BLOCK_DV):
         dm = (d0 + dd) < d
         a = tl.load(a_ptr + (d0 + dd) * a_cs, mask=dm, other=0.0).to(tl.float32)
-        w = tl.load(W + kc[None, :] * W_rs + (off + d0 + dd)[:, None] * W_cs, mask=dm[:, None] & (kc < K)[None, :],
-                    other=0.0).to(tl.float32)
+        w = tl.load(
+            W + kc[None, :] * W_rs + (off + d0 + dd)[:, None] * W_cs, mask=dm[:, None] & (kc < K)[None, :], other=0.0
+        ).to(tl.float32)
         acc += tl.sum(a[:, None] * w, 0)
     return acc
 
@@ -214,25 +253,94 @@ def _softmax_rows(z, kmask):
 @triton.jit
 def fused_kernel(
     # features (B, d_i) of modalities 0..7, strides, widths (slots past n are None: constexpr, never read)
-    X0, X1, X2, X3, X4, X5, X6, X7,
-    XR0, XR1, XR2, XR3, XR4, XR5, XR6, XR7,
-    XC0, XC1, XC2, XC3, XC4, XC5, XC6, XC7,
-    D0, D1, D2, D3, D4, D5, D6, D7,
+    X0,
+    X1,
+    X2,
+    X3,
+    X4,
+    X5,
+    X6,
+    X7,
+    XR0,
+    XR1,
+    XR2,
+    XR3,
+    XR4,
+    XR5,
+    XR6,
+    XR7,
+    XC0,
+    XC1,
+    XC2,
+    XC3,
+    XC4,
+    XC5,
+    XC6,
+    XC7,
+    D0,
+    D1,
+    D2,
+    D3,
+    D4,
+    D5,
+    D6,
+    D7,
     # baselines: (d_i,) (BASE = 1) or (B, d_i) (BASE = 2; row stride 0 for an expanded shared one); None (BASE = 0)
-    A0, A1, A2, A3, A4, A5, A6, A7,
-    AR0, AR1, AR2, AR3, AR4, AR5, AR6, AR7,
-    AC0, AC1, AC2, AC3, AC4, AC5, AC6, AC7,
-    W, W_rs, W_cs,  # first layer (K, sum d_i): concat/decision weight (K = C) or MLP weight1 (K = H)
-    BIAS, BIAS_rs, BIAS_cs,  # (K,) bias / bias1, or decision fusion's (n, K)
-    W2, W2_rs, W2_cs, BIAS2,  # MLP second layer (C, H) and (C,); None for the other heads
-    Y, Y_s,  # labels (B,) int64
-    PHI, STATS,  # out: phi (B, n) float32; STATS (4, n) float64, zero on entry
-    B, K, C, B_BUCKET,  # B_BUCKET: log2 size class of B, only an autotuning key
-    N: tl.constexpr, NP: tl.constexpr, NS: tl.constexpr, KP: tl.constexpr,  # n, pow2 >= n, pow2 > n, pow2 >= K
-    HEAD: tl.constexpr, BASE: tl.constexpr, BENEFIT: tl.constexpr,
-    NATIVE: tl.constexpr, PREC: tl.constexpr,  # first layer: 16-bit tensor cores, or fp32 dot precision
+    A0,
+    A1,
+    A2,
+    A3,
+    A4,
+    A5,
+    A6,
+    A7,
+    AR0,
+    AR1,
+    AR2,
+    AR3,
+    AR4,
+    AR5,
+    AR6,
+    AR7,
+    AC0,
+    AC1,
+    AC2,
+    AC3,
+    AC4,
+    AC5,
+    AC6,
+    AC7,
+    W,
+    W_rs,
+    W_cs,  # first layer (K, sum d_i): concat/decision weight (K = C) or MLP weight1 (K = H)
+    BIAS,
+    BIAS_rs,
+    BIAS_cs,  # (K,) bias / bias1, or decision fusion's (n, K)
+    W2,
+    W2_rs,
+    W2_cs,
+    BIAS2,  # MLP second layer (C, H) and (C,); None for the other heads
+    Y,
+    Y_s,  # labels (B,) int64
+    PHI,
+    STATS,  # out: phi (B, n) float32; STATS (4, n) float64, zero on entry
+    B,
+    K,
+    C,
+    B_BUCKET,  # B_BUCKET: log2 size class of B, only an autotuning key
+    N: tl.constexpr,
+    NP: tl.constexpr,
+    NS: tl.constexpr,
+    KP: tl.constexpr,  # n, pow2 >= n, pow2 > n, pow2 >= K
+    HEAD: tl.constexpr,
+    BASE: tl.constexpr,
+    BENEFIT: tl.constexpr,
+    NATIVE: tl.constexpr,
+    PREC: tl.constexpr,  # first layer: 16-bit tensor cores, or fp32 dot precision
     BLOCK_DV: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, MB: tl.constexpr,  # autotuned; MB: coalitions per step
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MB: tl.constexpr,  # autotuned; MB: coalitions per step
 ):
     """phi of BLOCK_B samples from their features: partials on chip, then the 2^n coalitions."""
     xs = (X0, X1, X2, X3, X4, X5, X6, X7)
@@ -256,12 +364,14 @@ def fused_kernel(
     absent = ()
     off = 0
     for i in tl.static_range(N):
-        p = _rows_times_weight(xs[i], xr[i], xc[i], ds[i], rows, live, W, W_rs, W_cs, off, kc, K,
-                               BLOCK_B, BLOCK_D, KP, NATIVE, PREC)
+        p = _rows_times_weight(
+            xs[i], xr[i], xc[i], ds[i], rows, live, W, W_rs, W_cs, off, kc, K, BLOCK_B, BLOCK_D, KP, NATIVE, PREC
+        )
         bad = _nonfinite_rows(p, live, kmask)
         if BASE == 2:
-            a = _rows_times_weight(bs[i], br[i], bc[i], ds[i], rows, live, W, W_rs, W_cs, off, kc, K,
-                                   BLOCK_B, BLOCK_D, KP, NATIVE, PREC)
+            a = _rows_times_weight(
+                bs[i], br[i], bc[i], ds[i], rows, live, W, W_rs, W_cs, off, kc, K, BLOCK_B, BLOCK_D, KP, NATIVE, PREC
+            )
             bad += _nonfinite_rows(a, live, kmask)
         elif BASE == 1:
             a = _vector_times_weight(bs[i], bc[i], ds[i], W, W_rs, W_cs, off, kc, K, BLOCK_DV, KP)[None, :]
@@ -310,8 +420,25 @@ def fused_kernel(
 
 
 @triton.jit
-def _coalition_tile(mm, P, P_ns, P_bs, A, A_ns, A_bs, START, rows, live, kc, km, N: tl.constexpr,
-                    HAS_ABSENT: tl.constexpr, BLOCK_B: tl.constexpr, MB: tl.constexpr, BLOCK_K: tl.constexpr):
+def _coalition_tile(
+    mm,
+    P,
+    P_ns,
+    P_bs,
+    A,
+    A_ns,
+    A_bs,
+    START,
+    rows,
+    live,
+    kc,
+    km,
+    N: tl.constexpr,
+    HAS_ABSENT: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Scores (BLOCK_B, MB, BLOCK_K) of coalitions mm on columns kc: start + sel_0 + ... + sel_{n-1}."""
     s = tl.zeros((BLOCK_B, MB, BLOCK_K), tl.float32) + tl.load(START + kc, mask=km, other=0.0)[None, None, :]
     both = live[:, None] & km[None, :]
@@ -332,16 +459,36 @@ def _coalition_tile(mm, P, P_ns, P_bs, A, A_ns, A_bs, START, rows, live, kc, km,
 
 @triton.jit
 def streaming_kernel(
-    P, P_ns, P_bs,  # present partials (n, B, K) fp32, unit column stride (decision fusion: probabilities)
-    A, A_ns, A_bs,  # absent partials (n, B or 1, K) fp32 (A_bs = 0 when shared); unused without HAS_ABSENT
+    P,
+    P_ns,
+    P_bs,  # present partials (n, B, K) fp32, unit column stride (decision fusion: probabilities)
+    A,
+    A_ns,
+    A_bs,  # absent partials (n, B or 1, K) fp32 (A_bs = 0 when shared); unused without HAS_ABSENT
     START,  # (K,) fp32: bias, bias1 or zeros (decision fusion)
-    W2, W2_rs, W2_cs, BIAS2,  # MLP second layer (C, H = K) and (C,)
-    Y, Y_s,
-    PHI, STATS,  # out: (B, n) float32; (4, n) float64 (rows 0, 1 and 3 accumulated here)
-    B, K, C, B_BUCKET,  # B_BUCKET: log2 size class of B, only an autotuning key
-    N: tl.constexpr, NP: tl.constexpr, NS: tl.constexpr, HEAD: tl.constexpr, HAS_ABSENT: tl.constexpr,
-    BENEFIT: tl.constexpr, PREC2: tl.constexpr,
-    BLOCK_B: tl.constexpr, MB: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,  # autotuned
+    W2,
+    W2_rs,
+    W2_cs,
+    BIAS2,  # MLP second layer (C, H = K) and (C,)
+    Y,
+    Y_s,
+    PHI,
+    STATS,  # out: (B, n) float32; (4, n) float64 (rows 0, 1 and 3 accumulated here)
+    B,
+    K,
+    C,
+    B_BUCKET,  # B_BUCKET: log2 size class of B, only an autotuning key
+    N: tl.constexpr,
+    NP: tl.constexpr,
+    NS: tl.constexpr,
+    HEAD: tl.constexpr,
+    HAS_ABSENT: tl.constexpr,
+    BENEFIT: tl.constexpr,
+    PREC2: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # autotuned
 ):
     """phi of BLOCK_B samples from precomputed partials, streamed per coalition tile and column tile."""
     pid = tl.program_id(0)
@@ -361,12 +508,14 @@ def streaming_kernel(
                 for h0 in range(0, K, BLOCK_K):
                     hc = h0 + tl.arange(0, BLOCK_K)
                     hm = hc < K
-                    z = _coalition_tile(mm, P, P_ns, P_bs, A, A_ns, A_bs, START, rows, live, hc, hm,
-                                        N, HAS_ABSENT, BLOCK_B, MB, BLOCK_K)
+                    z = _coalition_tile(
+                        mm, P, P_ns, P_bs, A, A_ns, A_bs, START, rows, live, hc, hm, N, HAS_ABSENT, BLOCK_B, MB, BLOCK_K
+                    )
                     nonfinite = nonfinite | _any_nonfinite(z, hm)  # hidden pre-activations
                     z = tl.reshape(tl.maximum(z, 0.0), (BLOCK_B * MB, BLOCK_K))
-                    w2 = tl.load(W2 + cc[None, :] * W2_rs + hc[:, None] * W2_cs, mask=hm[:, None] & (cc < C)[None, :],
-                                 other=0.0).to(tl.float32)
+                    w2 = tl.load(
+                        W2 + cc[None, :] * W2_rs + hc[:, None] * W2_cs, mask=hm[:, None] & (cc < C)[None, :], other=0.0
+                    ).to(tl.float32)
                     acc = tl.dot(z, w2, acc, input_precision=PREC2)
                 b2 = tl.load(BIAS2 + cc, mask=cc < C, other=0.0).to(tl.float32)
                 logits = tl.reshape(acc, (BLOCK_B, MB, BLOCK_C)) + b2[None, None, :]
@@ -375,8 +524,9 @@ def streaming_kernel(
         else:
             for k0 in range(0, K, BLOCK_K):
                 kc = k0 + tl.arange(0, BLOCK_K)
-                s = _coalition_tile(mm, P, P_ns, P_bs, A, A_ns, A_bs, START, rows, live, kc, kc < K,
-                                    N, HAS_ABSENT, BLOCK_B, MB, BLOCK_K)
+                s = _coalition_tile(
+                    mm, P, P_ns, P_bs, A, A_ns, A_bs, START, rows, live, kc, kc < K, N, HAS_ABSENT, BLOCK_B, MB, BLOCK_K
+                )
                 nonfinite = nonfinite | _any_nonfinite(s, kc < K)
                 best, arg, top, total, sy = _scan(s, kc, K, y, best, arg, top, total, sy, BENEFIT, HEAD)
         num = _accumulate(num, mm, arg, top, total, sy, nonfinite, y, gain, loss, N, NP, NS, BENEFIT, HEAD)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ MAX_MODALITIES = 16
 BENEFITS = ("paper", "accuracy", "probability")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-Head = Union[nn.Linear, heads.ConcatLinear, heads.DecisionFusion, heads.ConcatMLP, Callable]
+Head = nn.Linear | heads.ConcatLinear | heads.DecisionFusion | heads.ConcatMLP | Callable
 
 
 def modality_shapley(
@@ -25,11 +25,11 @@ def modality_shapley(
     head: Head,
     labels: torch.Tensor,
     *,
-    baselines: Optional[Sequence[torch.Tensor]] = None,
+    baselines: Sequence[torch.Tensor] | None = None,
     benefit: str = "paper",
     backend: str = "auto",
     with_stats: bool = False,
-    defer_checks: Optional[DeferredChecks] = None,
+    defer_checks: DeferredChecks | None = None,
 ):
     """Exact per-sample Shapley value of each modality.
 
@@ -103,8 +103,11 @@ def _raise_bad_values(nonfinite, nan_rows: int, labels, feats, base, spec: HeadS
             continue
         rows = (~torch.isfinite(tensors[first])).reshape(-1, tensors[first].shape[-1]).any(-1)
         if bool(rows.any()):
-            cast = f" in the features' dtype {feats[0].dtype} (the baselines are cast to it)" if what == "baselines" \
+            cast = (
+                f" in the features' dtype {feats[0].dtype} (the baselines are cast to it)"
+                if what == "baselines"
                 else ""
+            )
             raise ValueError(
                 f"fastshap: the {what} of modality {first} hold NaN or Inf values{cast} ({int(rows.sum())} rows "
                 f"affected)"
@@ -141,7 +144,9 @@ def _check_features(features) -> list:
         if f.dim() != 2:
             raise ValueError(f"fastshap: features[{i}] must be 2-D (B, d_i), got shape {tuple(f.shape)}")
         if f.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"fastshap: features[{i}] has dtype {f.dtype}; expected float32, float16, bfloat16 or float64")
+            raise TypeError(
+                f"fastshap: features[{i}] has dtype {f.dtype}; expected float32, float16, bfloat16 or float64"
+            )
         if f.shape[1] == 0:
             raise ValueError(f"fastshap: features[{i}] has zero width")
     first = feats[0]
@@ -227,8 +232,8 @@ _RUN_BY = ("forward", "per_modality_logits", "packed", "__call__", "_call_impl")
 _RUN_BY_INSTANCE = ("forward", "per_modality_logits", "packed", "_call_impl")
 
 
-@functools.lru_cache(maxsize=None)
-def _overrides(cls: type) -> Optional[str]:
+@functools.cache
+def _overrides(cls: type) -> str | None:
     """Which method of its decomposed base type `cls` overrides (forward, and what DecisionFusion's forward
     and the kernels' parameters come from), or None; asked once per class."""
     base = next((c for c in cls.__mro__ if c in _DECOMPOSED), None)
@@ -240,7 +245,7 @@ def _overrides(cls: type) -> Optional[str]:
     return None
 
 
-def _runs_its_own_way(head: nn.Module) -> Optional[str]:
+def _runs_its_own_way(head: nn.Module) -> str | None:
     """Why a layer of `head` computes something its parameters do not say, or None: a forward of its own (a
     subclass's or one set on the instance, e.g. a LoRA term or another activation) or forward hooks (e.g.
     the hook-based torch.nn.utils.weight_norm, which recomputes the weight in a pre-hook). Parametrizations
@@ -258,8 +263,9 @@ def _runs_its_own_way(head: nn.Module) -> Optional[str]:
         if why is not None:
             layer = type(head).__name__ + (f" layer {name!r} ({cls.__name__})" if name else "")
             return f"{layer} {why}"
-        stack.extend((f"{name}.{key}" if name else key, child) for key, child in module._modules.items()
-                     if child is not None)
+        stack.extend(
+            (f"{name}.{key}" if name else key, child) for key, child in module._modules.items() if child is not None
+        )
     return None
 
 
@@ -268,8 +274,12 @@ def _compiled_module(head):
     parameters (no hooks on the wrapper, nothing of its own inside); anything else as it is (a compiled
     callable head keeps its compilation)."""
     inner = getattr(head, "_orig_mod", None)
-    if (type(head).__name__ == "OptimizedModule" and isinstance(inner, _DECOMPOSED)
-            and not (head._forward_hooks or head._forward_pre_hooks) and _runs_its_own_way(inner) is None):
+    if (
+        type(head).__name__ == "OptimizedModule"
+        and isinstance(inner, _DECOMPOSED)
+        and not (head._forward_hooks or head._forward_pre_hooks)
+        and _runs_its_own_way(inner) is None
+    ):
         return inner
     return head
 
@@ -290,8 +300,9 @@ def _head_spec(head, dims, device) -> HeadSpec:
         if isinstance(head, heads.ConcatLinear):
             _check_dims(head, dims, "ConcatLinear head")
         fc = head if isinstance(head, nn.Linear) else head.fc
-        weight, bias = _linear(fc, "Linear head" if fc is head else "ConcatLinear head's fc", total,
-                               f"the features have {total} in all")
+        weight, bias = _linear(
+            fc, "Linear head" if fc is head else "ConcatLinear head's fc", total, f"the features have {total} in all"
+        )
         params = (weight, bias if bias is not None else weight.new_zeros(weight.shape[0]))
         _check_params(params, device, "head")
         return HeadSpec("concat", params, num_classes=weight.shape[0])
@@ -320,12 +331,18 @@ def _head_spec(head, dims, device) -> HeadSpec:
         _check_dims(head, dims, "ConcatMLP head")
         w1, b1 = _linear(head.fc1, "ConcatMLP head's fc1", total, f"the features have {total} in all", "hidden unit")
         w2, b2 = _linear(head.fc2, "ConcatMLP head's fc2", w1.shape[0], f"fc1 has {w1.shape[0]} outputs")
-        params = (w1, b1 if b1 is not None else w1.new_zeros(w1.shape[0]),
-                  w2, b2 if b2 is not None else w2.new_zeros(w2.shape[0]))
+        params = (
+            w1,
+            b1 if b1 is not None else w1.new_zeros(w1.shape[0]),
+            w2,
+            b2 if b2 is not None else w2.new_zeros(w2.shape[0]),
+        )
         _check_params(params, device, "ConcatMLP head")
         return HeadSpec("mlp", params, num_classes=w2.shape[0])
     if not callable(head):
-        raise TypeError(f"fastshap: head must be nn.Linear, a fastshap.heads module or a callable, got {type(head).__name__}")
+        raise TypeError(
+            f"fastshap: head must be nn.Linear, a fastshap.heads module or a callable, got {type(head).__name__}"
+        )
     return HeadSpec("callable", fn=head)
 
 
@@ -364,7 +381,7 @@ def _raise_label(labels, num_classes: int) -> None:
     raise ValueError(f"fastshap: label {value} is outside [0, {num_classes}) for a {num_classes}-class head")
 
 
-def _check_baselines(baselines, feats) -> Optional[list]:
+def _check_baselines(baselines, feats) -> list | None:
     if baselines is None:
         return None
     if isinstance(baselines, torch.Tensor) or not isinstance(baselines, Sequence):

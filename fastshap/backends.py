@@ -12,7 +12,7 @@ import functools
 import importlib
 import os
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -43,17 +43,17 @@ class HeadSpec:
     kind: str
     params: tuple = ()
     fn: object = None
-    num_classes: Optional[int] = None
+    num_classes: int | None = None
     note: str = ""  # for a known head type run as a callable: why (a forward of its own, hooks)
 
 
 class Backend:
     name = ""
 
-    def unavailable(self) -> Optional[str]:
+    def unavailable(self) -> str | None:
         return None
 
-    def declines(self, call: Call) -> Optional[str]:
+    def declines(self, call: Call) -> str | None:
         return None
 
     def run(self, spec: HeadSpec, features, baselines, labels, benefit):
@@ -73,10 +73,11 @@ class TorchBackend(Backend):
         return reference
 
 
-def _kernel_declines(call: Call, device_type: str, dtypes) -> Optional[str]:
+def _kernel_declines(call: Call, device_type: str, dtypes) -> str | None:
     if call.kind not in _KERNEL_KINDS:
         return f"it runs the fastshap heads and nn.Linear only, not a {call.kind} head" + (
-            f" ({call.note})" if call.note else "")
+            f" ({call.note})" if call.note else ""
+        )
     if call.per_segment:
         return "per-segment (B, T) labels need a callable head (torch backend)"
     if call.device.type != device_type:
@@ -142,8 +143,8 @@ class TritonBackend(Backend):
 
 # What makes the compiled CUDA kernels or Triton unavailable does not change within a process (a build, an
 # install, a device, an environment variable read at import): asked once, not on every call.
-@functools.lru_cache(maxsize=None)
-def _cuda_unavailable() -> Optional[str]:
+@functools.cache
+def _cuda_unavailable() -> str | None:
     if not _extension.LOADED:
         return f"the compiled extension fastshap._C did not load ({_extension.LOAD_ERROR})"
     if not _extension.has_kernel("shapley_concat", "CUDA"):
@@ -153,7 +154,7 @@ def _cuda_unavailable() -> Optional[str]:
     return None
 
 
-def runs_on(arch_list: str, capability: tuple) -> Optional[bool]:
+def runs_on(arch_list: str, capability: tuple) -> bool | None:
     """Whether code built for TORCH_CUDA_ARCH_LIST `arch_list` (e.g. "8.0,9.0+PTX") runs on a GPU of compute
     `capability` (major, minor): machine code for M.m runs on M.m' with m' >= m; PTX for M.m on any later
     GPU (compiled when the module loads). None when the list is not made of such numbers (e.g. "Hopper")."""
@@ -164,25 +165,29 @@ def runs_on(arch_list: str, capability: tuple) -> Optional[bool]:
         return None
     if not parsed or any(len(version) != 2 for version, _ in parsed):
         return None
-    return any((version[0] == capability[0] and version[1] <= capability[1])
-               or (ptx and tuple(capability) >= version) for version, ptx in parsed)
+    return any(
+        (version[0] == capability[0] and version[1] <= capability[1]) or (ptx and tuple(capability) >= version)
+        for version, ptx in parsed
+    )
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_arch_problem(device: int) -> Optional[str]:
+@functools.cache
+def _cuda_arch_problem(device: int) -> str | None:
     """Why the compiled CUDA kernels cannot run on GPU `device`, or None (asked once per device): without
     this, the first launch fails with "no kernel image is available"."""
     arches = _extension.build_info().get("cuda_arch", "")
     capability = torch.cuda.get_device_capability(device)
     if runs_on(arches, capability) is False:
         major, minor = capability
-        return (f"fastshap._C's CUDA kernels were compiled for {arches}, which cannot run on this sm_{major}{minor} "
-                f"GPU; rebuild with TORCH_CUDA_ARCH_LIST including {major}.{minor} (or an earlier one with +PTX)")
+        return (
+            f"fastshap._C's CUDA kernels were compiled for {arches}, which cannot run on this sm_{major}{minor} "
+            f"GPU; rebuild with TORCH_CUDA_ARCH_LIST including {major}.{minor} (or an earlier one with +PTX)"
+        )
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_unavailable(module: str) -> Optional[str]:
+@functools.cache
+def _triton_unavailable(module: str) -> str | None:
     try:
         importlib.import_module("triton")
     except ImportError as exc:
@@ -202,7 +207,7 @@ BACKENDS = {b.name: b for b in (TorchBackend(), CppBackend(), CudaBackend(), Tri
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
 
 
-def why_not(name: str, call: Call) -> Optional[str]:
+def why_not(name: str, call: Call) -> str | None:
     backend = BACKENDS[name]
     return backend.unavailable() or backend.declines(call)
 
@@ -210,7 +215,9 @@ def why_not(name: str, call: Call) -> Optional[str]:
 def select(name: str, call: Call) -> Backend:
     if name != "auto":
         if name not in BACKENDS:
-            raise ValueError(f"fastshap: unknown backend {name!r}; choose from 'auto', {', '.join(map(repr, BACKENDS))}")
+            raise ValueError(
+                f"fastshap: unknown backend {name!r}; choose from 'auto', {', '.join(map(repr, BACKENDS))}"
+            )
         reason = why_not(name, call)
         if reason:
             raise BackendError(f"fastshap: backend {name!r} cannot run this call: {reason}")

@@ -4,15 +4,15 @@
 finite coalition logits: NaN/Inf head parameters show there) before it answers, from counts its op makes
 on the device. On a GPU reading them is a host-device synchronisation, which stalls a training step that
 calls the op every batch. With ``defer_checks=DeferredChecks()`` the call instead adds the counts to
-counters on the device (the affected phi rows are NaN) and returns at once; :meth:`DeferredChecks.raise_if_any`, called once at a point that synchronises anyway (the
-end of an epoch), raises the same kind of error the call would have raised.
+counters on the device (the affected phi rows are NaN) and returns at once;
+:meth:`DeferredChecks.raise_if_any`, called once at a point that synchronises anyway (the end of an epoch),
+raises the same kind of error the call would have raised.
 """
 
 from __future__ import annotations
 
 import operator
 import threading
-from typing import Optional
 
 import torch
 
@@ -48,9 +48,9 @@ class DeferredChecks:
         if max_modalities < 1:
             raise ValueError(f"fastshap: DeferredChecks(max_modalities) must be positive, got {max_modalities}")
         self._width = max(2, max_modalities)
-        self._counts: Optional[torch.Tensor] = None
+        self._counts: torch.Tensor | None = None
         self.calls = 0
-        self.num_classes: Optional[int] = None
+        self.num_classes: int | None = None
         self._lock = threading.Lock()
 
     def _new_counters(self, device: torch.device) -> torch.Tensor:
@@ -69,7 +69,7 @@ class DeferredChecks:
             )
         return self._counts
 
-    def add_stats(self, stats: torch.Tensor, num_classes: Optional[int]) -> None:
+    def add_stats(self, stats: torch.Tensor, num_classes: int | None) -> None:
         """Counts one call. stats: its op's (4, n) stats; rows 2 (non-finite rows per modality) and 3 (NaN
         phi rows) are added with one in-place add (each launch costs a GPU call's host tens of microseconds)."""
         n = stats.shape[1]
@@ -81,7 +81,7 @@ class DeferredChecks:
         with self._lock:  # creating the counters and the in-place add are read-modify-writes
             self._add(stats, n, num_classes)
 
-    def _add(self, stats: torch.Tensor, n: int, num_classes: Optional[int]) -> None:
+    def _add(self, stats: torch.Tensor, n: int, num_classes: int | None) -> None:
         if num_classes is not None:
             self.num_classes = num_classes
         self._slot(stats.device)[:, :n].add_(stats[2:4])
@@ -158,6 +158,7 @@ class DeferredChecks:
                 )
         if problems:
             raise ValueError(
-                f"fastshap: deferred checks over {calls} calls found bad values: " + "; ".join(problems)
+                f"fastshap: deferred checks over {calls} calls found bad values: "
+                + "; ".join(problems)
                 + ". Run the calls without defer_checks to stop at the first bad call."
             )

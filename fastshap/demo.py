@@ -67,8 +67,10 @@ def main(argv=None) -> None:
     head = train_head(feats, labels, args.classes)
     with torch.no_grad():
         acc = (head(feats).argmax(1) == labels).float().mean().item()
-    print(f"{len(names)} modalities {dict(zip(names, dims))}, {args.classes} classes, B = {args.batch}; "
-          f"head accuracy {acc:.3f}\n")
+    print(
+        f"{len(names)} modalities {dict(zip(names, dims))}, {args.classes} classes, B = {args.batch}; "
+        f"head accuracy {acc:.3f}\n"
+    )
 
     cpu = backends.Call("concat", torch.device("cpu"), torch.float32, len(names))
     usable = [name for name in ("cpp", "torch") if backends.why_not(name, cpu) is None]

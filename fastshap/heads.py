@@ -7,7 +7,7 @@ width last), in the order of the head's ``dims``.
 from __future__ import annotations
 
 import operator
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -110,10 +110,12 @@ class DecisionFusion(nn.Module):
         """(weight (C, sum d_i), bias (n, C)): classifier i in the columns of modality i, as the ops take it
         (a classifier without bias contributes a row of zeros)."""
         weight = torch.cat([clf.weight for clf in self.classifiers], dim=1)
-        bias = torch.stack([
-            clf.bias if clf.bias is not None else clf.weight.new_zeros(clf.weight.shape[0])
-            for clf in self.classifiers
-        ])
+        bias = torch.stack(
+            [
+                clf.bias if clf.bias is not None else clf.weight.new_zeros(clf.weight.shape[0])
+                for clf in self.classifiers
+            ]
+        )
         return weight, bias
 
 

@@ -17,13 +17,16 @@ def tensor_cores_line(info: dict) -> str:
     unset -> the compiled-in default, "0" / "1" -> off / on, anything else -> every CUDA call raises."""
     switch = os.environ.get("FASTSHAP_CUDA_TENSOR_CORES")
     if switch is not None and switch not in ("0", "1"):
-        return (f"invalid value {switch!r} of FASTSHAP_CUDA_TENSOR_CORES (expected 0 or 1, or unset): "
-                f"CUDA calls will raise")
+        return (
+            f"invalid value {switch!r} of FASTSHAP_CUDA_TENSOR_CORES (expected 0 or 1, or unset): CUDA calls will raise"
+        )
     default = info.get("cuda_tensor_cores_default") == "1"
     tensor_cores = default if switch is None else switch == "1"
     why = "by default" if switch is None else f"FASTSHAP_CUDA_TENSOR_CORES={switch}"
-    return (f"{'on' if tensor_cores else 'off'} for first layers with a head of the features' dtype ({why}; "
-            f"FASTSHAP_CUDA_TENSOR_CORES={0 if tensor_cores else 1} to {'leave them' if tensor_cores else 'try them'})")
+    return (
+        f"{'on' if tensor_cores else 'off'} for first layers with a head of the features' dtype ({why}; "
+        f"FASTSHAP_CUDA_TENSOR_CORES={0 if tensor_cores else 1} to {'leave them' if tensor_cores else 'try them'})"
+    )
 
 
 def report() -> str:
@@ -39,7 +42,9 @@ def report() -> str:
     except ImportError:
         lines.append("triton              not installed")
     if torch.cuda.is_available():
-        lines.append(f"GPU                 {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()})")
+        lines.append(
+            f"GPU                 {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()})"
+        )
     else:
         lines.append("GPU                 none")
     if _extension.LOADED:
@@ -54,7 +59,6 @@ def report() -> str:
             pipeline = os.environ.get("FASTSHAP_CUDA_PIPELINE") != "0"
             lines.append(f"  cp.async pipeline {'on' if pipeline else 'off (FASTSHAP_CUDA_PIPELINE=0)'}")
         lines += [
-
             f"  OpenMP            {'yes' if info.get('openmp') == '1' else 'no'}",
             f"  compiler          {info.get('compiler', '?')}",
         ]

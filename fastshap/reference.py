@@ -35,8 +35,8 @@ column 0 of row 3 the count of NaN phi rows (labels outside ``[0, C)``, non-fini
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
 
 import torch
 
@@ -50,14 +50,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@lru_cache(maxsize=None)
+@cache
 def _masks_cpu(n: int) -> Tensor:
     """(2^n, n) bool: row m is coalition m, bit i of m set iff modality i is present."""
     m = torch.arange(1 << n, device="cpu").unsqueeze(1)
     return (m >> torch.arange(n, device="cpu")) & 1 == 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def _on_device(table: str, n: int, device: torch.device) -> Tensor:
     """A per-device copy of a constant table, made once: a host-to-device copy from pageable memory
     synchronises with the GPU, which must not happen in every call."""
@@ -75,15 +75,17 @@ def coalition_masks(n: int, device) -> Tensor:
     return _on_device("masks", n, _device_key(device))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _coefficients_cpu(n: int) -> Tensor:
     masks = _masks_cpu(n)
     size = masks.sum(1, keepdim=True).double()
     fact = [float(math.factorial(k)) for k in range(n + 1)]
-    gain = torch.tensor([fact[s - 1] * fact[n - s] if s >= 1 else 0.0 for s in range(n + 1)], dtype=torch.float64,
-                        device="cpu")
-    loss = torch.tensor([fact[s] * fact[n - 1 - s] if s <= n - 1 else 0.0 for s in range(n + 1)], dtype=torch.float64,
-                        device="cpu")
+    gain = torch.tensor(
+        [fact[s - 1] * fact[n - s] if s >= 1 else 0.0 for s in range(n + 1)], dtype=torch.float64, device="cpu"
+    )
+    loss = torch.tensor(
+        [fact[s] * fact[n - 1 - s] if s <= n - 1 else 0.0 for s in range(n + 1)], dtype=torch.float64, device="cpu"
+    )
     s = size.long().squeeze(1)
     return torch.where(masks, gain[s].unsqueeze(1), -loss[s].unsqueeze(1))
 
@@ -125,7 +127,7 @@ def gemm_width(width: int, device) -> int:
     return width if torch.device(device).type != "cpu" or width < 8 else -(-width // 8) * 8
 
 
-def _padded(weight: Tensor, ct: torch.dtype, bias: Optional[Tensor] = None):
+def _padded(weight: Tensor, ct: torch.dtype, bias: Tensor | None = None):
     """weight (K, D) in dtype ct with zero rows up to gemm_width(K) (and bias (K,) with zeros alike)."""
     w = weight.to(ct)
     pad = gemm_width(w.shape[0], w.device) - w.shape[0]
@@ -154,7 +156,7 @@ def _partial_products(xs: Sequence[Tensor], weight: Tensor, ct: torch.dtype) -> 
     return out[..., : weight.shape[0]]
 
 
-def _coalition_scores(start: Tensor, present: Tensor, absent: Optional[Tensor], rows: slice) -> Tensor:
+def _coalition_scores(start: Tensor, present: Tensor, absent: Tensor | None, rows: slice) -> Tensor:
     """Scores (rows, 2^n, K) of every coalition of the samples in `rows`, summed left to right."""
     n = present.shape[0]
     masks = coalition_masks(n, present.device)
@@ -177,8 +179,7 @@ def _nonfinite(x: Tensor) -> Tensor:
     return ~(torch.isfinite(low) & torch.isfinite(high))
 
 
-def _values(scores: Tensor, labels: Tensor, benefit: str, mean_of: int = 0,
-            nonfinite: Optional[Tensor] = None) -> Tensor:
+def _values(scores: Tensor, labels: Tensor, benefit: str, mean_of: int = 0, nonfinite: Tensor | None = None) -> Tensor:
     """Coalition values (rows, 2^n) float64 from scores (rows, 2^n, C) and labels (rows,); NaN for a
     coalition whose scores are not all finite (or where `nonfinite` says so)."""
     n = scores.shape[1].bit_length() - 1
@@ -312,7 +313,7 @@ def shapley_callable(
     features: Sequence[Tensor],
     head: Callable[[list], Tensor],
     labels: Tensor,
-    baselines: Optional[Sequence[Tensor]],
+    baselines: Sequence[Tensor] | None,
     benefit: str,
     element_budget: int = 1 << 24,
 ):

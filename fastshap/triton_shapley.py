@@ -36,8 +36,7 @@ fake kernel under the interpreter, where ``wrap_triton`` cannot trace interprete
 
 import os
 from contextlib import nullcontext as _no_guard
-from functools import lru_cache
-from typing import List, Tuple
+from functools import cache, lru_cache
 
 import torch
 import triton
@@ -54,8 +53,10 @@ INTERPRETED = isinstance(kernels.fused_kernel, InterpretedFunction)
 # functions, which fails deep inside Triton at the first launch.
 _LIBRARY_FUNCTION = getattr(triton.language.standard, "max", None)
 if _LIBRARY_FUNCTION is not None and INTERPRETED != isinstance(_LIBRARY_FUNCTION, InterpretedFunction):
-    raise ImportError("TRITON_INTERPRET changed between the import of Triton and of fastshap's Triton kernels; set "
-                      "it before anything imports triton")
+    raise ImportError(
+        "TRITON_INTERPRET changed between the import of Triton and of fastshap's Triton kernels; set "
+        "it before anything imports triton"
+    )
 
 MAX_MODALITIES = 16
 MAX_FUSED = kernels.MAX_FUSED
@@ -169,7 +170,8 @@ def _check(head, features, weight, bias, weight2, bias2, baselines, labels, bene
             if tuple(b.shape) != want or b.dtype != f0.dtype or b.device != f0.device:
                 raise ValueError(
                     f"fastshap: baselines[{i}] must be {want} {f0.dtype} on {f0.device} (baselines are all shared "
-                    f"(d_i,) or all per-sample (B, d_i), as baselines[0] is), got {tuple(b.shape)} {b.dtype} on {b.device}"
+                    f"(d_i,) or all per-sample (B, d_i), as baselines[0] is), got {tuple(b.shape)} "
+                    f"{b.dtype} on {b.device}"
                 )
     if benefit not in _BENEFITS:
         raise ValueError(f"fastshap: unknown benefit {benefit!r}; expected 'paper', 'accuracy' or 'probability'")
@@ -207,8 +209,9 @@ def _fused_configs(max_block_b: int, max_block_d: int, kp: int, coalitions: int,
     # coalition walk overlap another's loads. The H100 run had only 8-warp tiles (a 64-sample tile with 8
     # warps ran at 207 us against 141 us at 128).
     if sizes_b[0] >= 32 and big.num_warps == 8:
-        configs.append(triton.Config({"BLOCK_B": sizes_b[0] // 2, "BLOCK_D": sizes_d[-1], "MB": 1}, num_warps=4,
-                                     num_stages=3))
+        configs.append(
+            triton.Config({"BLOCK_B": sizes_b[0] // 2, "BLOCK_D": sizes_d[-1], "MB": 1}, num_warps=4, num_stages=3)
+        )
     return configs
 
 
@@ -220,11 +223,12 @@ _FUSED_KEY = ["B_BUCKET", "K", "C", "N", "HEAD", "BASE", "BENEFIT"] + [f"D{i}" f
 AUTOTUNERS = []
 
 
-@lru_cache(maxsize=None)
+@cache
 def _autotuned_fused(max_block_b: int, max_block_d: int, kp: int, coalitions: int, foot: int):
     """The fused kernel, autotuned over the tiles of :func:`_fused_configs`."""
     tuner = triton.autotune(
-        configs=_fused_configs(max_block_b, max_block_d, kp, coalitions, foot), key=_FUSED_KEY,
+        configs=_fused_configs(max_block_b, max_block_d, kp, coalitions, foot),
+        key=_FUSED_KEY,
         reset_to_zero=["STATS"],
     )(kernels.fused_kernel)
     AUTOTUNERS.append(tuner)
@@ -242,8 +246,9 @@ def _interpreter_coalitions(block_b: int, width: int, n: int) -> int:
 
 
 @lru_cache(maxsize=1024)
-def _fused_meta(head: int, dims: tuple, k: int, base: int, dtype, weight_dtype, benefit: str, prec32: str,
-                fused_floats: int):
+def _fused_meta(
+    head: int, dims: tuple, k: int, base: int, dtype, weight_dtype, benefit: str, prec32: str, fused_floats: int
+):
     """(constexpr meta, autotuning class) of a fused launch: they depend on shapes and dtypes only, so a
     training loop computes them once per shape (fused_floats: FUSED_FLOATS, an argument so that the cache
     sees a changed limit)."""
@@ -251,8 +256,18 @@ def _fused_meta(head: int, dims: tuple, k: int, base: int, dtype, weight_dtype, 
     kp = _pow2(k, 16)
     native = not INTERPRETED and weight_dtype == dtype and dtype in _HALF
     prec = "tf32" if dtype in _HALF and weight_dtype in _HALF else prec32
-    meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), KP=kp, HEAD=head, BASE=base, BENEFIT=_BENEFITS[benefit],
-                NATIVE=native, PREC=prec, BLOCK_DV=max(1, min(128, _pow2_floor(4096 // kp))))
+    meta = dict(
+        N=n,
+        NP=_pow2(n, 2),
+        NS=_pow2(n + 1),
+        KP=kp,
+        HEAD=head,
+        BASE=base,
+        BENEFIT=_BENEFITS[benefit],
+        NATIVE=native,
+        PREC=prec,
+        BLOCK_DV=max(1, min(128, _pow2_floor(4096 // kp))),
+    )
     foot = _footprint(head, n, k, base)
     program_floats = _PROGRAM_FLOATS if foot <= fused_floats else 2 * _PROGRAM_FLOATS  # a wide footprint
     max_block_b = max(16, min(256, _pow2_floor(program_floats // foot)))
@@ -269,8 +284,17 @@ def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
     k = weight.shape[0]
     c = weight2.shape[0] if head == 2 else k
     base = 0 if not baselines else (1 if baselines[0].dim() == 1 else 2)
-    meta, tuning = _fused_meta(head, tuple(f.shape[1] for f in features), k, base, features[0].dtype, weight.dtype,
-                               benefit, fp32_dot_precision(), FUSED_FLOATS)
+    meta, tuning = _fused_meta(
+        head,
+        tuple(f.shape[1] for f in features),
+        k,
+        base,
+        features[0].dtype,
+        weight.dtype,
+        benefit,
+        fp32_dot_precision(),
+        FUSED_FLOATS,
+    )
     none = [None] * (MAX_FUSED - n)
     xs = [*features, *none]
     xr = [*(f.stride(0) for f in features), *none]
@@ -287,8 +311,33 @@ def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
         w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
     else:
         w2 = w2_rs = w2_cs = b2 = None
-    args = [*xs, *xr, *xc, *ds, *bs, *br, *bc, weight, weight.stride(0), weight.stride(1), bias, bias_rs, bias_cs,
-            w2, w2_rs, w2_cs, b2, labels, labels.stride(0), phi, stats, batch, k, c, _bucket(batch)]
+    args = [
+        *xs,
+        *xr,
+        *xc,
+        *ds,
+        *bs,
+        *br,
+        *bc,
+        weight,
+        weight.stride(0),
+        weight.stride(1),
+        bias,
+        bias_rs,
+        bias_cs,
+        w2,
+        w2_rs,
+        w2_cs,
+        b2,
+        labels,
+        labels.stride(0),
+        phi,
+        stats,
+        batch,
+        k,
+        c,
+        _bucket(batch),
+    ]
     return args, meta, tuning
 
 
@@ -300,22 +349,39 @@ _CHOSEN: dict = {}
 
 def _launch_fused(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats, config=None):
     """One fused-kernel launch: autotuned, or with `config` (a triton.Config of _fused_configs)."""
-    args, meta, tuning = _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi,
-                                     stats)
+    args, meta, tuning = _fused_plan(
+        head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats
+    )
     batch, n, kp = features[0].shape[0], len(features), meta["KP"]
     if INTERPRETED:
         # Few, large programs: the interpreter pays per program and per operation, not per element.
         block_b = max(16, min(128, _pow2(batch)))
         dims = [f.shape[1] for f in features]
         kernels.fused_kernel[(triton.cdiv(batch, block_b),)](
-            *args, **meta, BLOCK_B=block_b, BLOCK_D=max(16, min(256, _pow2(max(dims)))),
-            MB=_interpreter_coalitions(block_b, kp, n))
+            *args,
+            **meta,
+            BLOCK_B=block_b,
+            BLOCK_D=max(16, min(256, _pow2(max(dims)))),
+            MB=_interpreter_coalitions(block_b, kp, n),
+        )
         return
     grid = lambda block_b: triton.cdiv(batch, block_b)  # noqa: E731
     if config is None and AUTOTUNE:
-        key = ("fused", tuning, tuple(f.shape[1] for f in features), weight.shape[0], args[-2], args[-1], head,
-               benefit, features[0].dtype, weight.dtype, bias.dtype, meta["PREC"],
-               None if weight2 is None else (weight2.dtype, bias2.dtype))
+        key = (
+            "fused",
+            tuning,
+            tuple(f.shape[1] for f in features),
+            weight.shape[0],
+            args[-2],
+            args[-1],
+            head,
+            benefit,
+            features[0].dtype,
+            weight.dtype,
+            bias.dtype,
+            meta["PREC"],
+            None if weight2 is None else (weight2.dtype, bias2.dtype),
+        )
         _launch_autotuned(_autotuned_fused(*tuning), key, grid, args, meta, features)
         return
     _launch_config(kernels.fused_kernel, config or _default_config(_fused_configs(*tuning)), grid, args, meta)
@@ -342,7 +408,8 @@ def _launch_config(kernel, config, grid, args, meta):
     from torch.library import wrap_triton
 
     wrap_triton(kernel)[(grid(config.kwargs["BLOCK_B"]),)](
-        *args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+        *args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages
+    )
 
 
 def _partials(xs, weight):
@@ -392,10 +459,36 @@ def _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, lab
         w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
     else:
         w2 = w2_rs = w2_cs = b2 = None  # read by the MLP head only
-    args = [present, present.stride(0), present.stride(1), absent, absent.stride(0), a_bs, start,
-            w2, w2_rs, w2_cs, b2, labels, labels.stride(0), phi, stats, batch, k, c, _bucket(batch)]
-    meta = dict(N=n, NP=_pow2(n, 2), NS=_pow2(n + 1), HEAD=head, HAS_ABSENT=has_absent, BENEFIT=_BENEFITS[benefit],
-                PREC2=second_layer_precision())
+    args = [
+        present,
+        present.stride(0),
+        present.stride(1),
+        absent,
+        absent.stride(0),
+        a_bs,
+        start,
+        w2,
+        w2_rs,
+        w2_cs,
+        b2,
+        labels,
+        labels.stride(0),
+        phi,
+        stats,
+        batch,
+        k,
+        c,
+        _bucket(batch),
+    ]
+    meta = dict(
+        N=n,
+        NP=_pow2(n, 2),
+        NS=_pow2(n + 1),
+        HEAD=head,
+        HAS_ABSENT=has_absent,
+        BENEFIT=_BENEFITS[benefit],
+        PREC2=second_layer_precision(),
+    )
     if INTERPRETED:
         block_b, block_k, block_c = max(16, min(128, _pow2(batch))), min(1024, _pow2(k, 16)), min(1024, _pow2(c, 16))
         mb = _interpreter_coalitions(block_b, max(block_k, block_c if head == 2 else 1), n)
@@ -422,26 +515,36 @@ def _streaming_configs(n: int, k: int, c: int, head: int):
 _STREAMING_KEY = ["B_BUCKET", "K", "C", "N", "HEAD", "HAS_ABSENT", "BENEFIT"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _autotuned_streaming(n: int, k: int, c: int, head: int):
-    tuner = triton.autotune(configs=_streaming_configs(n, k, c, head), key=_STREAMING_KEY,
-                            reset_to_zero=["STATS"])(kernels.streaming_kernel)
+    tuner = triton.autotune(configs=_streaming_configs(n, k, c, head), key=_STREAMING_KEY, reset_to_zero=["STATS"])(
+        kernels.streaming_kernel
+    )
     AUTOTUNERS.append(tuner)
     return tuner
 
 
-def _launch_streaming(head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats,
-                      config=None):
+def _launch_streaming(
+    head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats, config=None
+):
     """The partial products (torch GEMMs), then one streaming-kernel launch: autotuned, or with `config`
     (a triton.Config of _streaming_configs)."""
-    args, meta, tuning, nonfinite = _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
-                                                    benefit, phi, stats)
+    args, meta, tuning, nonfinite = _streaming_plan(
+        head, features, weight, bias, weight2, bias2, baselines, labels, benefit, phi, stats
+    )
     grid = lambda block_b: triton.cdiv(features[0].shape[0], block_b)  # noqa: E731
     if INTERPRETED:
         kernels.streaming_kernel[(grid(meta["BLOCK_B"]),)](*args, **meta, num_warps=4)
     elif config is None and AUTOTUNE:
-        key = ("streaming", tuning, args[-1], benefit, meta["HAS_ABSENT"], meta["PREC2"],
-               None if weight2 is None else (weight2.dtype, bias2.dtype))
+        key = (
+            "streaming",
+            tuning,
+            args[-1],
+            benefit,
+            meta["HAS_ABSENT"],
+            meta["PREC2"],
+            None if weight2 is None else (weight2.dtype, bias2.dtype),
+        )
         _launch_autotuned(_autotuned_streaming(*tuning), key, grid, args, meta, features)
     else:
         _launch_config(kernels.streaming_kernel, config or _streaming_configs(*tuning)[0], grid, args, meta)
@@ -477,8 +580,10 @@ def _with_32bit_offsets(name: str, t: torch.Tensor) -> torch.Tensor:
         return t
     t = t.contiguous()
     if _max_offset(t) >= _OFFSET_LIMIT:
-        raise ValueError(f"fastshap: backend 'triton' indexes the head's {name} with 32-bit offsets, and its "
-                         f"{t.numel()} elements do not fit them: use backend='cuda' or 'torch'")
+        raise ValueError(
+            f"fastshap: backend 'triton' indexes the head's {name} with 32-bit offsets, and its "
+            f"{t.numel()} elements do not fit them: use backend='cuda' or 'torch'"
+        )
     return t
 
 
@@ -518,27 +623,27 @@ Tensor = torch.Tensor
 
 
 def _concat_impl(
-    features: List[Tensor], weight: Tensor, bias: Tensor, baselines: List[Tensor], labels: Tensor, benefit: str
-) -> Tuple[Tensor, Tensor]:
+    features: list[Tensor], weight: Tensor, bias: Tensor, baselines: list[Tensor], labels: Tensor, benefit: str
+) -> tuple[Tensor, Tensor]:
     return _run("concat", features, weight, bias, None, None, baselines, labels, benefit)
 
 
 def _decision_impl(
-    features: List[Tensor], weight: Tensor, bias: Tensor, baselines: List[Tensor], labels: Tensor, benefit: str
-) -> Tuple[Tensor, Tensor]:
+    features: list[Tensor], weight: Tensor, bias: Tensor, baselines: list[Tensor], labels: Tensor, benefit: str
+) -> tuple[Tensor, Tensor]:
     return _run("decision", features, weight, bias, None, None, baselines, labels, benefit)
 
 
 def _mlp_impl(
-    features: List[Tensor],
+    features: list[Tensor],
     weight1: Tensor,
     bias1: Tensor,
     weight2: Tensor,
     bias2: Tensor,
-    baselines: List[Tensor],
+    baselines: list[Tensor],
     labels: Tensor,
     benefit: str,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     return _run("mlp", features, weight1, bias1, weight2, bias2, baselines, labels, benefit)
 
 
@@ -581,8 +686,12 @@ def _eager(features) -> bool:
     make_fx, plain tensors): then the registered op would only dispatch back to its implementation, and
     calling that directly saves the dispatcher's Python round trip (~30 us of host time a call on a fast
     CPU). Otherwise the call goes through the op, which is what tracing records."""
-    return (bool(features) and type(features[0]) is torch.Tensor and torch._C._len_torch_dispatch_stack() == 0
-            and not torch.compiler.is_compiling())
+    return (
+        bool(features)
+        and type(features[0]) is torch.Tensor
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch.compiler.is_compiling()
+    )
 
 
 def shapley_concat(features, weight, bias, baselines, labels, benefit):
@@ -618,5 +727,12 @@ def bytes_moved(features, weight, baselines=(), weight2=None) -> int:
     return total + batch * (n * 4 + 8)
 
 
-__all__ = ["shapley_concat", "shapley_decision", "shapley_mlp", "uses_fused_kernel", "fp32_dot_precision",
-           "bytes_moved", "INTERPRETED"]
+__all__ = [
+    "shapley_concat",
+    "shapley_decision",
+    "shapley_mlp",
+    "uses_fused_kernel",
+    "fp32_dot_precision",
+    "bytes_moved",
+    "INTERPRETED",
+]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 
 import torch
+from oracle import NonlinearHead
 from torch import nn
 
 from fastshap import heads
-from oracle import NonlinearHead
 
 
 def layout(values: torch.Tensor, kind: str) -> torch.Tensor:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ def _is_decision_fusion(head) -> bool:
     return isinstance(head, nn.Module) and isinstance(getattr(head, "classifiers", None), nn.ModuleList)
 
 
-def _linears(module: nn.Module) -> List[nn.Linear]:
+def _linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
@@ -70,7 +70,7 @@ class _Float64Head:
             self.abs_head = abs_copy() if abs_copy is not None else None
             self.depth = int(getattr(head, "depth", 1))
 
-    def _call(self, fn, xs: List[torch.Tensor]) -> torch.Tensor:
+    def _call(self, fn, xs: list[torch.Tensor]) -> torch.Tensor:
         if isinstance(fn, nn.Linear):
             out = nn.functional.linear(torch.cat(xs, dim=-1), fn.weight, fn.bias)
         else:
@@ -79,7 +79,7 @@ class _Float64Head:
             raise TypeError("oracle: the head did not return a tensor")
         return out.double()
 
-    def scores(self, xs: List[torch.Tensor]) -> torch.Tensor:
+    def scores(self, xs: list[torch.Tensor]) -> torch.Tensor:
         if self.decision:
             total = sum(torch.softmax(clf(x), -1) for clf, x in zip(self.head.classifiers, xs))
             return total / len(xs)
@@ -88,7 +88,7 @@ class _Float64Head:
     def prob(self, scores: torch.Tensor) -> torch.Tensor:
         return scores if self.decision else torch.softmax(scores, -1)
 
-    def abs_scores(self, xs: List[torch.Tensor]) -> Optional[torch.Tensor]:
+    def abs_scores(self, xs: list[torch.Tensor]) -> torch.Tensor | None:
         if self.abs_head is None:
             return None
         xs = [x.abs() for x in xs]
@@ -120,7 +120,7 @@ class OracleResult:
     """
 
     phi: torch.Tensor
-    phi_exact: Optional[List[List[Fraction]]]
+    phi_exact: list[list[Fraction]] | None
     values: torch.Tensor
     margins: torch.Tensor
     scale: torch.Tensor
@@ -171,13 +171,13 @@ class OracleResult:
         return int((self._relevant_margins() <= self._tolerance(eps)).sum())
 
 
-def _fill(baseline: Optional[torch.Tensor], feature: torch.Tensor) -> torch.Tensor:
+def _fill(baseline: torch.Tensor | None, feature: torch.Tensor) -> torch.Tensor:
     if baseline is None:
         return torch.zeros_like(feature)
     return baseline.expand_as(feature) if baseline.dim() == 1 else baseline
 
 
-def _coalition_inputs(feats, fills, masks: Sequence[int]) -> List[torch.Tensor]:
+def _coalition_inputs(feats, fills, masks: Sequence[int]) -> list[torch.Tensor]:
     """The n inputs of the coalitions in `masks`, stacked coalition-major: rows (len(masks) * B, d_i)."""
     out = []
     for i, (f, b) in enumerate(zip(feats, fills)):
@@ -199,7 +199,7 @@ def _first_argmax(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(scores == top, idx, scores.shape[-1]).amin(-1)
 
 
-def shapley_weights(n: int) -> List[int]:
+def shapley_weights(n: int) -> list[int]:
     """Integer numerators w(s) = s! (n - s - 1)! of the subset formula, for |S| = s = 0..n-1 (denominator n!)."""
     return [math.factorial(s) * math.factorial(n - s - 1) for s in range(n)]
 
@@ -235,7 +235,7 @@ def oracle_shapley(
     features: Sequence[torch.Tensor],
     head,
     labels: torch.Tensor,
-    baselines: Optional[Sequence[torch.Tensor]] = None,
+    baselines: Sequence[torch.Tensor] | None = None,
     benefit: str = "paper",
 ) -> OracleResult:
     """Brute-force Shapley values of the n modalities of each sample (see the module docstring).
@@ -313,7 +313,7 @@ def oracle_shapley(
     )
 
 
-def shapley_from_value_function(v: Callable[[frozenset], Fraction], n: int) -> List[Fraction]:
+def shapley_from_value_function(v: Callable[[frozenset], Fraction], n: int) -> list[Fraction]:
     """phi by the subset formula for a value function of coalitions (frozensets of indices)."""
     phi = []
     for i in range(n):

@@ -31,8 +31,13 @@ def sdist(tmp_path_factory) -> Path:
         shutil.copy2(ROOT / f, src / f)
     dist = tmp_path_factory.mktemp("dist")
     env = dict(os.environ, FASTSHAP_BUILD_CUDA="0")
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(dist)], cwd=src, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(dist)],
+        cwd=src,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     (archive,) = dist.glob("*.tar.gz")
     return archive
 
@@ -43,11 +48,12 @@ def _members(archive: Path) -> set[str]:
         return {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
 
 
-@pytest.mark.parametrize("folder", ["csrc/", "training/", "fastshap/", "tests/", "bench/", "requirements/"])
+@pytest.mark.parametrize("folder", ["csrc/", "fastshap_train/", "fastshap/", "tests/", "bench/", "requirements/"])
 def test_sdist_holds_every_tracked_file_under(folder, sdist):
     members = _members(sdist)
-    missing = [f for f in _tracked_files() if f.startswith(folder) and f not in members
-               and not f.startswith("bench/results/")]  # measurements, not sources
+    missing = [
+        f for f in _tracked_files() if f.startswith(folder) and f not in members and not f.startswith("bench/results/")
+    ]  # measurements, not sources
     assert not missing, f"the sdist leaves out {missing} (MANIFEST.in)"
     assert not [m for m in members if m.startswith("bench/results/") or m.endswith((".so", ".o", ".pyc"))]
 
@@ -61,12 +67,27 @@ def test_sdist_holds_the_top_level_files(sdist):
 def test_wheel_built_from_the_sdist_holds_the_extension_and_configs(sdist, tmp_path):
     # The path of `pip install fastshap_modality-*.tar.gz`, CPU kernels only (the CUDA part is built by CI).
     env = dict(os.environ, FASTSHAP_BUILD_CUDA="0", PIP_NO_INDEX="1")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(sdist)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(sdist),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("fastshap/_C") and n.endswith(".so") for n in names)
-    configs = sorted(f for f in _tracked_files() if f.startswith("training/configs/"))
+    configs = sorted(f for f in _tracked_files() if f.startswith("fastshap_train/configs/"))
     assert configs and all(c in names for c in configs)
     assert not [n for n in names if n.startswith(("tests/", "bench/", "csrc/"))]
     assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
@@ -100,12 +121,15 @@ def test_the_build_has_no_warnings_from_our_sources():
     assert not ours, f"{len(ours)} warnings from our sources in {BUILD_LOG}:\n" + "\n".join(ours[:20])
 
 
-@pytest.mark.parametrize("line,ours", [
-    ("csrc/cpu/shapley_cpu.cpp:12:5: warning: unused variable 'x' [-Wunused-variable]", True),
-    ("/work/csrc/cuda/shapley_tile.cuh(340): warning #177-D: variable \"k\" was declared but never referenced", True),
-    ("In file included from csrc/fastshap.cpp:3:", False),
-    ("/venv/include/torch/csrc/api/include/torch/nn/x.h:5:1: warning: deprecated", False),
-    ("csrc/cuda/kernels_fp32.cu(8): error: identifier \"y\" is undefined", False),
-])
+@pytest.mark.parametrize(
+    "line,ours",
+    [
+        ("csrc/cpu/shapley_cpu.cpp:12:5: warning: unused variable 'x' [-Wunused-variable]", True),
+        ('/work/csrc/cuda/shapley_tile.cuh(340): warning #177-D: variable "k" was declared but never referenced', True),
+        ("In file included from csrc/fastshap.cpp:3:", False),
+        ("/venv/include/torch/csrc/api/include/torch/nn/x.h:5:1: warning: deprecated", False),
+        ('csrc/cuda/kernels_fp32.cu(8): error: identifier "y" is undefined', False),
+    ],
+)
 def test_the_warning_pattern(line, ours):
     assert bool(_OUR_WARNING.search(line)) == ours

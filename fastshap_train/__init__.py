@@ -1,0 +1,28 @@
+"""The fastshap trainer: the paper's methods (and baselines) on a plain PyTorch loop.
+
+``fastshap_train`` is a consumer of fastshap: it uses only ``fastshap.modality_shapley`` and ``fastshap.heads``;
+fastshap never imports it. Entry points: ``python -m fastshap_train`` (see ``--help``),
+``python -m fastshap_train.demo``.
+
+Extension points (a new file each, no change to the loop):
+
+* datasets: ``fastshap_train/data/<name>.py`` with ``@register_dataset(...)`` (see :mod:`fastshap_train.data`);
+* encoders: ``@register_encoder(kind)`` in :mod:`fastshap_train.models`;
+* methods: a :class:`fastshap_train.methods.Method` subclass with ``@register_method(...)`` in
+  ``fastshap_train/methods/<name>.py``; its options through :func:`fastshap_train.config.register_options`.
+"""
+
+__all__ = ["Config", "resolve_config", "Trainer", "train"]
+
+
+def __getattr__(name):
+    # Lazy: `python -m fastshap_train --help` should not pay for torchvision/transformers imports.
+    if name in ("Config", "resolve_config"):
+        from fastshap_train import config
+
+        return getattr(config, name)
+    if name in ("Trainer", "train"):
+        from fastshap_train import engine
+
+        return getattr(engine, name)
+    raise AttributeError(name)

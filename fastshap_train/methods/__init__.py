@@ -1,0 +1,64 @@
+"""Training methods: a :class:`Method` is a set of hooks the loop calls; a new method is one new file here.
+
+The loop (``fastshap_train.engine.Trainer``) runs, per epoch ``e``::
+
+    plan = the epoch's rows (index, keep-mask, data-mask)      # method.first_plan() / method.next_plan()
+    for batch in plan (shuffled):
+        batch = method.on_batch(batch)                          # input transforms (data mask, ...)
+        out = model(inputs, keep)                               # logits + per-modality features
+        loss = method.loss(out, batch)                          # CE, per-modality CE, prototype CE, ...
+        loss.backward(); method.after_backward(out, batch)      # gradient modulation (OGM-GE, AGM, ...)
+        optimizer.step(); [online valuation of the batch from `out`]
+    idx = method.valuation_indices(e)                           # all, a subset Z, or None
+    values = valuation of idx (a pass in eval mode, or the online table)
+    next plan = method.next_plan(e, values)                     # re-sampling, modality drop, ...
+    test; metrics (+ method.epoch_metrics()); checkpoint (+ method.state_dict())
+
+Register with ``@register_method("name")`` on the class; options through
+:func:`fastshap_train.config.register_options` in the same file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from fastshap_train.methods.base import Method, Values  # noqa: F401
+
+_METHODS: dict = {}
+
+
+def register_method(name: str):
+    def deco(cls):
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"method {name!r} must be a Method subclass")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def method_names() -> list:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type:
+    if name not in _METHODS:
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(method_names())}")
+    return _METHODS[name]
+
+
+def build_method(cfg, trainer) -> Method:
+    return method_class(cfg.method)(cfg, trainer)
+
+
+def _import_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()
