@@ -1,4 +1,4 @@
-"""tests/gpu_sanitize_check.py, the compute-sanitizer run of the GPU kernels, without a GPU: its cases run on the
+"""tools/gpu_sanitize_check.py, the compute-sanitizer run of the GPU kernels, without a GPU: its cases run on the
 CPU kernels (--dry-run), and its driver reads a sanitizer's outcomes right (a stand-in compute-sanitizer on
 PATH): clean, reported, unable to run on the machine, missing."""
 
@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 
-import gpu_sanitize_check
 import pytest
+
+from tools import gpu_sanitize_check
 
 SCRIPT = gpu_sanitize_check.__file__
 
