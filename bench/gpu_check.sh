@@ -126,7 +126,7 @@ run_step tests 150 "$OUT/tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:ca
 # 200 + 80 + 60 + 80 s; time unmeasured): GPU_CHECK_SKIP_BUILD=1 GPU_CHECK_ONLY=sanitize. Exit 2 in its log: the
 # check cannot run there (no CUDA build, no compute-sanitizer, or it refuses the device: gVisor machines).
 if [[ ,${GPU_CHECK_ONLY:-}, == *,sanitize,* ]]; then
-  run_step sanitize 440 "$OUT/tests.log" "$PY" tests/gpu_sanitize_check.py
+  run_step sanitize 440 "$OUT/tests.log" "$PY" tools/gpu_sanitize_check.py
 else
   log "$(printf '%-8s %-26s' sanitize 'opt-in (GPU_CHECK_ONLY=sanitize)')"
 fi
