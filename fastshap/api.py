@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from fastshap import backends, heads
 from fastshap.backends import Call, HeadSpec
+from fastshap.capture import is_observe_only, op_evaluation
 from fastshap.checks import DeferredChecks
 
 MAX_MODALITIES = 16
@@ -76,7 +78,7 @@ def modality_shapley(
     if batch == 0:
         phi = torch.zeros(0, n, dtype=torch.float32, device=device)
         return (phi, torch.zeros(2, n, dtype=torch.float32, device=device)) if with_stats else phi
-    with torch.no_grad(), _no_autocast(device):
+    with torch.no_grad(), _no_autocast(device), op_evaluation(spec.kind == "callable"):
         phi, stats = chosen.run(spec, feats, base, labels, benefit)
     # Every backend counts what the value checks need instead of stopping: stats row 2, per modality, the
     # rows whose partial logits hold NaN/Inf; row 3, column 0, the NaN rows of phi (labels outside [0, C),
@@ -256,7 +258,9 @@ def _runs_its_own_way(head: nn.Module) -> str | None:
         cls = type(module)
         why = _overrides(cls)
         if why is None and (module._forward_hooks or module._forward_pre_hooks):
-            why = "has forward hooks"
+            # fastshap.capture_features' hook only reads the inputs: the parameters still say what it computes
+            hooks = (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+            why = None if all(is_observe_only(hook) for hook in hooks) else "has forward hooks"
         if why is None:
             own = next((name for name in _RUN_BY_INSTANCE if name in module.__dict__), None)
             why = None if own is None else f"has its own {own} set on the instance"
@@ -284,6 +288,10 @@ def _compiled_module(head):
     return head
 
 
+#: (head type, reason) pairs already warned about being run as a callable because of hooks.
+_WARNED_HOOKED: set = set()
+
+
 def _head_spec(head, dims, device) -> HeadSpec:
     """The head reduced to its parameters, after checking every layer's shapes against the feature widths
     (heads can be changed after construction: a replaced layer must not be read out of bounds). A head
@@ -293,6 +301,14 @@ def _head_spec(head, dims, device) -> HeadSpec:
     own_way = _runs_its_own_way(head) if isinstance(head, _DECOMPOSED) else None
     if own_way is not None:
         note = f"{own_way}, so it runs as a callable"
+        if own_way.endswith("has forward hooks") and (type(head), own_way) not in _WARNED_HOOKED:
+            _WARNED_HOOKED.add((type(head), own_way))  # once per head type and reason: a training loop calls often
+            warnings.warn(
+                f"fastshap: {note} (2^n head forwards on the torch path, the hooks firing on every coalition "
+                f"batch). To record the head's inputs, use fastshap.capture_features(head), whose hook the op "
+                f"ignores; otherwise value a copy of the head without the hooks",
+                stacklevel=3,
+            )
         if isinstance(head, nn.Linear):
             return HeadSpec("callable", fn=lambda features: head(torch.cat(list(features), dim=-1)), note=note)
         return HeadSpec("callable", fn=head, note=note)
