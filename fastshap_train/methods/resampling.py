@@ -35,13 +35,14 @@ from collections.abc import Callable
 
 import torch
 
+from fastshap import resampling as rules
 from fastshap_train.config import Option, register_options
 from fastshap_train.data.base import Plan
 from fastshap_train.methods import register_method
 from fastshap_train.methods.base import Method
 
-FS_BUILTIN = ("linear", "concave", "convex")
-FM_CHOICES = ("linear", "tanh", "power")
+FS_BUILTIN = rules.FS_RULES
+FM_CHOICES = rules.FM_RULES
 
 
 def _check_fs(value):
@@ -126,7 +127,8 @@ register_options(
 
 
 # ------------------------------------------------------------------------------------------------------
-# the rules, as plain functions (tested directly)
+# the rules: fastshap.resampling's (one implementation for the trainer and users' own loops), with the
+# trainer's option forms (f_s as module:function) and its Plan (keep as a bitmask, data-mask column)
 
 
 @functools.cache
@@ -150,77 +152,41 @@ def load_callable(spec: str) -> Callable:
 
 
 def copy_counts(phi: torch.Tensor, fs="linear", scale: float = 2.0, cap: int | None = 3) -> torch.Tensor:
-    """phi (K, n) -> extra copies (K, n) int64 keeping each modality; 0 where phi >= 1 (or NaN)."""
-    n = phi.shape[1]
-    x = 1.0 - phi.double()
-    x_max = (n + 1) / 2
-    if callable(fs):
-        raw = torch.as_tensor(fs(x), dtype=torch.float64)
-    elif fs in FS_BUILTIN:
-        t = (x / x_max).clamp_min(0)
-        g = {"linear": t, "concave": t.sqrt(), "convex": t * t}[fs]
-        raw = scale * x_max * g
-    elif isinstance(fs, str) and ":" in fs:
+    """phi (K, n) -> extra copies (K, n) int64 keeping each modality; 0 where phi >= 1 (or NaN).
+    :func:`fastshap.resampling.copy_counts`, with f_s also a ``module:function`` name."""
+    if isinstance(fs, str) and fs not in FS_BUILTIN:
+        if ":" not in fs:
+            raise ValueError(f"unknown f_s {fs!r}; choose {', '.join(FS_BUILTIN)} or module:function")
         try:
-            fn = load_callable(fs)
+            fs = load_callable(fs)
         except ValueError as exc:
             raise ValueError(f"f_s {fs!r} {exc}") from None
-        raw = torch.as_tensor(fn(x), dtype=torch.float64)
-    else:
-        raise ValueError(f"unknown f_s {fs!r}; choose {', '.join(FS_BUILTIN)} or module:function")
-    counts = torch.floor(raw + 0.5)  # half up: Python's round() would send 0.5 to 0
-    weak = phi < 1  # False for NaN (not valued)
-    counts = torch.where(weak, counts.clamp_min(0), torch.zeros_like(counts))
-    if cap is not None:
-        counts = counts.clamp_max(cap)
-    return counts.long()
+    return rules.copy_counts(phi, fs, scale, cap)
 
 
 def plan_with_copies(plan: Plan, index: torch.Tensor, counts: torch.Tensor) -> Plan:
-    """Append counts[j, i] copies of sample index[j] keeping modality i only."""
-    for i in range(counts.shape[1]):
-        rows = torch.repeat_interleave(index, counts[:, i])
-        if rows.numel():
-            plan = plan.add_copies(rows, 1 << i)
-    return plan
+    """Append counts[j, i] copies of sample index[j] keeping modality i only (in
+    :func:`fastshap.resampling.copy_rows` order: modality by modality, samples in the order of `index`)."""
+    rows, modality = rules.copy_rows(counts, index)
+    return plan.add_copies(rows, torch.ones_like(modality) << modality) if rows.numel() else plan
 
 
 def normaliser_scale(norm: str, n: int) -> float:
-    if norm == "authors":
-        return 2.0 / 3.0
-    if norm == "range":
-        return 1.0 / n
-    return float(norm)
+    return rules.normaliser_scale(norm, n)
 
 
 def f_m(x: float, kind: str, alpha: float) -> float:
-    if kind == "linear":
-        return alpha * x
-    if kind == "tanh":
-        return math.tanh(alpha * x)
-    if kind == "power":
-        return alpha * x**1.5
-    raise ValueError(f"unknown f_m {kind!r}; choose {', '.join(FM_CHOICES)}")
+    return rules.f_m(x, kind, alpha)
 
 
 def modality_level_rule(phi: torch.Tensor, norm: str = "authors", fm: str = "linear", alpha: float = 1.0) -> dict:
-    """phi (|Z|, n) -> {weak, mean (n,), d, x = clip(Norm(d)), p}."""
-    mean = torch.nanmean(phi.double(), 0)
-    n = phi.shape[1]
-    weak = int(torch.argmin(mean))  # first index among ties, like the argmax convention
-    d = float((mean.sum() - n * mean[weak]) / (n - 1)) if n > 1 else 0.0
-    x = min(1.0, max(0.0, normaliser_scale(norm, n) * d))
-    return {"weak": weak, "mean": mean, "d": d, "x": x, "p": f_m(x, fm, alpha)}
+    """phi (|Z|, n) -> {weak, mean (n,), d, x = clip(Norm(d)), p}: :func:`fastshap.resampling.modality_level_rule`."""
+    return rules.modality_level_rule(phi, norm, fm, alpha)._asdict()
 
 
 def draw_uniform(pool: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """`count` elements of `pool` drawn uniformly; without replacement up to len(pool), then again."""
-    parts, left = [], count
-    while left > 0:
-        take = min(left, len(pool))
-        parts.append(pool[torch.randperm(len(pool), generator=generator)[:take]])
-        left -= take
-    return torch.cat(parts) if parts else pool[:0]
+    return rules.draw_uniform(pool, count, generator)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -281,8 +247,7 @@ class FixedRateLow(SampleLevel):
     option = "fixed_low_copies"
 
     def counts(self, phi):
-        fixed = int(self.cfg[self.option])
-        counts = torch.where(phi < 1, torch.full_like(phi, fixed), torch.zeros_like(phi)).long()
+        counts = rules.fixed_counts(phi, int(self.cfg[self.option]))
         dynamic = copy_counts(phi, "linear", 2.0, self.cfg.max_copies)
         self._dynamic = (int(counts.sum()), int(dynamic.sum()))
         return counts
@@ -318,7 +283,7 @@ class ModalityLevel(_Resampling):
     def valuation_indices(self, epoch):
         pool = self.trainer.train_indices
         g = self.trainer.generator("modality-level-subset", epoch)
-        self.last_subset = pool[torch.randperm(len(pool), generator=g)[: self.subset_size()]]
+        self.last_subset = rules.draw_subset(pool, self.cfg.part_ratio, g)  # subset_size() samples
         return self.last_subset
 
     def next_plan(self, epoch, values):
