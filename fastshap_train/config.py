@@ -1,8 +1,10 @@
 """Options, their defaults and the layered configuration of a run.
 
-Every option is declared once as an :class:`Option` (name, default, type, help, check). The core options
-live here; datasets and methods declare theirs next to their code with :func:`register_options`, so a new
-method file brings its own flags and YAML keys without touching the CLI.
+Every option is declared once as an :class:`~fastshap_train.registry.Option` (name, default, type, help,
+check) in the option table of :mod:`fastshap_train.registry`. The core options are declared here; datasets
+and methods declare theirs next to their code with :func:`~fastshap_train.registry.register_options`, so a
+new method file (or a plug-in module, ``--import``) brings its own flags and YAML keys without touching the
+CLI. Importing this module imports the built-in datasets and methods, so the table is complete.
 
 A run's configuration is resolved in layers, later ones winning:
 
@@ -19,94 +21,30 @@ wrong types and bad values are errors that name the file and the key.
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fastshap_train import data, methods
+from fastshap_train.errors import ConfigError, RunError  # noqa: F401  (re-exported: the config's errors)
+from fastshap_train.registry import (  # noqa: F401  (re-exported: declaring options)
+    KINDS,
+    MAX_SEED,
+    Option,
+    check_encoder_spec,
+    group_title,
+    options,
+    register_options,
+    seed_check,
+)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-#: Value kinds an option may take. Lists are comma-separated on the command line.
-KINDS = ("int", "float", "str", "bool", "str_list", "int_list", "float_list", "dict", "path")
-
-
-class ConfigError(ValueError):
-    """A configuration value, key or file is wrong; the message names it."""
-
-
-class RunError(RuntimeError):
-    """The run cannot start or go on for a reason the user can act on (its output directory, its device,
-    an option that does not fit the data, a diverged model): the command line reports the message as one
-    error line (exit 1), like a DataOptionError, instead of a traceback."""
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str
-    default: Any
-    help: str
-    kind: str = ""  # inferred from the default when empty
-    choices: tuple | None = None
-    group: str = "general"
-    check: Callable[[Any], str | None] | None = None  # returns an error message or None
-    cli: bool = True  # False: YAML / API only (e.g. nested dicts)
-    metavar: str | None = None
-
-    def resolved_kind(self) -> str:
-        if self.kind:
-            return self.kind
-        d = self.default
-        if isinstance(d, bool):
-            return "bool"
-        if isinstance(d, int):
-            return "int"
-        if isinstance(d, float):
-            return "float"
-        if isinstance(d, dict):
-            return "dict"
-        if isinstance(d, (list, tuple)):
-            return "str_list"
-        return "str"
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-_OPTIONS: dict = {}
-_GROUP_TITLES: dict = {}
-
-
-def register_options(group: str, options: Iterable[Option], title: str | None = None) -> None:
-    """Declare options (a dataset's or method's). Names are global: a clash is a programming error."""
-    if title:
-        _GROUP_TITLES[group] = title
-    for opt in options:
-        kind = opt.resolved_kind()
-        if kind not in KINDS:
-            raise ValueError(f"option {opt.name}: unknown kind {kind!r}")
-        if opt.name in _OPTIONS and _OPTIONS[opt.name].group != group:
-            raise ValueError(f"option {opt.name!r} is declared by both {_OPTIONS[opt.name].group} and {group}")
-        _OPTIONS[opt.name] = Option(**{**opt.__dict__, "group": group, "kind": kind})
-
-
-def options() -> dict:
-    """All declared options (datasets and methods are imported first so theirs are included)."""
-    _load_plugins()
-    return dict(_OPTIONS)
-
-
-def group_title(group: str) -> str:
-    return _GROUP_TITLES.get(group, group)
-
-
-def _load_plugins() -> None:
-    importlib.import_module("fastshap_train.data")
-    importlib.import_module("fastshap_train.methods")
+# A dataset or method of a plug-in module is known only once the module is imported.
+_PLUGIN_HINT = " (one of a plug-in module needs --import MODULE)"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -123,15 +61,6 @@ def _non_negative(x):
 
 def _fraction(x):
     return None if 0 < x <= 1 else "must be in (0, 1]"
-
-
-#: Seeds feed torch.manual_seed (at most 2^64 - 1), numpy (non-negative) and DistributedSampler, which adds
-#: the epoch: [0, 2^63 - 1] fits them all with room to spare.
-MAX_SEED = 2**63 - 1
-
-
-def seed_check(x):
-    return None if 0 <= x <= MAX_SEED else "must be in [0, 2^63 - 1]"
 
 
 def cpu_cap() -> tuple[int, int]:
@@ -164,8 +93,6 @@ def _device(x):
 
 
 def _encoders(value):
-    from fastshap_train.models.encoders import check_encoder_spec
-
     for modality, spec in value.items():
         problem = check_encoder_spec(f"encoders.{modality}", spec)
         if problem:
@@ -492,16 +419,14 @@ def _layer_from_yaml(data: dict, where: str, known: dict) -> tuple:
         if key == "methods":
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: 'methods' must map method names to option mappings")
-            from fastshap_train.methods import method_names
-
+            method_names = methods.method_names()
             for method, values in value.items():
-                if method not in method_names():
+                if method not in method_names:
                     # A misspelt method's section would never apply: say so instead of ignoring it.
-                    close = difflib.get_close_matches(str(method), method_names(), n=3)
+                    close = difflib.get_close_matches(str(method), method_names, n=3)
                     hint = f"did you mean {', '.join(close)}? " if close else ""
                     raise ConfigError(
-                        f"{where}: unknown method {method!r} under methods:; {hint}"
-                        f"available: {', '.join(method_names())}"
+                        f"{where}: unknown method {method!r} under methods:; {hint}available: {', '.join(method_names)}"
                     )
                 if not isinstance(values, dict):
                     raise ConfigError(f"{where}: methods.{method} must be a mapping of option: value")
@@ -597,30 +522,23 @@ def validate(values: Mapping, sources: Mapping | None = None) -> Config:
     for key, opt in known.items():
         out.setdefault(key, opt.default)
 
-    from fastshap_train.data import dataset_names
-    from fastshap_train.methods import method_names
-
-    if out["dataset"] not in dataset_names():
+    if out["dataset"] not in data.dataset_names():
         raise ConfigError(
             f"{sources.get('dataset', 'default')}: unknown dataset {out['dataset']!r}; "
-            f"available: {', '.join(dataset_names())}"
+            f"available: {', '.join(data.dataset_names())}{_PLUGIN_HINT}"
         )
-    if out["method"] not in method_names():
+    if out["method"] not in methods.method_names():
         raise ConfigError(
             f"{sources.get('method', 'default')}: unknown method {out['method']!r}; "
-            f"available: {', '.join(method_names())}"
+            f"available: {', '.join(methods.method_names())}{_PLUGIN_HINT}"
         )
-    from fastshap_train.data import val_ratio_problem, views_problem
-
-    problem = views_problem(out["dataset"], out["views"])
+    problem = data.views_problem(out["dataset"], out["views"])
     if problem:
         raise ConfigError(f"{sources.get('views', 'default')}: {problem}")
-    problem = val_ratio_problem(out["dataset"], out["val_ratio"])
+    problem = data.val_ratio_problem(out["dataset"], out["val_ratio"])
     if problem:
         raise ConfigError(f"{sources.get('val_ratio', 'default')}: {problem}")
-    from fastshap_train.methods import method_class
-
-    problem = method_class(out["method"]).check_config(out)
+    problem = methods.method_class(out["method"]).check_config(out)
     if problem:
         raise ConfigError(f"method {out['method']}: {problem}")
     return Config(out, sources)

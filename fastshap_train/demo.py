@@ -118,7 +118,7 @@ def plots(runs: list, out: Path) -> list:
             group = [r for r in sruns if r["method"] == method]
             epochs = [h["epoch"] for h in group[0]["history"]]
             for m in modalities:
-                y = np.nanmean([[h[f"phi_mean_{m}"] for h in r["history"]] for r in group], axis=0)
+                y = np.nanmean([[h[f"phi_mean_{names[m]}"] for h in r["history"]] for r in group], axis=0)
                 ax.plot(epochs, y, marker="o", ms=2, label=names[m])
             ax.set_title(method)
             ax.set_xlabel("epoch")

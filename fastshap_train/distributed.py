@@ -1,6 +1,7 @@
-"""DDP plumbing: process group from torchrun's environment, collectives the trainer needs, local spawn.
+"""DDP plumbing: the process group from torchrun's environment and the collectives the trainer needs.
 
-Launch: ``torchrun --nproc_per_node=K -m fastshap_train ...`` (NCCL on GPUs, gloo on CPU). ``batch_size`` is
+Launch: ``torchrun --nproc_per_node=K -m fastshap_train ...`` (NCCL on GPUs, gloo on CPU), or
+:func:`fastshap_train.launch.spawn_local` (local processes, as torchrun would start them). ``batch_size`` is
 the global batch, split evenly over the ranks, so a K-process run takes the same optimisation steps as
 one process (up to the last batch of an epoch whose size is not a multiple of K, which
 ``DistributedSampler`` pads with repeated rows).
@@ -8,16 +9,13 @@ one process (up to the last batch of an epoch whose size is not a multiple of K,
 
 from __future__ import annotations
 
-import faulthandler
 import os
-import socket
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from fastshap_train.config import RunError
+from fastshap_train.errors import RunError
 
 
 @dataclass
@@ -120,62 +118,3 @@ def all_gather_object(obj, ctx: DistContext) -> list:
 def barrier(ctx: DistContext) -> None:
     if ctx.active:
         dist.barrier()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn_entry(rank: int, world: int, port: int, runs: list, result_dir: str | None) -> None:
-    faulthandler.enable()  # a rank killed by a signal (an abort in C++) prints where its threads were
-    os.environ.update(
-        {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-        }
-    )
-    from fastshap_train.config import validate
-    from fastshap_train.engine import Trainer
-
-    device = pick_device(runs[0].get("device", "auto"), rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    # One process group for all the runs (each Trainer finds it initialised and leaves it alone).
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    try:
-        for k, values in enumerate(runs):
-            trainer = Trainer(validate(values))
-            try:
-                trainer.fit()
-                if result_dir:
-                    torch.save(
-                        {"phi": trainer.last_phi, "plan": trainer.plan.state_dict(), "history": trainer.history},
-                        os.path.join(result_dir, f"run{k}_rank{rank}.pt"),
-                    )
-            finally:
-                trainer.close()
-    finally:
-        dist.destroy_process_group()
-    # Every result is on disk and the group is gone: leave without the interpreter's teardown. About one
-    # run in twenty, a gloo rank aborted there ("terminate called without an active exception", with no
-    # Python frame left on the stack), after all its work was done; that must not fail the whole job.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def spawn_local(world: int, cfgs, result_dir: str | None = None) -> None:
-    """Run each config of `cfgs` (one or a list) in `world` local processes, like torchrun would: gloo on
-    the CPU, one GPU per process with CUDA. The processes start once for all the configs.
-
-    With `result_dir`, rank r saves run k's final phi table, next plan and history to ``run<k>_rank<r>.pt``.
-    """
-    import torch.multiprocessing as mp
-
-    runs = [c.to_dict() for c in (cfgs if isinstance(cfgs, (list, tuple)) else [cfgs])]
-    mp.spawn(_spawn_entry, args=(world, free_port(), runs, result_dir), nprocs=world, join=True)

@@ -14,6 +14,7 @@ import hashlib
 import math
 import random
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from fastshap_train import distributed
 from fastshap_train.config import Config, RunError, resume_path
 from fastshap_train.data import build_dataset, dataset_options, has_validation_split
-from fastshap_train.data.base import DataFileError, Plan, PlanDataset, Subset, keep_bits
+from fastshap_train.data.base import DataFileError, Plan, PlanBatches, PlanDataset, Subset, keep_bits
 from fastshap_train.methods import build_method
 from fastshap_train.metrics import confusion_update, weighted_f1_from_confusion
 from fastshap_train.outputs import (
@@ -105,6 +106,9 @@ class Trainer:
         self.test_set = build_dataset(cfg.dataset, cfg.data_root, "test", augment=False, **opts)
         self.val_set = self._validation_set(opts)
         self.modalities = tuple(self.train_set.modalities)
+        #: The names users give the modalities (uci-mfeat's fou, mor, ...): metrics.csv's columns, TensorBoard
+        #: tags, the summary. The keys above (view0, view5, ...) index the phi tables, checkpoints and encoders.
+        self.modality_names = modality_names(self.train_set)
         self.n = len(self.modalities)
         if cfg.batch_size % self.dist.world:
             raise RunError(f"batch_size {cfg.batch_size} must be a multiple of the {self.dist.world} processes")
@@ -137,6 +141,8 @@ class Trainer:
         self.last_phi_epoch = -1  # the epoch that valued it
         self.outputs = RunOutputs(cfg.out, self.dist.is_main, cfg.tensorboard, cfg.save_phi)
         self.method.setup()
+        self.has_batch_norm = any(isinstance(m, _BATCH_NORMS) for m in self.core.modules())
+        self.saved_epochs = 0  # epochs committed in OUT/last.pt (what a resume after a Ctrl-C continues)
 
         if path is not None:
             self.load(path)
@@ -204,16 +210,27 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
+    def seed_for(self, purpose: str, *parts) -> int:
+        """The seed of one random draw (`purpose`, e.g. an epoch's plan): the same on every rank and on resume."""
+        return derived_seed(self.cfg.seed, purpose, *parts)
+
     def generator(self, purpose: str, *parts) -> torch.Generator:
         """A CPU generator for one random draw of the data plan, the same on every rank and on resume."""
-        return torch.Generator().manual_seed(derived_seed(self.cfg.seed, purpose, *parts))
+        return torch.Generator().manual_seed(self.seed_for(purpose, *parts))
 
     def progress(self, iterable, desc: str):
-        if not (self.cfg.progress and self.dist.is_main):
+        """Progress bars on a terminal (rank 0, --progress); elsewhere the epoch's log line says it all."""
+        if not (self.cfg.progress and self.dist.is_main and interactive()):
             return iterable
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=f"epoch {self.epoch} {desc}", leave=False, disable=None, dynamic_ncols=True)
+        return tqdm(iterable, desc=f"epoch {self.epoch} {desc}", leave=False, dynamic_ncols=True)
+
+    def log_epoch(self, row: dict) -> None:
+        """One line per epoch where no progress bar is drawn (logs, CI): --progress without a terminal."""
+        if not (self.cfg.progress and self.dist.is_main) or interactive():
+            return
+        print(epoch_line(row, self.cfg.epochs, self.modality_names), flush=True)
 
     def ordered_loader(self, dataset, indices, purpose: str) -> DataLoader:
         """Unshuffled batches of dataset[indices] for a pass that does not train (test, valuation, a
@@ -241,15 +258,26 @@ class Trainer:
             data, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True, seed=self.cfg.seed, drop_last=False
         )
         sampler.set_epoch(self.epoch)
+        # Every rank gets as many rows (DistributedSampler pads), so the same batch sizes and step count.
+        batches = PlanBatches(sampler, self.per_rank_batch)
+        self._check_batch_norm(batches)
         return DataLoader(
             data,
-            batch_size=self.per_rank_batch,
-            sampler=sampler,
+            batch_sampler=batches,
             num_workers=self.cfg.workers,
             pin_memory=self.device.type == "cuda",
             # Worker seeds come from this generator, not from the global RNG.
             generator=self.generator("loader", self.epoch),
         )
+
+    def _check_batch_norm(self, batches: PlanBatches) -> None:
+        """Batch norm in train mode needs 2 rows a batch: a plan too small for that is an error line."""
+        if self.has_batch_norm and batches.smallest() == 1:
+            raise RunError(
+                f"epoch {self.epoch} trains on batches of one row per process ({len(batches.sampler)} row(s), "
+                f"batch size {self.per_rank_batch} per process), which batch-norm encoders cannot take: "
+                "use a batch size of at least 2 per process and at least 2 training samples per process"
+            )
 
     def train_epoch(self) -> dict:
         cfg, online = self.cfg, self.cfg.valuation == "online"
@@ -363,10 +391,10 @@ class Trainer:
 
             row["lr"] = lr
             phi_table = self._phi_table(values)
-            for i, m in enumerate(self.modalities):
+            for i, name in enumerate(self.modality_names):
                 col = values.phi[:, i] if values is not None else torch.zeros(0)
                 ok = col[~torch.isnan(col)]
-                row[f"phi_mean_{m}"] = float(ok.mean()) if ok.numel() else math.nan
+                row[f"phi_mean_{name}"] = float(ok.mean()) if ok.numel() else math.nan
             row["valued"] = int((~torch.isnan(values.phi).any(1)).sum()) if values is not None else 0
             row["resampled"] = plan.resampled
             row["train_rows"] = len(plan)
@@ -378,6 +406,7 @@ class Trainer:
             if phi_table is not None:
                 self.last_phi, self.last_phi_epoch = phi_table, epoch
             self._write_epoch(epoch, row, phi_table)
+            self.log_epoch(row)
         results = self._results(time.perf_counter() - run_start)
         if self.dist.is_main:
             self.outputs.write_results(results)
@@ -429,12 +458,13 @@ class Trainer:
         # rewritten from the checkpoint when it resumes (_restore_outputs).
         if state is not None:
             save_checkpoint(self.outputs.dir / "last.pt", state)
+            self.saved_epochs = self.epoch
             if improved:
                 save_checkpoint(self.outputs.dir / "best.pt", state)
         self.outputs.write_metrics(self.history)
         if phi_table is not None:
             self._write_phi(epoch, phi_table)
-        self.outputs.log_scalars(epoch, row, phi_table, self.modalities)
+        self.outputs.log_scalars(epoch, row, phi_table, self.modality_names)
 
     def _write_phi(self, epoch: int, phi_table: np.ndarray) -> None:
         labels = self.train_set.labels
@@ -480,9 +510,9 @@ class Trainer:
             "method": self.cfg.method,
             "modalities": list(self.modalities),
             # the names users give (uci-mfeat's fou, mor, ...) of the modality keys above (view0, view5, ...),
-            # which stay the keys of final_phi_mean, metrics.csv's phi_mean_* columns, the phi tables and
-            # checkpoints
-            "modality_names": {m: _short(self.train_set, m) for m in self.modalities},
+            # which stay the keys of final_phi_mean, the phi tables and checkpoints; metrics.csv's columns
+            # (phi_mean_fou, copies_fou, ...) use the names
+            "modality_names": dict(zip(self.modalities, self.modality_names)),
             "epochs": len(self.history),
             # model selection on the validation split: its best epoch, and the test accuracy there
             "selection": "val" if self.val_set is not None else "none",
@@ -491,7 +521,9 @@ class Trainer:
             "test_acc_at_best": self.best["test_acc"] if self.best["epoch"] >= 0 else None,
             "final_test_acc": final.get("test_acc"),
             "final_test_f1": final.get("test_f1"),
-            "final_phi_mean": {m: final.get(f"phi_mean_{m}") for m in self.modalities},
+            "final_phi_mean": {
+                m: final.get(f"phi_mean_{name}") for m, name in zip(self.modalities, self.modality_names)
+            },
             "valuation_share": total_val / total_epoch if total_epoch > 0 else 0.0,
             "seconds": seconds,
             "world_size": self.dist.world,
@@ -587,6 +619,7 @@ class Trainer:
         self.last_phi = state["last_phi"].numpy() if state.get("last_phi") is not None else None
         self.last_phi_epoch = int(state.get("last_phi_epoch", -1))  # absent from older checkpoints
         self.epoch = int(state["epoch"])
+        self.saved_epochs = self.epoch
         self.global_step = int(state["global_step"])
         rng = state["rng"]
         if len(rng) == self.dist.world:
@@ -622,15 +655,56 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).sum().double()
 
 
-def _short(dataset, modality: str) -> str:
+_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def modality_names(dataset) -> tuple:
+    """The modalities' names as users give them (``dataset.short_name``), else their keys; the keys when two
+    names would clash (the names are metrics.csv's column suffixes)."""
     fn = getattr(dataset, "short_name", None)
-    return fn(modality) if fn else modality
+    keys = tuple(dataset.modalities)
+    names = tuple(fn(m) for m in keys) if fn else keys
+    return names if len(set(names)) == len(names) else keys
+
+
+def interactive() -> bool:
+    """Whether progress bars have a terminal to draw on (tqdm writes to stderr)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
+def epoch_line(row: dict, epochs: int, names) -> str:
+    """An epoch's metrics.csv row as one log line."""
+
+    def num(key, fmt=".4f"):
+        value = row.get(key)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+    parts = [f"train loss {num('train_loss')} acc {num('train_acc')}"]
+    for split in ("val", "test"):
+        if num(f"{split}_acc") is not None:
+            parts.append(f"{split} acc {num(f'{split}_acc')}")
+    phi = [f"{name} {num(f'phi_mean_{name}', '+.3f')}" for name in names if num(f"phi_mean_{name}") is not None]
+    if phi:
+        parts.append("mean phi " + " ".join(phi))
+    parts.append(f"{row.get('train_rows')} rows ({row.get('resampled')} re-sampled)")
+    parts.append(f"{row.get('epoch_s', 0.0) + row.get('eval_s', 0.0):.1f} s")
+    # 0-based like metrics.csv's epoch column, the progress bars and the error messages: epoch 0/39 .. 39/39
+    return f"epoch {row['epoch']}/{epochs - 1}: " + ", ".join(parts)
 
 
 def train(cfg: Config, overwrite: bool = False) -> dict:
-    """Train with `cfg` and return results.json's content (`overwrite`: see :class:`Trainer`)."""
+    """Train with `cfg` and return results.json's content (`overwrite`: see :class:`Trainer`).
+
+    A KeyboardInterrupt leaves with ``epoch`` (the epoch it stopped) and ``saved_epochs`` (the epochs the
+    last checkpoint holds) set on it, for the command line's resume message."""
     trainer = Trainer(cfg, overwrite)
     try:
         return trainer.fit()
+    except KeyboardInterrupt as exc:
+        exc.epoch, exc.saved_epochs = trainer.epoch, trainer.saved_epochs
+        raise
     finally:
         trainer.close()

@@ -17,8 +17,10 @@
 
 metrics.csv columns: ``epoch, train_loss, train_acc, test_loss, test_acc, test_f1, [val_loss, val_acc, val_f1,]
 lr, phi_mean_<modality>..., valued, resampled, train_rows, train_s, valuation_s, epoch_s, eval_s`` and the
-method's own columns. ``train_loss`` and ``train_acc`` are over the rows the epoch trained on, re-sampled
-copies and altered originals included (under re-sampling, not comparable with a baseline's; compare test or
+method's own columns (``copies_<modality>``, ``weak_modality``, ...). Columns name a modality as the run's
+summary does (``phi_mean_fou`` for uci-mfeat's view0; the phi tables and checkpoints keep the keys).
+``train_loss`` and ``train_acc`` are over the rows the epoch trained on, re-sampled copies and altered
+originals included (under re-sampling, not comparable with a baseline's; compare test or
 validation accuracies). ``epoch_s`` = ``train_s + valuation_s`` (the epoch's training work); ``eval_s`` is the
 test (and validation) pass.
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastshap_train.config import RunError
+from fastshap_train.errors import RunError
 
 CHECKPOINT_FORMAT = "fastshap-training-checkpoint/1"
 

@@ -28,9 +28,18 @@ def _column(history, key):
     return np.array([row.get(key, float("nan")) for row in history], dtype=float)
 
 
+def phi_mean_column(history: list, modality: str, labels=None) -> str:
+    """The metrics.csv column of `modality`'s mean phi: ``phi_mean_<name>`` (``phi_mean_fou``), or in a file
+    written before the columns took the modalities' names, ``phi_mean_<key>`` (``phi_mean_view0``)."""
+    name = (labels or {}).get(modality, modality)
+    if any(f"phi_mean_{name}" in row for row in history):
+        return f"phi_mean_{name}"
+    return f"phi_mean_{modality}"
+
+
 def plot_phi_mean(history: list, modalities: Sequence[str], path, title: str = "", labels=None) -> Path | None:
-    """Mean phi per modality over epochs (the paper's Figure 4a)."""
-    keys = [f"phi_mean_{m}" for m in modalities]
+    """Mean phi per modality over epochs (the paper's Figure 4a); `labels` maps modality keys to names."""
+    keys = [phi_mean_column(history, m, labels) for m in modalities]
     if not history or not any(np.isfinite(_column(history, k)).any() for k in keys):
         return None
     plt = _pyplot()
@@ -126,19 +135,22 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     history = read_metrics(out / "metrics.csv")
+    # the columns' suffixes: the modalities' names (or, in older files, their keys)
     modalities = [k[len("phi_mean_") :] for k in history[0] if k.startswith("phi_mean_")] if history else []
+    labels = None  # modality key -> name (uci-mfeat's view0 -> fou, ...), as the run drew them
+    if (out / "results.json").is_file():
+        import json
+
+        results = json.loads((out / "results.json").read_text())
+        labels = results.get("modality_names")
+        modalities = results.get("modalities") or modalities
     tables = sorted((out / "phi").glob("epoch_*.npz"))
     last = None
     for path in reversed(tables):
         data = np.load(path)
         if data["valued"].any():
-            last, modalities = data["phi"], [str(m) for m in data["modalities"]]
+            last, modalities = data["phi"], [str(m) for m in data["modalities"]]  # the keys
             break
-    labels = None  # the modalities' short names (uci-mfeat's fou, mor, ...), as the run drew them
-    if (out / "results.json").is_file():
-        import json
-
-        labels = json.loads((out / "results.json").read_text()).get("modality_names")
     for path in run_plots(out, history, modalities, last, labels):
         print(path)
 

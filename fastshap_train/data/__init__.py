@@ -1,11 +1,15 @@
-"""Dataset registry: ``build_dataset(name, root, split, **options)``.
+"""Datasets: ``build_dataset(name, root, split, **options)`` over the dataset table of
+:mod:`fastshap_train.registry`.
 
 An item is a dict: one tensor per modality (keys ``audio``, ``visual``, ``flow``, ``rgb_diff``, ``text``,
 ``view0``..``view5``, ...), ``label`` (int64 scalar, or ``(T,)`` for per-segment tasks) and ``index``
 (int64 position in the split). Datasets subclass :class:`MultimodalDataset`, which also says which
 encoder suits each modality.
 
-A new dataset is one new file in this package::
+A new dataset is one new file in this package, or a module of the user's loaded with ``python -m
+fastshap_train --import MODULE`` (see ``examples/trainer_plugin.py``)::
+
+    from fastshap_train.registry import Option, register_dataset
 
     @register_dataset("my-data", options=[Option("my_flag", 1, "what it does")], help="one line")
     def build(root, split, augment=False, my_flag=1):
@@ -18,12 +22,10 @@ The builder receives ``root`` (None: the dataset's default), ``split`` ("train" 
 from __future__ import annotations
 
 import importlib
+import numbers
 import pkgutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-from fastshap_train.config import Option, register_options, seed_check
-from fastshap_train.data.base import (  # noqa: F401
+from fastshap_train.data.base import (  # noqa: F401  (re-exported: the dataset interface)
     DataFileError,
     DataOptionError,
     MultimodalDataset,
@@ -31,21 +33,17 @@ from fastshap_train.data.base import (  # noqa: F401
     PlanDataset,
     keep_bits,
 )
-
-
-@dataclass
-class DatasetEntry:
-    name: str
-    builder: Callable
-    options: tuple = ()  # option names the builder takes (its own and shared ones it uses)
-    help: str = ""
-    splits: tuple = ("train", "test")
-    extra: dict = field(default_factory=dict)
-    check: Callable | None = None  # check(options) raises DataOptionError, without reading any data
-    val_when: Callable | None = None  # val_when(options): whether "val" in splits exists with these options
-
-
-_DATASETS: dict = {}
+from fastshap_train.registry import (  # noqa: F401  (re-exported: the dataset table)
+    DatasetEntry,
+    Option,
+    RegistrationError,
+    dataset_entry,
+    dataset_names,
+    register_dataset,
+    register_options,
+    seed_check,
+)
+from fastshap_train.registry import options as declared_options
 
 # Options several datasets share (each lists the ones it takes in `uses`).
 register_options(
@@ -78,44 +76,6 @@ register_options(
 )
 
 
-def register_dataset(
-    name: str,
-    *,
-    options: Sequence[Option] = (),
-    uses: Sequence[str] = (),
-    help: str = "",
-    splits=("train", "test"),
-    check: Callable | None = None,
-    val_when: Callable | None = None,
-):
-    """Decorator registering a dataset builder, its own options and the shared ones it `uses` (``views``,
-    ``split_seed``, ``test_ratio``, ``val_ratio``). `check(options)`, when given, raises DataOptionError for
-    options the dataset cannot take, cheaply (no data read), so that a batch of runs can be checked before it
-    starts. `val_when(options)`: whether a "val" split exists with those options (default: it does when
-    "val" is among `splits`)."""
-
-    def deco(builder):
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        if options:
-            register_options(f"data:{name}", options, title=f"dataset {name}")
-        names = tuple(uses) + tuple(o.name for o in options)
-        _DATASETS[name] = DatasetEntry(name, builder, names, help, tuple(splits), check=check, val_when=val_when)
-        return builder
-
-    return deco
-
-
-def dataset_names() -> list:
-    return sorted(_DATASETS)
-
-
-def dataset_entry(name: str) -> DatasetEntry:
-    if name not in _DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
-    return _DATASETS[name]
-
-
 def has_validation_split(name: str, options: dict) -> bool:
     """Whether dataset `name` has a "val" split with `options` (its official one, or one carved by
     ``--val-ratio``); its files may still be missing."""
@@ -128,17 +88,40 @@ def build_dataset(name: str, root: str | None, split: str, augment: bool = False
     entry = dataset_entry(name)
     if split not in entry.splits:
         raise ValueError(f"dataset {name!r} has splits {', '.join(entry.splits)}, not {split!r}")
-    from fastshap_train.config import options as all_options
-
-    known = all_options()
+    known = declared_options()
     unknown = set(options) - set(entry.options)
     if unknown:
         raise TypeError(
             f"dataset {name!r} takes options {', '.join(entry.options) or '(none)'}, not {', '.join(sorted(unknown))}"
         )
+    undeclared = [k for k in entry.options if k not in known]
+    if undeclared:  # `uses` is checked here: the core options it may name are declared after the datasets
+        raise RegistrationError(
+            f"dataset {name!r} (registered by {entry.module}) uses undeclared option(s) {', '.join(undeclared)}"
+        )
     kwargs = {k: known[k].default for k in entry.options}
     kwargs.update(options)
-    return entry.builder(root=root, split=split, augment=augment, **kwargs)
+    dataset = entry.builder(root=root, split=split, augment=augment, **kwargs)
+    problem = _dataset_problem(dataset)
+    if problem:
+        raise RegistrationError(f"dataset {name!r} (registered by {entry.module}): its builder returned {problem}")
+    return dataset
+
+
+def _dataset_problem(dataset) -> str | None:
+    """What the trainer needs of a built split and `dataset` lacks (a plug-in's builder), or None."""
+    if not isinstance(dataset, MultimodalDataset):
+        return f"a {type(dataset).__name__}, not a fastshap_train.data.MultimodalDataset"
+    missing = []
+    modalities = dataset.modalities
+    if not modalities or not all(isinstance(m, str) for m in modalities) or len(set(modalities)) != len(modalities):
+        missing.append("modalities (distinct names)")
+    classes = dataset.num_classes
+    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 2:
+        missing.append("num_classes (an integer >= 2)")
+    if type(dataset).encoder_spec is MultimodalDataset.encoder_spec:  # the base's raises NotImplementedError
+        missing.append("encoder_spec()")
+    return f"a {type(dataset).__name__} without {', '.join(missing)}" if missing else None
 
 
 def dataset_options(cfg, name: str | None = None) -> dict:
@@ -149,7 +132,7 @@ def dataset_options(cfg, name: str | None = None) -> dict:
 
 def multi_view_datasets() -> list:
     """The datasets that take the shared ``views`` option."""
-    return [name for name in dataset_names() if "views" in _DATASETS[name].options]
+    return [name for name in dataset_names() if "views" in dataset_entry(name).options]
 
 
 def views_problem(name: str, views) -> str | None:
@@ -157,7 +140,7 @@ def views_problem(name: str, views) -> str | None:
 
     Checked with the configuration (:func:`fastshap_train.config.validate`), so that ``python -m fastshap_train`` and
     ``python -m fastshap_train.compare`` refuse it alike instead of silently ignoring the views."""
-    if not views or name not in _DATASETS or "views" in _DATASETS[name].options:
+    if not views or name not in dataset_names() or "views" in dataset_entry(name).options:
         return None
     return f"dataset {name} has no views (--views is for the multi-view datasets: {', '.join(multi_view_datasets())})"
 
@@ -165,10 +148,10 @@ def views_problem(name: str, views) -> str | None:
 def val_ratio_problem(name: str, val_ratio) -> str | None:
     """Why --val-ratio cannot go with dataset `name` (it has an official validation split, or no seeded split
     to carve one from), else None: checked with the configuration, as the views are."""
-    if not val_ratio or name not in _DATASETS or "val_ratio" in _DATASETS[name].options:
+    if not val_ratio or name not in dataset_names() or "val_ratio" in dataset_entry(name).options:
         return None
-    carved = [n for n in dataset_names() if "val_ratio" in _DATASETS[n].options]
-    what = "has an official validation split" if "val" in _DATASETS[name].splits else "has no validation split"
+    carved = [n for n in dataset_names() if "val_ratio" in dataset_entry(n).options]
+    what = "has an official validation split" if "val" in dataset_entry(name).splits else "has no validation split"
     return f"dataset {name} {what}; --val-ratio carves one for {', '.join(carved)} only"
 
 

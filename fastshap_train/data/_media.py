@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastshap_train.config import Option, register_options
 from fastshap_train.data.base import DataFileError, MultimodalDataset
+from fastshap_train.registry import Option, register_options
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

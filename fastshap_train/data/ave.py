@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastshap_train.config import Option
-from fastshap_train.data import register_dataset
 from fastshap_train.data._media import require_file, require_root
 from fastshap_train.data.base import DataFileError, MultimodalDataset
 from fastshap_train.models import ave as ave_model  # registers the "segments" encoder kind
+from fastshap_train.registry import Option, register_dataset
 
 KEY, ORDER_KEY = "avadataset", "order"
 EXPECTED = (

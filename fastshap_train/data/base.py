@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 Tensor = torch.Tensor
 
@@ -173,6 +173,46 @@ class PlanDataset(Dataset):
         item["keep"] = torch.tensor(self._keep[j], dtype=torch.long)
         item["mask"] = torch.tensor(self._mask[j], dtype=torch.long)
         return item
+
+
+class PlanBatches(Sampler):
+    """Batches of `batch_size` positions drawn from `sampler`, except that a last batch of a single row is
+    merged into the one before it (which then holds batch_size + 1 rows).
+
+    Batch norm in train mode cannot normalise one row ("Expected more than 1 value per channel"), and a
+    re-sampled plan can be any length. Merging keeps every row of the epoch (nothing is dropped) and every
+    other batch at its configured size, so plans of other lengths batch exactly as a plain DataLoader
+    would; spreading the row over the epoch would reshuffle the batch sizes of every epoch instead. Under
+    DDP every rank's DistributedSampler yields as many rows, so all ranks merge alike and take the same
+    number of steps. A sampler of one row in all still gives one batch of one row (see :meth:`smallest`).
+    """
+
+    def __init__(self, sampler, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+
+    def sizes(self) -> list:
+        """The batch sizes of an epoch, in order."""
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        sizes = [self.batch_size] * full
+        if rest == 1 and full:
+            sizes[-1] += 1
+        elif rest:
+            sizes.append(rest)
+        return sizes
+
+    def smallest(self) -> int:
+        return min(self.sizes(), default=0)
+
+    def __len__(self) -> int:
+        return len(self.sizes())
+
+    def __iter__(self):
+        sizes, rows = self.sizes(), iter(self.sampler)
+        for size in sizes:
+            yield [next(rows) for _ in range(size)]
 
 
 class Subset(Dataset):

@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastshap_train.config import Option
-from fastshap_train.data import register_dataset
 from fastshap_train.data._media import require_file, require_root
 from fastshap_train.data.base import DataFileError, DataOptionError, FeatureViews
 from fastshap_train.data.uci_mfeat import split_rows
+from fastshap_train.registry import Option, register_dataset
 
 VIEWS = ("gabor", "wm", "centrist", "hog", "gist", "lbp")
 WIDTHS = (48, 40, 254, 1984, 512, 928)

@@ -26,8 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastshap_train.config import Option
-from fastshap_train.data import register_dataset
 from fastshap_train.data._media import (
     MEDIA_OPTIONS,
     MediaDataset,
@@ -37,6 +35,7 @@ from fastshap_train.data._media import (
     require_root,
 )
 from fastshap_train.data.base import DataFileError
+from fastshap_train.registry import Option, register_dataset
 
 NUM_CLASSES = 31
 MEL_BINS = 128

@@ -31,10 +31,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fastshap_train.config import Option
-from fastshap_train.data import register_dataset
 from fastshap_train.data._media import require_file, require_root
 from fastshap_train.data.base import DataFileError, MultimodalDataset
+from fastshap_train.registry import Option, register_dataset
 
 SPLIT_KEYS = {"train": ("train",), "val": ("valid", "val", "dev"), "test": ("test",)}
 FIELDS = {"text_bert": 3, "audio": 3, "vision": 3, "regression_labels": None}

@@ -2,9 +2,15 @@
 
 Each sample has a label y and one *informative* modality m*, drawn from ``--syn-dominance`` (the share of
 samples whose signal sits in each modality: the dataset-level dominance). The informative modality
-carries ``strength[m] * prototype_m[y]`` plus noise; the others carry ``weak * strength[m] *
+carries ``strength[m] * prototype_m[y]`` plus noise; the others carry ``weak[m] * strength[m] *
 prototype_m[y]`` plus noise (``weak = 0``: pure noise). So which modality matters varies per sample, like
 MM-Debiased, and ``dataset.informative`` is the ground truth a valuation should recover.
+
+``weak[m]`` is ``--syn-weak`` for every modality unless ``--syn-weak-by-modality`` gives one per modality:
+e.g. ``--syn-dominance 0.6,0.4 --syn-weak-by-modality 0,1`` makes modality 1 carry the label in every
+sample while modality 0 is pure noise wherever it is not the informative one (a slow but always useful
+modality beside a fast, partial one). ``--syn-dims`` gives each vector modality its own width (a wide
+modality can fit its noise where it carries nothing).
 
 Modality kinds (``--syn-modalities``): ``vector`` (a feature view ``(dim,)``, key ``view<k>``), ``audio``
 (a ``(1, S, S)`` spectrogram-like map), ``visual`` (``(frames, 3, S, S)`` frames), ``flow``
@@ -19,9 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from fastshap_train.config import Option, seed_check
-from fastshap_train.data import register_dataset
 from fastshap_train.data.base import DataOptionError, MultimodalDataset
+from fastshap_train.registry import Option, register_dataset, seed_check
 
 KINDS = ("vector", "audio", "visual", "flow", "text")
 _SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
@@ -31,6 +36,11 @@ _SEED_RANGE = 2**64
 
 def _list_of_positive(xs):
     return None if xs and all(x >= 0 for x in xs) else "must be a non-empty list of numbers >= 0"
+
+
+def _optional_list(minimum, what):
+    """Empty (the option is off) or numbers >= minimum."""
+    return lambda xs: None if all(x >= minimum for x in xs) else f"must be empty or a list of {what}"
 
 
 OPTIONS = [
@@ -61,6 +71,20 @@ OPTIONS = [
         0.25,
         "signal of a non-informative modality, relative to its strength",
         check=lambda x: None if x >= 0 else "must be >= 0",
+    ),
+    Option(
+        "syn_weak_by_modality",
+        [],
+        "per-modality --syn-weak, one value per modality (empty: --syn-weak for all)",
+        kind="float_list",
+        check=_optional_list(0, "numbers >= 0"),
+    ),
+    Option(
+        "syn_dims",
+        [],
+        "per-modality width of vector modalities, one value per modality (empty: --syn-dim for all)",
+        kind="int_list",
+        check=_optional_list(1, "integers > 0"),
     ),
     Option("syn_noise", 1.0, "noise standard deviation", check=lambda x: None if x >= 0 else "must be >= 0"),
     Option(
@@ -109,6 +133,8 @@ class SyntheticMultimodal(MultimodalDataset):
         seed=0,
         augment=False,
         text_len=12,
+        weak_by_modality=(),
+        dims=(),
     ):
         n = len(kinds)
         if len(strength) != n or len(dominance) != n:
@@ -116,15 +142,19 @@ class SyntheticMultimodal(MultimodalDataset):
                 f"synthetic: {n} modalities need {n} strengths and {n} dominance shares, "
                 f"got {len(strength)} and {len(dominance)}"
             )
+        for name, values in (("--syn-weak-by-modality", weak_by_modality), ("--syn-dims", dims)):
+            if values and len(values) != n:
+                raise DataOptionError(f"synthetic: {name} needs one value per modality ({n}), got {len(values)}")
         if sum(dominance) <= 0:
             raise DataOptionError("synthetic: the dominance shares must not all be zero")
         self.kinds = tuple(kinds)
         self.modalities = modality_keys(kinds)
         self.num_classes = int(classes)
         self.shapes = {}
-        for key, kind in zip(self.modalities, self.kinds):
+        widths = [int(d) for d in dims] if dims else [int(dim)] * n
+        for key, kind, width in zip(self.modalities, self.kinds, widths):
             self.shapes[key] = {
-                "vector": (dim,),
+                "vector": (width,),
                 "audio": (1, size, size),
                 "visual": (frames, 3, size, size),
                 "flow": (frames, 2, size, size),
@@ -132,6 +162,7 @@ class SyntheticMultimodal(MultimodalDataset):
             }[kind]
         self.strength = [float(s) for s in strength]
         self.weak, self.noise, self.augment_noise = float(weak), float(noise), float(augment_noise)
+        self.weak_by_modality = [float(w) for w in weak_by_modality] if weak_by_modality else [self.weak] * n
         self.augment = augment
         self.seed = int(seed)
         self.split_id = _SPLIT_IDS[split]
@@ -156,7 +187,7 @@ class SyntheticMultimodal(MultimodalDataset):
         g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.split_id) * 10_000_019 + i) % _SEED_RANGE)
         item = {}
         for m, key in enumerate(self.modalities):
-            scale = self.strength[m] * (1.0 if m == int(self.informative[i]) else self.weak)
+            scale = self.strength[m] * (1.0 if m == int(self.informative[i]) else self.weak_by_modality[m])
             if self.kinds[m] == "text":
                 item[key] = self._text(y, scale, g)
                 continue
@@ -211,6 +242,8 @@ def build(
     syn_augment_noise=0.0,
     syn_seed=0,
     syn_text_len=12,
+    syn_weak_by_modality=(),
+    syn_dims=(),
 ):
     del root  # generated, nothing to read
     return SyntheticMultimodal(
@@ -229,4 +262,6 @@ def build(
         syn_seed,
         augment,
         syn_text_len,
+        syn_weak_by_modality,
+        syn_dims,
     )

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import torch
 
-from fastshap_train.config import Option
-from fastshap_train.data import register_dataset
 from fastshap_train.data._media import (
     MEDIA_OPTIONS,
     FrameTransform,
@@ -39,6 +37,7 @@ from fastshap_train.data._media import (
     require_root,
 )
 from fastshap_train.data.base import DataFileError
+from fastshap_train.registry import Option, register_dataset
 
 EXPECTED = (
     "classInd.txt, trainlist0<s>.txt and testlist0<s>.txt, and per video rgb/<video>/, flow_u/<video>/ "

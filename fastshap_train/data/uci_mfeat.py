@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastshap_train.data import register_dataset
 from fastshap_train.data.base import DataFileError, DataOptionError, FeatureViews
+from fastshap_train.registry import register_dataset
 
 VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 WIDTHS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}

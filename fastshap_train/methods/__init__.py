@@ -14,8 +14,9 @@ The loop (``fastshap_train.engine.Trainer``) runs, per epoch ``e``::
     next plan = method.next_plan(e, values)                     # re-sampling, modality drop, ...
     test; metrics (+ method.epoch_metrics()); checkpoint (+ method.state_dict())
 
-Register with ``@register_method("name")`` on the class; options through
-:func:`fastshap_train.config.register_options` in the same file.
+Register with ``@register_method("name")`` (from :mod:`fastshap_train.registry`) on the class; options
+through :func:`fastshap_train.registry.register_options` in the same file. A method of the user's lives in a
+module loaded with ``python -m fastshap_train --import MODULE`` (see ``examples/trainer_plugin.py``).
 """
 
 from __future__ import annotations
@@ -24,31 +25,7 @@ import importlib
 import pkgutil
 
 from fastshap_train.methods.base import Method, Values  # noqa: F401
-
-_METHODS: dict = {}
-
-
-def register_method(name: str):
-    def deco(cls):
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"method {name!r} must be a Method subclass")
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-
-    return deco
-
-
-def method_names() -> list:
-    return sorted(_METHODS)
-
-
-def method_class(name: str) -> type:
-    if name not in _METHODS:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(method_names())}")
-    return _METHODS[name]
+from fastshap_train.registry import method_class, method_names, register_method  # noqa: F401  (re-exported)
 
 
 def build_method(cfg, trainer) -> Method:

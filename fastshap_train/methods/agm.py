@@ -49,10 +49,9 @@ import torch.nn.functional as F
 
 from fastshap import heads
 from fastshap.reference import coalition_masks, shapley_coefficients
-from fastshap_train.config import Option, register_options
-from fastshap_train.methods import register_method
 from fastshap_train.methods._common import in_window, reduce_sum
 from fastshap_train.methods.base import Method
+from fastshap_train.registry import Option, register_method, register_options
 
 register_options(
     "agm",
@@ -207,7 +206,7 @@ class AGM(Method):
         self.clipped_steps = 0
         if not s:
             return out
-        for i, m in enumerate(self.trainer.modalities):
+        for i, m in enumerate(self.trainer.modality_names):
             out[f"agm_coef_{m}"] = float(s["kappa"][i] / s["steps"])
             out[f"agm_mono_ce_{m}"] = float(s["score"][i] / s["steps"])
         return out

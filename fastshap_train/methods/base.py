@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastshap_train.data.base import Plan
+from fastshap_train.models import build_model
 
 
 @dataclass
@@ -60,8 +61,6 @@ class Method:
     # -- model ----------------------------------------------------------------------------------------
     def build_model(self, dataset):
         """The model (per-modality encoders + head). Override for architectures such as MMTM blocks."""
-        from fastshap_train.models import build_model
-
         return build_model(self.cfg, dataset, self.head_kind())
 
     def setup(self) -> None:

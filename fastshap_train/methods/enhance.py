@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from fastshap_train.config import Option, register_options
-from fastshap_train.methods import register_method
 from fastshap_train.methods.resampling import _Resampling
+from fastshap_train.registry import Option, register_method, register_options
 
 register_options(
     "enhance",

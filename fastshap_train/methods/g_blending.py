@@ -36,14 +36,14 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from fastshap_train import distributed
-from fastshap_train.config import Option, RunError, register_options
-from fastshap_train.data.base import Plan, PlanDataset
-from fastshap_train.methods import register_method
+from fastshap_train.data.base import Plan, PlanBatches, PlanDataset
+from fastshap_train.errors import RunError
 from fastshap_train.methods._common import check_head, eval_loader, random_subset, unimodal_logits
 from fastshap_train.methods.base import Method
+from fastshap_train.registry import Option, register_method, register_options
 
 register_options(
     "g-blending",
@@ -133,7 +133,7 @@ class GBlending(Method):
         return super().check_config(cfg)
 
     def head_names(self) -> list:
-        return list(self.trainer.modalities) + ["fused"]
+        return list(self.trainer.modality_names) + ["fused"]
 
     # -- model and data ---------------------------------------------------------------------------------
     def build_model(self, dataset):
@@ -209,12 +209,15 @@ class GBlending(Method):
             model.train()
             opt = type(base_opt)([p for p in model.parameters() if p.requires_grad], **group)
             for e in range(int(self.cfg.gb_super_epoch)):
+                data = PlanDataset(t.train_set, plan)
+                g = t.generator("g-blending-probe", epoch, k, e)
                 loader = DataLoader(
-                    PlanDataset(t.train_set, plan),
-                    batch_size=t.per_rank_batch,
-                    shuffle=True,
+                    data,
+                    # a shuffled epoch (as shuffle=True draws it) whose one-row tail joins the batch before it:
+                    # the probe trains in train mode, where batch norm cannot take a batch of one row
+                    batch_sampler=PlanBatches(RandomSampler(data, generator=g), t.per_rank_batch),
                     num_workers=t.cfg.workers,
-                    generator=t.generator("g-blending-probe", epoch, k, e),
+                    generator=g,
                 )
                 for batch in loader:
                     labels = batch["label"].to(t.device)

@@ -46,12 +46,12 @@ import math
 import torch
 from torch import nn
 
-from fastshap_train.config import Option, RunError, register_options
-from fastshap_train.methods import register_method
+from fastshap_train.errors import RunError
 from fastshap_train.methods._common import NotApplicable, eval_loader, random_subset, reduce_sum
 from fastshap_train.methods.base import Method
 from fastshap_train.models.encoders import MLPEncoder, ResNetEncoder
 from fastshap_train.models.multimodal import MultimodalModel
+from fastshap_train.registry import Option, register_method, register_options
 
 register_options(
     "greedy",
@@ -403,7 +403,7 @@ class Greedy(Method):
 
     def next_plan(self, epoch, values):
         self._metrics = {"greedy_d_bdr": self.controller.d}
-        m = self.trainer.modalities
+        m = self.trainer.modality_names  # metrics.csv names the modalities as the summary does
         for i in range(2):
             self._metrics[f"greedy_curation_steps_{m[i]}"] = self._counts[i]
         self._counts = [0, 0]

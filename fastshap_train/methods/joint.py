@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from fastshap_train.methods import register_method
 from fastshap_train.methods.base import Method
+from fastshap_train.registry import register_method
 
 
 @register_method("concat")

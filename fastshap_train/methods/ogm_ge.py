@@ -29,8 +29,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastshap_train.config import Option, register_options
-from fastshap_train.methods import register_method
 from fastshap_train.methods._common import (
     check_head,
     encoder_parameters,
@@ -40,6 +38,7 @@ from fastshap_train.methods._common import (
     unimodal_logits,
 )
 from fastshap_train.methods.base import Method
+from fastshap_train.registry import Option, register_method, register_options
 
 register_options(
     "ogm-ge",
@@ -154,9 +153,7 @@ class OGMGE(Method):
     def after_backward(self, out, batch):
         if self._k is None or not self.active():
             return
-        from fastshap_train.engine import derived_seed  # lazy: the engine imports this package
-
-        seed = derived_seed(self.cfg.seed, "ogm-ge-noise", self.trainer.global_step)
+        seed = self.trainer.seed_for("ogm-ge-noise", self.trainer.global_step)
         generators = {}
         weights_only = self.cfg.ogm_params == "weights"
         for i, m in enumerate(self.trainer.modalities):
@@ -183,7 +180,7 @@ class OGMGE(Method):
         self.modulated_steps = 0
         if not s:
             return out
-        for i, m in enumerate(self.trainer.modalities):
+        for i, m in enumerate(self.trainer.modality_names):
             out[f"ogm_coef_{m}"] = float(s["k"][i] / s["steps"])
             out[f"ogm_ratio_{m}"] = float(s["rho"][i] / s["steps"])
             out[f"ogm_damped_{m}"] = int(s["damped"][i])  # steps in which modality m was the damped one

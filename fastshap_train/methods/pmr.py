@@ -30,10 +30,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastshap_train.config import Option, register_options
-from fastshap_train.methods import register_method
 from fastshap_train.methods._common import eval_loader, in_window, random_subset, reduce_sum
 from fastshap_train.methods.base import Method
+from fastshap_train.registry import Option, register_method, register_options
 
 register_options(
     "pmr",
@@ -232,7 +231,7 @@ class PMR(Method):
         if not s:
             return {}
         out = {}
-        for i, m in enumerate(self.trainer.modalities):
+        for i, m in enumerate(self.trainer.modality_names):
             out[f"pmr_beta_{m}"] = float(s["beta"][i] / s["steps"])
             out[f"pmr_weak_steps_{m}"] = int(s["weak"][i])
             out[f"pmr_proto_prob_{m}"] = float(s["score"][i] / s["steps"])  # mean p^m[y]

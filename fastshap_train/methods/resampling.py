@@ -31,15 +31,15 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 
 from fastshap import resampling as rules
-from fastshap_train.config import Option, register_options
 from fastshap_train.data.base import Plan
-from fastshap_train.methods import register_method
 from fastshap_train.methods.base import Method
+from fastshap_train.registry import Option, register_method, register_options
 
 FS_BUILTIN = rules.FS_RULES
 FM_CHOICES = rules.FM_RULES
@@ -210,6 +210,17 @@ class _Resampling(Method):
             )
         return super().check_config(cfg)
 
+    def setup(self):
+        # The plan made after epoch max(warmup, 1) - 1 is the first re-sampled one; it trains that epoch + 1.
+        if self.cfg.epochs <= max(self.cfg.warmup, 1) and self.trainer.dist.is_main:
+            first = max(self.cfg.warmup, 1)
+            warnings.warn(
+                f"{self.name} never re-samples in {self.cfg.epochs} epoch(s): its first re-sampled epoch is epoch "
+                f"{first} (--warmup {self.cfg.warmup}), so it trains on the original data only; raise --epochs "
+                "or lower --warmup",
+                stacklevel=2,
+            )
+
     def resampling_epoch(self, epoch: int) -> bool:
         """Whether the values after `epoch` rebuild the plan of epoch + 1 (warmup is over)."""
         return epoch + 1 >= self.cfg.warmup
@@ -234,7 +245,7 @@ class SampleLevel(_Resampling):
             return plan
         counts = self.counts(values.phi)
         for i in range(self.n):
-            self._metrics[f"copies_{self.trainer.modalities[i]}"] = int(counts[:, i].sum())
+            self._metrics[f"copies_{self.trainer.modality_names[i]}"] = int(counts[:, i].sum())
         return plan_with_copies(plan, values.index, counts)
 
     def epoch_metrics(self):
@@ -296,7 +307,8 @@ class ModalityLevel(_Resampling):
         count = int(rule["p"] * len(pool))
         g = self.trainer.generator("modality-level-draw", epoch)
         rows = draw_uniform(pool, count, g)
-        self._metrics = {"weak_modality": rule["weak"], "discrepancy": rule["d"], "p": rule["p"]}
+        weak = self.trainer.modality_names[rule["weak"]]
+        self._metrics = {"weak_modality": weak, "discrepancy": rule["d"], "p": rule["p"]}
         return plan.add_copies(rows, 1 << rule["weak"]) if count else plan
 
     def epoch_metrics(self):

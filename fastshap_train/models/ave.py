@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastshap_train.config import Option, register_options
 from fastshap_train.data.base import DataOptionError
 from fastshap_train.models.encoders import register_encoder
+from fastshap_train.registry import Option, register_options
 
 register_options(
     "model:ave",

@@ -9,8 +9,9 @@
   ids, attention mask and (optionally) token types; pooled output (``--text-pooling``).
 * ``mlp``    Linear-ReLU-(Dropout)-Linear-ReLU for feature-vector views: ``(B, in_dim)``.
 
-A new kind is ``@register_encoder("kind", {key: check})`` on a ``factory(spec: dict, cfg) -> nn.Module``; the
-mapping names the spec keys the factory reads (the ``encoders`` option rejects any other key).
+A new kind is ``@register_encoder("kind", {key: check})`` (from :mod:`fastshap_train.registry`) on a
+``factory(spec: dict, cfg) -> nn.Module``; the mapping names the spec keys the factory reads (the
+``encoders`` option rejects any other key). A plug-in module loaded with ``--import`` may add kinds too.
 """
 
 from __future__ import annotations
@@ -22,25 +23,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ENCODERS: dict = {}
-#: kind -> {spec key: check(value) -> error message or None}: the keys its factory reads, so that a
-#: misspelt key in the ``encoders`` option is an error instead of being silently ignored.
-ENCODER_KEYS: dict = {}
-
-
-def register_encoder(kind: str, keys: dict | None = None):
-    """Register ``factory(spec, cfg)`` for `kind`; `keys` maps the spec keys it reads (besides ``kind``) to
-    a check of their value (None: any keys are accepted)."""
-
-    def deco(factory):
-        if kind in ENCODERS:
-            raise ValueError(f"encoder kind {kind!r} is registered twice")
-        ENCODERS[kind] = factory
-        if keys is not None:
-            ENCODER_KEYS[kind] = dict(keys)
-        return factory
-
-    return deco
+from fastshap_train.registry import (  # noqa: F401  (re-exported: the encoder table)
+    ENCODERS,
+    RegistrationError,
+    check_encoder_spec,
+    encoder_kinds,
+    register_encoder,
+)
 
 
 def _positive_int(x):
@@ -68,43 +57,18 @@ def _flag(x):
     return None if isinstance(x, bool) else "must be true or false"
 
 
-def check_encoder_spec(where: str, spec) -> str | None:
-    """What is wrong with an encoder spec or override (a message naming `where`), or None.
-
-    `spec` is a kind name or a mapping of spec keys; without ``kind`` (an override of the dataset's
-    default kind) its keys are checked against every kind's, the full spec again when the model is built."""
-    if isinstance(spec, str):
-        spec = {"kind": spec}
-    if not isinstance(spec, dict):
-        return f"{where} must be an encoder kind or a mapping such as {{kind: mlp, hidden: 256}}, got {spec!r}"
-    kind = spec.get("kind")
-    if kind is not None and kind not in ENCODERS:
-        return f"{where}: unknown encoder kind {kind!r}; available: {', '.join(sorted(ENCODERS))}"
-    if kind is not None and kind not in ENCODER_KEYS:
-        return None  # a kind registered without its keys: nothing to check
-    kinds = [kind] if kind is not None else list(ENCODER_KEYS)
-    valid = {}
-    for k in kinds:
-        valid.update(ENCODER_KEYS[k])
-    for key, value in spec.items():
-        if key == "kind":
-            continue
-        if key not in valid:
-            what = f"kind {kind!r}" if kind is not None else "any encoder kind"
-            return f"{where}: unknown key {key!r} for {what}; valid keys: {', '.join(['kind', *sorted(valid)])}"
-        problem = valid[key](value)
-        if problem:
-            return f"{where}.{key} = {value!r} {problem}"
-    return None
-
-
 def build_encoder(spec: dict, cfg) -> nn.Module:
     kind = spec.get("kind")
     if kind not in ENCODERS:
-        raise ValueError(f"unknown encoder kind {kind!r}; available: {', '.join(sorted(ENCODERS))}")
-    enc = ENCODERS[kind](spec, cfg)
-    if not isinstance(getattr(enc, "out_dim", None), int):
-        raise TypeError(f"encoder {kind!r} must set an integer out_dim")
+        raise ValueError(f"unknown encoder kind {kind!r}; available: {', '.join(encoder_kinds())}")
+    factory = ENCODERS[kind]
+    enc = factory(spec, cfg)
+    if not isinstance(enc, nn.Module) or not isinstance(getattr(enc, "out_dim", None), int):
+        # a plug-in's factory (the built-in ones cannot): its contract, named with its module
+        raise RegistrationError(
+            f"encoder kind {kind!r} (registered by {factory.__module__}): its factory returned a "
+            f"{type(enc).__name__}; it must return an nn.Module with an integer out_dim"
+        )
     return enc
 
 

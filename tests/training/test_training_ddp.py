@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fastshap_train.distributed import spawn_local
 from fastshap_train.engine import Trainer
+from fastshap_train.launch import spawn_local
 from fastshap_train.testing import tiny_config
 
 pytestmark = pytest.mark.skipif(

@@ -222,11 +222,11 @@ def test_modality_level_values_only_a_subset_drawn_without_replacement(tmp_path,
     rule = modality_level_rule(
         torch.from_numpy(phi_table(tmp_path, 0))[torch.from_numpy(~np.isnan(phi_table(tmp_path, 0)).any(1))]
     )
-    assert t.history[0]["weak_modality"] == rule["weak"]
+    assert t.history[0]["weak_modality"] == t.modality_names[rule["weak"]] == f"view{rule['weak']}"
     assert t.history[1]["resampled"] == int(rule["p"] * 80)
     copies = t.plan.keep != t.plan.full
     if copies.any():
-        assert set(t.plan.keep[copies].tolist()) == {1 << t.history[1]["weak_modality"]}
+        assert set(t.plan.keep[copies].tolist()) == {1 << t.modality_names.index(t.history[1]["weak_modality"])}
 
 
 def test_online_valuation_calls_the_op_once_per_step_and_runs_no_pass(tmp_path, monkeypatch):
