@@ -457,6 +457,7 @@ class ResampledDataset(Dataset):
             raise ValueError("fastshap: give ResampledDataset either a plan or num_modalities (for the originals)")
         self.dataset = dataset
         self.keep_key = keep_key
+        self.reserved_rows: int | None = None
         self.set_plan(plan if plan is not None else Plan.originals(len(dataset), num_modalities))
 
     @property
@@ -485,9 +486,13 @@ class ResampledDataset(Dataset):
         self._index = plan.index.tolist()  # plain ints: a tensor index per item is slow in the loader's hot path
 
     def __len__(self) -> int:
-        return len(self._index)
+        # reserved_rows: a framework that sizes all its epochs before the first (transformers.Trainer) is
+        # shown the largest plan it will get; the callback clears it before any row is fetched
+        return len(self._index) if self.reserved_rows is None else max(len(self._index), self.reserved_rows)
 
     def __getitem__(self, j: int):
+        if not -len(self._index) <= j < len(self._index):
+            raise IndexError(f"fastshap: row {j} of a plan of {len(self._index)} rows")
         item = self.dataset[self._index[j]]
         keep = self._plan.keep[j]
         if self.keep_key is None:
