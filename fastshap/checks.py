@@ -11,10 +11,11 @@ raises the same kind of error the call would have raised.
 
 from __future__ import annotations
 
-import operator
 import threading
 
 import torch
+
+from fastshap._validate import positive_int
 
 # Counters: a (2, max_modalities) float64 tensor laid out so that one in-place add takes rows 2 and 3 of an
 # op's stats: row 0 counts, per modality, the rows whose partial logits held NaN/Inf; row 1 holds in column
@@ -36,17 +37,7 @@ class DeferredChecks:
     """
 
     def __init__(self, max_modalities: int = 16):
-        try:
-            if isinstance(max_modalities, bool):
-                raise TypeError
-            max_modalities = operator.index(max_modalities)
-        except TypeError:
-            raise TypeError(
-                f"fastshap: DeferredChecks(max_modalities) must be an int (the most modalities of a call), got "
-                f"{type(max_modalities).__name__} {max_modalities!r}"
-            ) from None
-        if max_modalities < 1:
-            raise ValueError(f"fastshap: DeferredChecks(max_modalities) must be positive, got {max_modalities}")
+        max_modalities = positive_int(max_modalities, "DeferredChecks(max_modalities), the most modalities of a call,")
         self._width = max(2, max_modalities)
         self._counts: torch.Tensor | None = None
         self.calls = 0

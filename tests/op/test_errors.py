@@ -1,7 +1,8 @@
 """Malformed calls raise ValueError or TypeError with a message that names the problem, on every backend.
 
-Each case builds a valid call (n = 2, widths [3, 4], B = 6, C = 5, nn.Linear head) and breaks one thing.
-The 'meta' device stands in for a second device on this CPU-only machine.
+Each case takes the valid call of conftest.py (n = 2, widths [3, 4], B = 6, C = 5, nn.Linear head) and breaks
+one thing. Messages are matched by the argument they name and the offending value, not word for word. The
+'meta' device stands in for a second device on this CPU-only machine.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from oracle import NonlinearHead
 from torch import nn
 
 import fastshap
-from fastshap import heads
-
-DIMS, BATCH, CLASSES = [3, 4], 6, 5
+from fastshap import backends, heads
 
 
 def _uint64_labels(labels, third):
@@ -28,40 +27,18 @@ def _uint64_labels(labels, third):
     return torch.tensor(values, dtype=torch.uint64)
 
 
-def valid_call():
-    g = torch.Generator().manual_seed(0)
-    head = nn.Linear(sum(DIMS), CLASSES)
-    feats = [torch.randn(BATCH, d, generator=g) for d in DIMS]
-    labels = torch.randint(0, CLASSES, (BATCH,), generator=g)
-    return {"features": feats, "head": head, "labels": labels, "baselines": None, "benefit": "paper"}
-
-
 def _with(**changes):
-    def build():
-        call = valid_call()
+    """A change of the valid call: each key's new value, a function of the call."""
+
+    def change(call):
         for key, fn in changes.items():
             call[key] = fn(call)
-        return call
 
-    return build
+    return change
 
 
 def _feature(i, fn):
     return _with(features=lambda c: [fn(f) if j == i else f for j, f in enumerate(c["features"])])
-
-
-def _nan_head(c):
-    head = nn.Linear(sum(DIMS), CLASSES)
-    with torch.no_grad():
-        head.weight[1, 2] = math.nan
-    return head
-
-
-def _huge_head(c):
-    head = nn.Linear(sum(DIMS), CLASSES)
-    with torch.no_grad():
-        head.weight[:, 3:] = 1e20  # finite features (~1e30) times these overflow float32
-    return head
 
 
 def _replaced(module, **attributes):
@@ -78,322 +55,373 @@ def _no_outputs(inputs):
         return nn.Linear(inputs, 0)
 
 
-def _classifiers(change):
-    """A DecisionFusion head over DIMS whose list of classifiers `change` modified after construction."""
-    head = heads.DecisionFusion(DIMS, CLASSES)
+def _classifiers(c, change):
+    """A DecisionFusion head over the call's widths whose list of classifiers `change` modified."""
+    head = heads.DecisionFusion(c.dims, c.classes)
     change(head.classifiers)
     return head
 
 
-# (id, build the call, exception type, message fragment)
-CASES = [
-    ("features-a-tensor", _with(features=lambda c: torch.cat(c["features"], 1)), TypeError, "list or tuple"),
-    ("features-none", _with(features=lambda c: None), TypeError, "list or tuple"),
-    ("n0-no-modalities", _with(features=lambda c: []), ValueError, "features is empty"),
+def _mlp(c, **layers):
+    return _replaced(heads.ConcatMLP(c.dims, 8, c.classes), **layers)
+
+
+def _frozen(tensor):
+    """tensor as a parameter (integer and sparse ones cannot require gradients)."""
+    return nn.Parameter(tensor, requires_grad=False)
+
+
+# (id, change of the valid call, exception type, key phrase). Wrong arguments (shapes, types, devices,
+# layouts): the public API rejects them before any backend runs (test_argument_errors_come_before_any_backend).
+ARGUMENT_CASES = [
+    ("features-a-tensor", _with(features=lambda c: torch.cat(c["features"], 1)), TypeError, r"features.*Tensor"),
+    ("features-none", _with(features=lambda c: None), TypeError, r"features.*NoneType"),
+    ("features-a-generator", _with(features=lambda c: iter(c["features"])), TypeError, r"features.*list_iterator"),
+    ("n0-no-modalities", _with(features=lambda c: []), ValueError, r"features.*empty"),
     (
         "n17-too-many-modalities",
-        _with(features=lambda c: [torch.randn(BATCH, 1) for _ in range(17)], head=lambda c: nn.Linear(17, CLASSES)),
+        _with(features=lambda c: [torch.randn(c.batch, 1) for _ in range(17)], head=lambda c: nn.Linear(17, 5)),
         ValueError,
-        r"17 modalities.*n <= 16",
+        r"17 modalities.*16",
     ),
-    ("feature-not-a-tensor", _feature(1, lambda f: f.tolist()), TypeError, r"features\[1\] is a list"),
-    ("feature-3d", _feature(0, lambda f: f.unsqueeze(-1)), ValueError, r"features\[0\] must be 2-D .*\(6, 3, 1\)"),
-    ("feature-1d", _feature(1, lambda f: f[:, 0]), ValueError, r"features\[1\] must be 2-D"),
-    ("feature-integer-dtype", _feature(0, lambda f: f.long()), TypeError, r"features\[0\] has dtype torch.int64"),
-    ("feature-zero-width", _feature(1, lambda f: f[:, :0]), ValueError, r"features\[1\] has zero width"),
-    ("batch-size-mismatch", _feature(1, lambda f: f[:4]), ValueError, r"features\[1\] has batch size 4.*has 6"),
-    ("dtype-mismatch", _feature(1, lambda f: f.double()), TypeError, r"features\[1\] is torch.float64.*one dtype"),
-    ("device-mismatch-features", _feature(1, lambda f: f.to("meta")), ValueError, r"features\[1\] is on meta"),
+    ("feature-not-a-tensor", _feature(1, lambda f: f.tolist()), TypeError, r"features\[1\].*list"),
+    ("feature-3d", _feature(0, lambda f: f.unsqueeze(-1)), ValueError, r"features\[0\].*\(6, 3, 1\)"),
+    ("feature-1d", _feature(1, lambda f: f[:, 0]), ValueError, r"features\[1\].*2-D.*\(6,\)"),
+    ("feature-integer-dtype", _feature(0, lambda f: f.long()), TypeError, r"features\[0\].*torch.int64"),
+    ("feature-complex-dtype", _feature(1, lambda f: f.cfloat()), TypeError, r"features\[1\].*torch.complex64"),
+    ("feature-zero-width", _feature(1, lambda f: f[:, :0]), ValueError, r"features\[1\].*zero width"),
+    ("batch-size-mismatch", _feature(1, lambda f: f[:4]), ValueError, r"features\[1\].*batch size 4"),
+    ("dtype-mismatch", _feature(1, lambda f: f.double()), TypeError, r"features\[1\].*torch.float64"),
+    ("device-mismatch-features", _feature(1, lambda f: f.to("meta")), ValueError, r"features\[1\].*meta"),
+    ("sparse-features", _feature(0, lambda f: f.to_sparse()), TypeError, r"features\[0\].*sparse_coo"),
+    ("sparse-csr-features", _feature(1, lambda f: f.to_sparse_csr()), TypeError, r"features\[1\].*sparse_csr"),
+    ("mkldnn-features", _feature(0, lambda f: f.to_mkldnn()), TypeError, r"features\[0\].*_mkldnn"),
     (
-        "device-mismatch-head",
-        _with(head=lambda c: nn.Linear(7, CLASSES, device="meta")),
-        ValueError,
-        "parameters are on meta",
-    ),
-    ("device-mismatch-labels", _with(labels=lambda c: c["labels"].to("meta")), ValueError, "labels are on meta"),
-    ("labels-float", _with(labels=lambda c: c["labels"].float()), TypeError, r"labels must be integer.*torch.float32"),
-    ("labels-bool", _with(labels=lambda c: c["labels"] > 2), TypeError, r"labels must be integer.*torch.bool"),
-    ("labels-a-list", _with(labels=lambda c: c["labels"].tolist()), TypeError, "labels must be an integer tensor"),
-    ("labels-2d", _with(labels=lambda c: c["labels"].view(-1, 1)), ValueError, r"labels must be \(B,\).*\(6, 1\)"),
-    ("labels-scalar", _with(labels=lambda c: torch.tensor(1)), ValueError, r"labels must be \(B,\) = \(6,\)"),
-    ("labels-count", _with(labels=lambda c: c["labels"][:5]), ValueError, "5 labels for a batch of 6"),
-    (
-        "label-too-large",
-        _with(labels=lambda c: c["labels"].index_fill(0, torch.tensor([3]), 5)),
-        ValueError,
-        r"label 5 is outside \[0, 5\)",
-    ),
-    (
-        "label-negative",
-        _with(labels=lambda c: c["labels"].index_fill(0, torch.tensor([0]), -1)),
-        ValueError,
-        r"label -1 is outside \[0, 5\)",
-    ),
-    (
-        # int64 would wrap it to a negative label: the error names the caller's value.
-        "label-uint64-above-int64",
-        _with(labels=lambda c: _uint64_labels(c["labels"], 2**63 + 5)),
-        ValueError,
-        r"label 9223372036854775813 is outside the classes of any head",
-    ),
-    (
-        "label-uint64-too-large",
-        _with(labels=lambda c: _uint64_labels(c["labels"], 7)),
-        ValueError,
-        r"label 7 is outside \[0, 5\)",
-    ),
-    (
-        "nan-features",
-        _feature(1, lambda f: f.index_fill(0, torch.tensor([2]), math.nan)),
-        ValueError,
-        r"modality 1 hold NaN or Inf",
-    ),
-    (
-        "inf-features",
-        _feature(0, lambda f: f.index_fill(0, torch.tensor([4]), -math.inf)),
-        ValueError,
-        r"modality 0 hold NaN or Inf",
-    ),
-    (
-        "nan-baseline",
-        _with(baselines=lambda c: [torch.zeros(3), torch.tensor([0.0, math.nan, 0.0, 0.0])]),
-        ValueError,
-        r"baselines of modality 1 hold NaN or Inf",
-    ),
-    (
-        "overflowing-contribution",
-        _with(features=lambda c: [c["features"][0], c["features"][1] * 1e30], head=_huge_head),
-        ValueError,
-        r"modality 1's finite features .* overflow float32",
-    ),
-    ("nan-head-weights", _with(head=_nan_head), ValueError, "head parameters hold NaN or Inf"),
-    (
-        "linear-head-width",
-        _with(head=lambda c: nn.Linear(8, CLASSES)),
-        ValueError,
-        r"Linear head takes 8 inputs.*7 in all",
-    ),
-    (
-        "concat-head-dims",
-        _with(head=lambda c: heads.ConcatLinear([4, 3], CLASSES)),
-        ValueError,
-        r"ConcatLinear head was built for feature widths \[4, 3\], got \[3, 4\]",
-    ),
-    (
-        "decision-head-dims",
-        _with(head=lambda c: heads.DecisionFusion([3], CLASSES)),
-        ValueError,
-        r"DecisionFusion head was built for.*\[3\]",
-    ),
-    (
-        "mlp-head-dims",
-        _with(head=lambda c: heads.ConcatMLP([3, 5], 8, CLASSES)),
-        ValueError,
-        r"ConcatMLP head was built for.*\[3, 5\]",
-    ),
-    (
-        "head-not-callable",
-        _with(head=lambda c: "linear"),
+        "nested-features",
+        _feature(0, lambda f: torch.nested.nested_tensor(list(f))),
         TypeError,
-        "head must be nn.Linear, a fastshap.heads module or a callable",
-    ),
-    ("baselines-a-tensor", _with(baselines=lambda c: torch.zeros(7)), TypeError, "baselines must be None or a list"),
-    ("baselines-count", _with(baselines=lambda c: [torch.zeros(3)]), ValueError, "1 baselines given for 2 modalities"),
-    (
-        "baseline-shape",
-        _with(baselines=lambda c: [torch.zeros(3), torch.zeros(3)]),
-        ValueError,
-        r"baselines\[1\] must be \(4,\) or \(6, 4\), got \(3,\)",
-    ),
-    (
-        "baseline-batch",
-        _with(baselines=lambda c: [torch.zeros(3), torch.zeros(5, 4)]),
-        ValueError,
-        r"baselines\[1\] must be \(4,\) or \(6, 4\), got \(5, 4\)",
-    ),
-    (
-        "baseline-not-a-tensor",
-        _with(baselines=lambda c: [torch.zeros(3), [0.0] * 4]),
-        TypeError,
-        r"baselines\[1\] is a list",
-    ),
-    (
-        "baseline-device",
-        _with(baselines=lambda c: [torch.zeros(3, device="meta"), torch.zeros(4)]),
-        ValueError,
-        r"baselines\[0\] is on meta",
-    ),
-    ("unknown-benefit", _with(benefit=lambda c: "shapley"), ValueError, r"unknown benefit 'shapley'.*'paper'"),
-    # Heads changed after construction: every layer is checked against the feature widths (a replaced layer
-    # must not be read out of bounds by a kernel, nor give values from part of the features).
-    (
-        "concat-fc-replaced",
-        _with(head=lambda c: _replaced(heads.ConcatLinear(DIMS, CLASSES), fc=nn.Linear(8, CLASSES))),
-        ValueError,
-        r"ConcatLinear head's fc takes 8 inputs, the features have 7 in all",
-    ),
-    (
-        "linear-bias-shape",
-        _with(head=lambda c: _replaced(nn.Linear(7, CLASSES), bias=nn.Parameter(torch.zeros(3)))),
-        ValueError,
-        r"Linear head's bias must be \(5,\) for its 5 outputs, got \(3,\)",
-    ),
-    (
-        "mlp-fc1-replaced",
-        _with(head=lambda c: _replaced(heads.ConcatMLP(DIMS, 8, CLASSES), fc1=nn.Linear(8, 8))),
-        ValueError,
-        r"ConcatMLP head's fc1 takes 8 inputs, the features have 7 in all",
-    ),
-    (
-        "mlp-fc2-replaced",
-        _with(head=lambda c: _replaced(heads.ConcatMLP(DIMS, 8, CLASSES), fc2=nn.Linear(2, CLASSES))),
-        ValueError,
-        r"ConcatMLP head's fc2 takes 2 inputs, fc1 has 8 outputs",
-    ),
-    (
-        "mlp-fc2-not-linear",
-        _with(head=lambda c: _replaced(heads.ConcatMLP(DIMS, 8, CLASSES), fc2=nn.Identity())),
-        TypeError,
-        r"ConcatMLP head's fc2 must be an nn.Linear, got Identity",
-    ),
-    (
-        "decision-classifier-replaced",
-        _with(head=lambda c: _classifiers(lambda cl: cl.__setitem__(1, nn.Linear(3, CLASSES)))),
-        ValueError,
-        r"DecisionFusion head's classifiers\[1\] takes 3 inputs, modality 1 has width 4",
-    ),
-    (
-        "decision-classifier-added",
-        _with(head=lambda c: _classifiers(lambda cl: cl.append(nn.Linear(4, CLASSES)))),
-        ValueError,
-        r"DecisionFusion head has 3 classifiers for 2 modalities",
-    ),
-    (
-        "decision-class-counts",
-        _with(head=lambda c: _classifiers(lambda cl: cl.__setitem__(1, nn.Linear(4, CLASSES + 1)))),
-        ValueError,
-        r"classifiers predict different numbers of classes \[5, 6\]",
-    ),
-    # A head without outputs: one clear error up front for every head kind.
-    ("linear-0-classes", _with(head=lambda c: _no_outputs(7)), ValueError, r"Linear head has 0 outputs.*one class"),
-    (
-        "concat-0-classes",
-        _with(head=lambda c: _replaced(heads.ConcatLinear(DIMS, CLASSES), fc=_no_outputs(7))),
-        ValueError,
-        r"ConcatLinear head's fc has 0 outputs.*one class",
-    ),
-    (
-        "decision-0-classes",
-        _with(head=lambda c: _classifiers(lambda cl: [cl.__setitem__(i, _no_outputs(d)) for i, d in enumerate(DIMS)])),
-        ValueError,
-        r"classifiers\[0\] has 0 outputs.*one class",
-    ),
-    (
-        "mlp-0-classes",
-        _with(head=lambda c: _replaced(heads.ConcatMLP(DIMS, 8, CLASSES), fc2=_no_outputs(8))),
-        ValueError,
-        r"ConcatMLP head's fc2 has 0 outputs.*one class",
+        r"features\[0\].*nested",
     ),
     (
         "meta-features",
         _with(features=lambda c: [f.to("meta") for f in c["features"]]),
         ValueError,
-        r"features are meta tensors.*CPU or CUDA",
+        r"features.*meta",
+    ),
+    ("device-mismatch-head", _with(head=lambda c: nn.Linear(7, 5, device="meta")), ValueError, r"parameters.*meta"),
+    (
+        "device-mismatch-bias",
+        _with(head=lambda c: _replaced(nn.Linear(7, 5), bias=nn.Parameter(torch.zeros(5, device="meta")))),
+        ValueError,
+        r"parameters.*meta",
+    ),
+    (
+        "head-integer-weight",
+        _with(head=lambda c: _replaced(nn.Linear(7, 5), weight=_frozen(torch.ones(5, 7, dtype=torch.long)))),
+        TypeError,
+        r"parameters.*floating point.*torch.int64",
+    ),
+    (
+        "head-sparse-weight",
+        _with(head=lambda c: _replaced(nn.Linear(7, 5), weight=_frozen(torch.ones(5, 7).to_sparse()))),
+        TypeError,
+        r"parameter.*sparse_coo",
+    ),
+    (
+        "head-1d-weight",
+        _with(head=lambda c: _replaced(nn.Linear(7, 5), weight=nn.Parameter(torch.ones(7)))),
+        ValueError,
+        r"Linear head's weight.*2-D.*\(7,\)",
+    ),
+    ("linear-head-width", _with(head=lambda c: nn.Linear(8, 5)), ValueError, r"Linear head.*8 inputs.*7"),
+    (
+        "concat-head-dims",
+        _with(head=lambda c: heads.ConcatLinear([4, 3], 5)),
+        ValueError,
+        r"ConcatLinear head.*\[4, 3\].*\[3, 4\]",
+    ),
+    (
+        "concat-dims-not-widths",
+        _with(head=lambda c: _replaced(heads.ConcatLinear(c.dims, 5), dims=None)),
+        TypeError,
+        r"ConcatLinear head's dims.*NoneType",
+    ),
+    (
+        "decision-head-dims",
+        _with(head=lambda c: heads.DecisionFusion([3], 5)),
+        ValueError,
+        r"DecisionFusion head.*\[3\].*\[3, 4\]",
+    ),
+    ("mlp-head-dims", _with(head=lambda c: heads.ConcatMLP([3, 5], 8, 5)), ValueError, r"ConcatMLP head.*\[3, 5\]"),
+    ("head-not-callable", _with(head=lambda c: "linear"), TypeError, r"head must be.*callable.*str"),
+    # Heads changed after construction: every layer is checked against the feature widths (a replaced layer
+    # must not be read out of bounds by a kernel, nor give values from part of the features).
+    (
+        "concat-fc-replaced",
+        _with(head=lambda c: _replaced(heads.ConcatLinear(c.dims, 5), fc=nn.Linear(8, 5))),
+        ValueError,
+        r"ConcatLinear head's fc.*8 inputs.*7",
+    ),
+    (
+        "linear-bias-shape",
+        _with(head=lambda c: _replaced(nn.Linear(7, 5), bias=nn.Parameter(torch.zeros(3)))),
+        ValueError,
+        r"Linear head's bias.*\(5,\).*\(3,\)",
+    ),
+    ("mlp-fc1-replaced", _with(head=lambda c: _mlp(c, fc1=nn.Linear(8, 8))), ValueError, r"fc1.*8 inputs.*7"),
+    ("mlp-fc2-replaced", _with(head=lambda c: _mlp(c, fc2=nn.Linear(2, 5))), ValueError, r"fc2.*2 inputs.*8"),
+    ("mlp-fc2-not-linear", _with(head=lambda c: _mlp(c, fc2=nn.Identity())), TypeError, r"fc2.*Linear.*Identity"),
+    (
+        "mlp-fc2-bias-shape",
+        _with(head=lambda c: _mlp(c, fc2=_replaced(nn.Linear(8, 5), bias=nn.Parameter(torch.zeros(2))))),
+        ValueError,
+        r"fc2's bias.*\(2,\)",
+    ),
+    (
+        "decision-classifier-replaced",
+        _with(head=lambda c: _classifiers(c, lambda cl: cl.__setitem__(1, nn.Linear(3, 5)))),
+        ValueError,
+        r"classifiers\[1\].*3 inputs.*width 4",
+    ),
+    (
+        "decision-classifier-bias-shape",
+        _with(head=lambda c: _classifiers(c, lambda cl: setattr(cl[0], "bias", nn.Parameter(torch.zeros(3))))),
+        ValueError,
+        r"classifiers\[0\]'s bias.*\(3,\)",
+    ),
+    (
+        "decision-classifier-added",
+        _with(head=lambda c: _classifiers(c, lambda cl: cl.append(nn.Linear(4, 5)))),
+        ValueError,
+        r"3 classifiers.*2 modalities",
+    ),
+    (
+        "decision-class-counts",
+        _with(head=lambda c: _classifiers(c, lambda cl: cl.__setitem__(1, nn.Linear(4, 6)))),
+        ValueError,
+        r"classes \[5, 6\]",
+    ),
+    # A head without outputs: one clear error up front for every head kind.
+    ("linear-0-classes", _with(head=lambda c: _no_outputs(7)), ValueError, r"Linear head.*0 outputs"),
+    (
+        "concat-0-classes",
+        _with(head=lambda c: _replaced(heads.ConcatLinear(c.dims, 5), fc=_no_outputs(7))),
+        ValueError,
+        r"ConcatLinear head's fc.*0 outputs",
+    ),
+    (
+        "decision-0-classes",
+        _with(
+            head=lambda c: _classifiers(c, lambda cl: [cl.__setitem__(i, _no_outputs(d)) for i, d in enumerate(c.dims)])
+        ),
+        ValueError,
+        r"classifiers\[0\].*0 outputs",
+    ),
+    ("mlp-0-classes", _with(head=lambda c: _mlp(c, fc2=_no_outputs(8))), ValueError, r"fc2.*0 outputs"),
+    (
+        "mlp-0-hidden-units",
+        _with(head=lambda c: _mlp(c, fc1=_no_outputs(7), fc2=nn.Linear(0, 5))),
+        ValueError,
+        r"fc1.*0 outputs.*hidden unit",
+    ),
+    ("device-mismatch-labels", _with(labels=lambda c: c["labels"].to("meta")), ValueError, r"labels.*meta"),
+    ("labels-float", _with(labels=lambda c: c["labels"].float()), TypeError, r"labels.*torch.float32"),
+    ("labels-bool", _with(labels=lambda c: c["labels"] > 2), TypeError, r"labels.*torch.bool"),
+    ("labels-a-list", _with(labels=lambda c: c["labels"].tolist()), TypeError, r"labels.*list"),
+    ("labels-sparse", _with(labels=lambda c: c["labels"].to_sparse()), TypeError, r"labels.*sparse_coo"),
+    ("labels-2d", _with(labels=lambda c: c["labels"].view(-1, 1)), ValueError, r"labels.*\(6, 1\)"),
+    ("labels-scalar", _with(labels=lambda c: torch.tensor(1)), ValueError, r"labels.*\(6,\).*\(\)"),
+    ("labels-count", _with(labels=lambda c: c["labels"][:5]), ValueError, r"5 labels.*6"),
+    (
+        # int64 would wrap it to a negative label: the error names the caller's value.
+        "label-uint64-above-int64",
+        _with(labels=lambda c: _uint64_labels(c["labels"], 2**63 + 5)),
+        ValueError,
+        r"label 9223372036854775813.*outside",
+    ),
+    ("baselines-a-tensor", _with(baselines=lambda c: torch.zeros(7)), TypeError, r"baselines.*Tensor"),
+    ("baselines-count", _with(baselines=lambda c: [torch.zeros(3)]), ValueError, r"1 baselines.*2 modalities"),
+    (
+        "baseline-shape",
+        _with(baselines=lambda c: [torch.zeros(3), torch.zeros(3)]),
+        ValueError,
+        r"baselines\[1\].*\(4,\).*\(3,\)",
+    ),
+    (
+        "baseline-batch",
+        _with(baselines=lambda c: [torch.zeros(3), torch.zeros(5, 4)]),
+        ValueError,
+        r"baselines\[1\].*\(6, 4\).*\(5, 4\)",
+    ),
+    (
+        "baseline-not-a-tensor",
+        _with(baselines=lambda c: [torch.zeros(3), [0.0] * 4]),
+        TypeError,
+        r"baselines\[1\].*list",
+    ),
+    (
+        "baseline-device",
+        _with(baselines=lambda c: [torch.zeros(3, device="meta"), torch.zeros(4)]),
+        ValueError,
+        r"baselines\[0\].*meta",
     ),
     (
         "baseline-complex",
         _with(baselines=lambda c: [torch.zeros(3, dtype=torch.complex64), torch.zeros(4)]),
         TypeError,
-        r"baselines\[0\] has dtype torch.complex64; baselines must be floating point",
+        r"baselines\[0\].*torch.complex64",
     ),
     (
         "baseline-integer",
         _with(baselines=lambda c: [torch.zeros(3), torch.zeros(6, 4, dtype=torch.long)]),
         TypeError,
-        r"baselines\[1\] has dtype torch.int64; baselines must be floating point",
+        r"baselines\[1\].*torch.int64",
     ),
+    (
+        "baseline-sparse",
+        _with(baselines=lambda c: [torch.zeros(3).to_sparse(), torch.zeros(4)]),
+        TypeError,
+        r"baselines\[0\].*sparse_coo",
+    ),
+    ("unknown-benefit", _with(benefit=lambda c: "shapley"), ValueError, r"benefit 'shapley'"),
+    ("benefit-none", _with(benefit=lambda c: None), ValueError, r"benefit None"),
 ]
+
+# Wrong values, which only the op's counts show (the call reads them back once and names the cause).
+VALUE_CASES = [
+    (
+        "label-too-large",
+        _with(labels=lambda c: c["labels"].index_fill(0, torch.tensor([3]), 5)),
+        ValueError,
+        r"label 5.*outside \[0, 5\)",
+    ),
+    (
+        "label-negative",
+        _with(labels=lambda c: c["labels"].index_fill(0, torch.tensor([0]), -1)),
+        ValueError,
+        r"label -1.*outside \[0, 5\)",
+    ),
+    (
+        "label-uint64-too-large",
+        _with(labels=lambda c: _uint64_labels(c["labels"], 7)),
+        ValueError,
+        r"label 7.*outside \[0, 5\)",
+    ),
+    (
+        "nan-features",
+        _feature(1, lambda f: f.index_fill(0, torch.tensor([2]), math.nan)),
+        ValueError,
+        r"features of modality 1.*NaN or Inf",
+    ),
+    (
+        "inf-features",
+        _feature(0, lambda f: f.index_fill(0, torch.tensor([4]), -math.inf)),
+        ValueError,
+        r"features of modality 0.*NaN or Inf",
+    ),
+    (
+        "nan-baseline",
+        _with(baselines=lambda c: [torch.zeros(3), torch.tensor([0.0, math.nan, 0.0, 0.0])]),
+        ValueError,
+        r"baselines of modality 1.*NaN or Inf",
+    ),
+    (
+        "overflowing-contribution",
+        _with(features=lambda c: [c["features"][0], c["features"][1] * 1e30], head=lambda c: c.huge_head()),
+        ValueError,
+        r"modality 1.*overflow float32",
+    ),
+    ("nan-head-weights", _with(head=lambda c: c.nan_head()), ValueError, r"head parameters.*NaN or Inf"),
+]
+
+CASES = ARGUMENT_CASES + VALUE_CASES
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp", "auto"])
-@pytest.mark.parametrize("build,error,match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_malformed_call(build, error, match, backend):
-    call = build()
+@pytest.mark.parametrize("change,error,match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_malformed_call(change, error, match, backend, valid_call):
+    call = valid_call()
+    change(call)
     with pytest.raises(error, match=match):
-        fastshap.modality_shapley(
-            call["features"],
-            call["head"],
-            call["labels"],
-            baselines=call["baselines"],
-            benefit=call["benefit"],
-            backend=backend,
-        )
+        call.run(backend=backend)
 
 
-def test_the_valid_call_is_valid():
+@pytest.mark.parametrize("change,error,match", [c[1:] for c in ARGUMENT_CASES], ids=[c[0] for c in ARGUMENT_CASES])
+def test_argument_errors_come_before_any_backend(change, error, match, valid_call, monkeypatch):
+    """Every wrong argument is caught by the public API itself: no backend (and so no op, whose checks only
+    guard memory) is reached."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a backend ran a call that the public API should have refused")
+
+    monkeypatch.setattr(backends.Backend, "run", refuse)
+    call = valid_call()
+    change(call)
+    with pytest.raises(error, match=match):
+        call.run()
+
+
+def test_the_valid_call_is_valid(valid_call):
     """The cases above break one thing each: the unbroken call runs on every backend."""
     for backend in ("torch", "cpp", "auto"):
-        call = valid_call()
-        phi = fastshap.modality_shapley(call["features"], call["head"], call["labels"], backend=backend)
-        assert phi.shape == (BATCH, 2)
+        assert valid_call().run(backend=backend).shape == (valid_call.batch, 2)
 
 
-def test_unknown_backend():
-    call = valid_call()
-    with pytest.raises(ValueError, match=r"unknown backend 'gpu'.*'torch'.*'cpp'"):
-        fastshap.modality_shapley(call["features"], call["head"], call["labels"], backend="gpu")
-    with pytest.raises(TypeError, match="backend must be a name"):
-        fastshap.modality_shapley(call["features"], call["head"], call["labels"], backend=None)
+def test_unknown_backend(valid_call):
+    with pytest.raises(ValueError, match=r"backend 'gpu'.*'torch'.*'cpp'"):
+        valid_call().run(backend="gpu")
+    with pytest.raises(TypeError, match=r"backend.*NoneType"):
+        valid_call().run(backend=None)
 
 
 @pytest.mark.parametrize("value", [True, "yes"])
-def test_defer_checks_must_be_a_deferred_checks(value):
+def test_defer_checks_must_be_a_deferred_checks(value, valid_call):
     """defer_checks=True reads naturally but would have nowhere to put the counts: a clear TypeError."""
-    call = valid_call()
-    with pytest.raises(TypeError, match=r"defer_checks must be a fastshap.DeferredChecks .* got (bool|str)"):
-        fastshap.modality_shapley(call["features"], call["head"], call["labels"], defer_checks=value)
+    with pytest.raises(TypeError, match=r"defer_checks.*DeferredChecks.*(bool|str)"):
+        valid_call().run(defer_checks=value)
 
 
 # Errors specific to callable heads (torch backend): the callable is only known by what it returns.
 
 
-def _callable_call(**changes):
+def _callable_call(valid_call, change):
     g = torch.Generator().manual_seed(1)
-    head = NonlinearHead(DIMS, CLASSES, generator=g)
-    feats = [torch.randn(BATCH, d, generator=g) for d in DIMS]
-    call = {"features": feats, "head": head, "labels": torch.randint(0, CLASSES, (BATCH,), generator=g)}
-    call.update(changes)
+    dims, batch, classes = valid_call.dims, valid_call.batch, valid_call.classes
+    head = NonlinearHead(dims, classes, generator=g)
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    call = {"features": feats, "head": head, "labels": torch.randint(0, classes, (batch,), generator=g)}
+    call.update(change(valid_call))
     return call
 
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 @pytest.mark.parametrize(
-    "changes,error,match",
+    "change,error,match",
     [
-        ({"labels": torch.tensor([0, 1, 2, 3, 4, 5])}, ValueError, r"label 5 is outside \[0, 5\)"),
-        ({"labels": torch.zeros(BATCH, 3, dtype=torch.long)}, ValueError, r"logits of shape .*expected"),
-        ({"head": lambda xs: torch.zeros(xs[0].shape[0], 2, 3)}, ValueError, r"logits of shape \(.*, 2, 3\)"),
-        ({"head": lambda xs: torch.zeros(xs[0].shape[0] + 1, CLASSES)}, ValueError, "logits of shape"),
-        ({"head": lambda xs: [torch.zeros(xs[0].shape[0], CLASSES)]}, TypeError, "returned list"),
-        ({"head": lambda xs: torch.full((xs[0].shape[0], CLASSES), math.nan)}, ValueError, "NaN or Inf"),
-        ({"head": nn.Sequential(nn.Linear(sum(DIMS), CLASSES))}, TypeError, r"called with the list .*torch\.cat"),
+        (lambda c: {"labels": torch.arange(c.batch)}, ValueError, r"label 5.*outside \[0, 5\)"),
+        (lambda c: {"labels": torch.zeros(c.batch, 3, dtype=torch.long)}, ValueError, r"logits of shape"),
+        (lambda c: {"head": lambda xs: torch.zeros(xs[0].shape[0], 2, 3)}, ValueError, r"logits of shape \(.*, 2, 3\)"),
+        (lambda c: {"head": lambda xs: torch.zeros(xs[0].shape[0] + 1, c.classes)}, ValueError, r"logits of shape"),
+        (lambda c: {"head": lambda xs: [torch.zeros(xs[0].shape[0], c.classes)]}, TypeError, r"returned list"),
+        (lambda c: {"head": lambda xs: torch.full((xs[0].shape[0], c.classes), math.nan)}, ValueError, r"NaN or Inf"),
+        (lambda c: {"head": nn.Sequential(nn.Linear(sum(c.dims), c.classes))}, TypeError, r"list .*torch\.cat"),
         (
-            {"head": lambda xs: torch.ones(xs[0].shape[0], CLASSES, dtype=torch.bool)},
+            lambda c: {"head": lambda xs: torch.ones(xs[0].shape[0], c.classes, dtype=torch.bool)},
             TypeError,
-            r"logits.*torch\.bool.*floating point",
+            r"logits.*torch\.bool",
         ),
         (
-            {"head": lambda xs: torch.ones(xs[0].shape[0], CLASSES, dtype=torch.complex64)},
+            lambda c: {"head": lambda xs: torch.ones(xs[0].shape[0], c.classes, dtype=torch.complex64)},
             TypeError,
-            r"logits.*torch\.complex64.*floating point",
+            r"logits.*torch\.complex64",
         ),
         (
-            {
-                "head": lambda xs: torch.zeros(xs[0].shape[0], 0, CLASSES),
-                "labels": torch.zeros(BATCH, 0, dtype=torch.long),
+            lambda c: {
+                "head": lambda xs: torch.zeros(xs[0].shape[0], 0, c.classes),
+                "labels": torch.zeros(c.batch, 0, dtype=torch.long),
             },
             ValueError,
-            r"per-segment labels \(B, T\) must have at least one segment, got shape \(6, 0\)",
+            r"per-segment labels.*\(6, 0\)",
         ),
     ],
     ids=[
@@ -409,23 +437,23 @@ def _callable_call(**changes):
         "zero-segments",
     ],
 )
-def test_malformed_callable(changes, error, match, backend):
-    call = _callable_call(**changes)
+def test_malformed_callable(change, error, match, backend, valid_call):
+    call = _callable_call(valid_call, change)
     with pytest.raises(error, match=match):
         fastshap.modality_shapley(call["features"], call["head"], call["labels"], backend=backend)
 
 
-def test_nan_features_with_a_callable_head():
+def test_nan_features_with_a_callable_head(valid_call):
     """Non-finite features are reported for callable heads too (by the logits they produce, or by the
     features themselves when the head hides them)."""
-    call = _callable_call()
+    call = _callable_call(valid_call, lambda c: {})
     call["features"][0][2, 1] = math.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         fastshap.modality_shapley(call["features"], call["head"], call["labels"], backend="torch")
     # A head that never looks at modality 0 returns finite logits; the features are still rejected.
-    blind = _callable_call(head=lambda xs: xs[1] @ torch.ones(DIMS[1], CLASSES))
+    blind = _callable_call(valid_call, lambda c: {"head": lambda xs: xs[1] @ torch.ones(c.dims[1], c.classes)})
     blind["features"][0][2, 1] = math.nan
-    with pytest.raises(ValueError, match="modality 0 hold NaN or Inf"):
+    with pytest.raises(ValueError, match=r"modality 0.*NaN or Inf"):
         fastshap.modality_shapley(blind["features"], blind["head"], blind["labels"], backend="torch")
 
 
@@ -436,19 +464,19 @@ def test_nan_features_with_a_callable_head():
 @pytest.mark.parametrize(
     "build,error,match",
     [
-        (lambda: heads.ConcatLinear("32", 3), TypeError, r"ConcatLinear dims must be a list or tuple .* got str '32'"),
-        (lambda: heads.ConcatLinear(None, 3), TypeError, r"ConcatLinear dims must be a list or tuple .* got NoneType"),
-        (lambda: heads.DecisionFusion(5, 3), TypeError, r"DecisionFusion dims must be a list or tuple .* got int 5"),
-        (lambda: heads.ConcatLinear([2.7], 3), TypeError, r"ConcatLinear dims\[0\] .* must be an integer, got float"),
-        (lambda: heads.ConcatMLP([3, True], 4, 3), TypeError, r"ConcatMLP dims\[1\] .* must be an integer, got bool"),
-        (lambda: heads.ConcatLinear([], 3), ValueError, r"ConcatLinear dims is empty"),
-        (lambda: heads.DecisionFusion([3, 0], 3), ValueError, r"DecisionFusion dims\[1\] .* must be positive, got 0"),
-        (lambda: heads.ConcatLinear([3, 2], 0), ValueError, r"ConcatLinear num_classes must be positive, got 0"),
-        (lambda: heads.DecisionFusion([3, 2], -1), ValueError, r"DecisionFusion num_classes must be positive, got -1"),
-        (lambda: heads.ConcatMLP([3, 2], 0, 3), ValueError, r"ConcatMLP hidden must be positive, got 0"),
-        (lambda: heads.ConcatMLP([3, 2], 4, -2), ValueError, r"ConcatMLP num_classes must be positive, got -2"),
-        (lambda: heads.ConcatLinear([3, 2], 3.0), TypeError, r"ConcatLinear num_classes must be an integer, got float"),
-        (lambda: heads.ConcatMLP([3, 2], "8", 3), TypeError, r"ConcatMLP hidden must be an integer, got str"),
+        (lambda: heads.ConcatLinear("32", 3), TypeError, r"ConcatLinear dims.*str '32'"),
+        (lambda: heads.ConcatLinear(None, 3), TypeError, r"ConcatLinear dims.*NoneType"),
+        (lambda: heads.DecisionFusion(5, 3), TypeError, r"DecisionFusion dims.*int 5"),
+        (lambda: heads.ConcatLinear([2.7], 3), TypeError, r"ConcatLinear dims\[0\].*float"),
+        (lambda: heads.ConcatMLP([3, True], 4, 3), TypeError, r"ConcatMLP dims\[1\].*bool"),
+        (lambda: heads.ConcatLinear([], 3), ValueError, r"ConcatLinear dims.*empty"),
+        (lambda: heads.DecisionFusion([3, 0], 3), ValueError, r"DecisionFusion dims\[1\].*\b0\b"),
+        (lambda: heads.ConcatLinear([3, 2], 0), ValueError, r"ConcatLinear num_classes.*\b0\b"),
+        (lambda: heads.DecisionFusion([3, 2], -1), ValueError, r"DecisionFusion num_classes.*-1"),
+        (lambda: heads.ConcatMLP([3, 2], 0, 3), ValueError, r"ConcatMLP hidden.*\b0\b"),
+        (lambda: heads.ConcatMLP([3, 2], 4, -2), ValueError, r"ConcatMLP num_classes.*-2"),
+        (lambda: heads.ConcatLinear([3, 2], 3.0), TypeError, r"ConcatLinear num_classes.*float"),
+        (lambda: heads.ConcatMLP([3, 2], "8", 3), TypeError, r"ConcatMLP hidden.*str"),
     ],
     ids=[
         "dims-str",
@@ -467,7 +495,7 @@ def test_nan_features_with_a_callable_head():
     ],
 )
 def test_head_constructor_arguments(build, error, match):
-    with pytest.raises(error, match="^fastshap: " + match):
+    with pytest.raises(error, match=match):
         build()
 
 
@@ -476,13 +504,15 @@ def test_head_constructors_take_any_integer_sequence():
 
     assert heads.ConcatLinear((3, 2), 4).dims == (3, 2)
     assert heads.DecisionFusion(torch.Size([3, 2]), np.int64(4)).dims == (3, 2)
+    assert heads.DecisionFusion(torch.tensor([3, 2]), 4).dims == (3, 2)
     assert heads.ConcatMLP(np.array([3, 2]), 8, 4).dims == (3, 2)
     assert all(type(d) is int for d in heads.ConcatMLP(np.array([3, 2]), 8, 4).dims)
 
 
-def _forward_inputs():
+def _forward_inputs(valid_call):
+    """The call's two modalities and a third of width 2, for the heads' forward."""
     g = torch.Generator().manual_seed(5)
-    return [torch.randn(BATCH, d, generator=g) for d in DIMS] + [torch.randn(BATCH, 2, generator=g)]
+    return [torch.randn(valid_call.batch, d, generator=g) for d in (*valid_call.dims, 2)]
 
 
 HEAD_FORWARDS = {
@@ -494,54 +524,51 @@ HEAD_FORWARDS = {
 }
 
 
-def _head_for(name):
-    kind = name.split("-")[0]
+def _head_for(name, valid_call):
+    dims, classes = valid_call.dims, valid_call.classes
     return {
-        "concat": lambda: heads.ConcatLinear(DIMS, CLASSES),
-        "decision": lambda: heads.DecisionFusion(DIMS, CLASSES),
-        "mlp": lambda: heads.ConcatMLP(DIMS, 8, CLASSES),
-    }[kind]()
+        "concat": lambda: heads.ConcatLinear(dims, classes),
+        "decision": lambda: heads.DecisionFusion(dims, classes),
+        "mlp": lambda: heads.ConcatMLP(dims, 8, classes),
+    }[name.split("-")[0]]()
 
 
 @pytest.mark.parametrize("name", list(HEAD_FORWARDS))
 @pytest.mark.parametrize(
     "inputs,error,match",
     [
-        (lambda a, v, w: [a], ValueError, r"was built for 2 modalities \(widths \[3, 4\]\), got 1 feature tensors"),
-        (
-            lambda a, v, w: [a, v, w],
-            ValueError,
-            r"was built for 2 modalities \(widths \[3, 4\]\), got 3 feature tensors",
-        ),
-        (lambda a, v, w: [v, a], ValueError, r"features\[0\] must have width 3 .* got shape \(6, 4\)"),
-        (lambda a, v, w: torch.cat([a, v], 1), TypeError, r"takes a list or tuple of 2 feature tensors .* got Tensor"),
-        (lambda a, v, w: [a, v.tolist()], TypeError, r"features\[1\] is a list, not a tensor"),
+        (lambda a, v, w: [a], ValueError, r"\[3, 4\].*\[3\]"),
+        (lambda a, v, w: [a, v, w], ValueError, r"\[3, 4\].*\[3, 4, 2\]"),
+        (lambda a, v, w: [v, a], ValueError, r"\[3, 4\].*\[4, 3\]"),
+        (lambda a, v, w: [a[0, 0], v], ValueError, r"\[3, 4\].*\[None, 4\]"),
+        (lambda a, v, w: torch.cat([a, v], 1), TypeError, r"list or tuple.*\[3, 4\].*Tensor"),
+        (lambda a, v, w: [a, v.tolist()], TypeError, r"features\[1\].*list"),
     ],
-    ids=["missing-modality", "extra-modality", "swapped-widths", "one-tensor", "not-a-tensor"],
+    ids=["missing-modality", "extra-modality", "swapped-widths", "0-d-tensor", "one-tensor", "not-a-tensor"],
 )
-def test_head_forward_checks_the_modalities(name, inputs, error, match):
-    head = _head_for(name)
-    with pytest.raises(error, match="^fastshap: (ConcatLinear|DecisionFusion|ConcatMLP) " + match):
-        HEAD_FORWARDS[name](head, inputs(*_forward_inputs()))
+def test_head_forward_checks_the_modalities(name, inputs, error, match, valid_call):
+    head = _head_for(name, valid_call)
+    with pytest.raises(error, match=r"(ConcatLinear|DecisionFusion|ConcatMLP) head.*" + match):
+        HEAD_FORWARDS[name](head, inputs(*_forward_inputs(valid_call)))
 
 
 @pytest.mark.parametrize("name", list(HEAD_FORWARDS))
-def test_head_forward_takes_leading_dimensions(name):
+def test_head_forward_takes_leading_dimensions(name, valid_call):
     """(B, T, d_i) per-segment features go through as before: the checks read the last dimension only."""
-    a, v, _ = _forward_inputs()
-    out = HEAD_FORWARDS[name](_head_for(name), (a.view(2, 3, -1), v.view(2, 3, -1)))
+    a, v, _ = _forward_inputs(valid_call)
+    out = HEAD_FORWARDS[name](_head_for(name, valid_call), (a.view(2, 3, -1), v.view(2, 3, -1)))
     for z in out if isinstance(out, list) else [out]:
-        assert z.shape == (2, 3, CLASSES)
+        assert z.shape == (2, 3, valid_call.classes)
 
 
-def _without_bias(kind, layer):
+def _without_bias(kind, layer, dims, classes):
     """(head with `layer` built with bias=False, the same head with that bias present and zero)."""
     g = torch.Generator().manual_seed(6)
     head = {
-        "concat": lambda: heads.ConcatLinear(DIMS, CLASSES),
-        "decision": lambda: heads.DecisionFusion(DIMS, CLASSES),
-        "mlp": lambda: heads.ConcatMLP(DIMS, 8, CLASSES),
-        "linear": lambda: nn.Linear(7, CLASSES),
+        "concat": lambda: heads.ConcatLinear(dims, classes),
+        "decision": lambda: heads.DecisionFusion(dims, classes),
+        "mlp": lambda: heads.ConcatMLP(dims, 8, classes),
+        "linear": lambda: nn.Linear(sum(dims), classes),
     }[kind]()
     with torch.no_grad():
         for p in head.parameters():
@@ -556,7 +583,7 @@ def _without_bias(kind, layer):
         parent, _, child = layer.rpartition(".")
         setattr(head.get_submodule(parent) if parent else head, child, new)
     else:
-        head = nn.Linear(7, CLASSES, bias=False)
+        head = nn.Linear(sum(dims), classes, bias=False)
         with torch.no_grad():
             head.weight.copy_(zero.weight)
             zero.bias.zero_()
@@ -569,9 +596,9 @@ def _without_bias(kind, layer):
     [("linear", ""), ("concat", "fc"), ("decision", "classifiers.1"), ("mlp", "fc1"), ("mlp", "fc2")],
     ids=["linear", "concat-fc", "decision-classifier", "mlp-fc1", "mlp-fc2"],
 )
-def test_layers_without_bias_count_as_zero_bias(kind, layer, backend):
+def test_layers_without_bias_count_as_zero_bias(kind, layer, backend, valid_call):
     """bias=False layers are supported by every head (forward and Shapley values): a zero bias."""
-    head, zero = _without_bias(kind, layer)
+    head, zero = _without_bias(kind, layer, valid_call.dims, valid_call.classes)
     call = valid_call()
     feats, labels = call["features"], call["labels"]
     if kind != "linear":
@@ -585,13 +612,13 @@ def test_layers_without_bias_count_as_zero_bias(kind, layer, backend):
             torch.testing.assert_close(z, z0, rtol=0, atol=0)
 
 
-def test_triton_never_reads_a_replaced_second_layer():
+def test_triton_never_reads_a_replaced_second_layer(valid_call):
     """fc2 replaced by a narrower layer: the Triton kernels would read past its weight (out of bounds on a
     GPU); the call is refused before any backend runs."""
-    head = _replaced(heads.ConcatMLP(DIMS, 8, CLASSES), fc2=nn.Linear(2, CLASSES))
     call = valid_call()
-    with pytest.raises(ValueError, match="ConcatMLP head's fc2 takes 2 inputs, fc1 has 8 outputs"):
-        fastshap.modality_shapley(call["features"], head, call["labels"], backend="triton")
+    call["head"] = _replaced(heads.ConcatMLP(call.dims, 8, call.classes), fc2=nn.Linear(2, call.classes))
+    with pytest.raises(ValueError, match=r"fc2.*2 inputs.*8"):
+        call.run(backend="triton")
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp", "auto"])
