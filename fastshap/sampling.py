@@ -245,7 +245,7 @@ def _walk(
                 value = scorer(sums, y, j + 1)
                 torch.sub(value, previous, out=steps[j])
                 previous = value
-            torch.sub(v_full, previous, out=steps[n - 1])
+            steps[n - 1] = v_full - previous  # broadcast: with n = 1, `previous` is v(empty) (1, rows)
             # marginals[i, w] = steps[rank[i, w], w]: walk w's marginal of modality i
             marginals = steps.gather(0, rank[:, walks].unsqueeze(2).expand(-1, -1, count))
             draws = (marginals[:, 0::2] + marginals[:, 1::2]) * 0.5  # (n, pairs, rows)
