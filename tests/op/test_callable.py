@@ -151,11 +151,11 @@ def test_one_segment_equals_plain_logits():
         (
             lambda rows, c: torch.zeros(rows, c, 2),
             (8,),
-            r"head returned logits of shape \(\d+, 5, 2\).*expected \(\d+, C\)",
+            r"logits.*\(\d+, 5, 2\).*\(\d+, C\)",
         ),
-        (lambda rows, c: torch.zeros(rows), (8,), r"head returned logits of shape \(\d+,\)"),
-        (lambda rows, c: torch.zeros(rows - 1, c), (8,), r"for \d+ stacked inputs"),
-        (lambda rows, c: torch.zeros(rows, c), (8, 3), r"expected \(\d+, 3, C\) to match labels of shape \(8, 3\)"),
+        (lambda rows, c: torch.zeros(rows), (8,), r"logits.*\(\d+,\)"),
+        (lambda rows, c: torch.zeros(rows - 1, c), (8,), r"\d+ stacked inputs"),
+        (lambda rows, c: torch.zeros(rows, c), (8, 3), r"\(\d+, 3, C\).*labels.*\(8, 3\)"),
         (lambda rows, c: torch.zeros(rows, 2, c), (8, 3), r"logits of shape \(\d+, 2, 5\).*\(8, 3\)"),
     ],
     ids=["3d-for-plain-labels", "1d", "missing-rows", "2d-for-segment-labels", "wrong-segment-count"],
@@ -241,7 +241,7 @@ def test_heads_with_their_own_forward_or_hooks_run_as_callables(benefit):
         expected = fastshap.modality_shapley(feats, as_callable, labels, benefit=benefit, backend="torch")
         assert torch.equal(got, expected), name
         assert not torch.equal(from_params, expected), name
-        with pytest.raises(fastshap.BackendError, match=re.escape(why) + ", so it runs as a callable"):
+        with pytest.raises(fastshap.BackendError, match=re.escape(why) + ".*callable"):
             fastshap.modality_shapley(feats, head, labels, benefit=benefit, backend="cpp")
 
 
@@ -278,7 +278,7 @@ def test_deferred_callable_gives_nan_rows_only_where_values_are_bad(backend):
     assert torch.equal(fast.isnan().any(1), bad)
     stats = reference.shapley_callable(spoiled, head, labels, spoiled_base, "paper")[1]
     assert stats[2].tolist() == [1.0, 2.0] and stats[3, 0].item() == 3.0
-    with pytest.raises(ValueError, match="3 phi rows are NaN"):
+    with pytest.raises(ValueError, match=r"3 phi rows.*NaN"):
         checks.raise_if_any()
 
 

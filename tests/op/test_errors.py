@@ -172,6 +172,12 @@ ARGUMENT_CASES = [
     ("mlp-fc2-replaced", _with(head=lambda c: _mlp(c, fc2=nn.Linear(2, 5))), ValueError, r"fc2.*2 inputs.*8"),
     ("mlp-fc2-not-linear", _with(head=lambda c: _mlp(c, fc2=nn.Identity())), TypeError, r"fc2.*Linear.*Identity"),
     (
+        "mlp-fc1-bias-shape",
+        _with(head=lambda c: _mlp(c, fc1=_replaced(nn.Linear(7, 8), bias=nn.Parameter(torch.zeros(9))))),
+        ValueError,
+        r"fc1's bias.*\(8,\).*\(9,\)",
+    ),
+    (
         "mlp-fc2-bias-shape",
         _with(head=lambda c: _mlp(c, fc2=_replaced(nn.Linear(8, 5), bias=nn.Parameter(torch.zeros(2))))),
         ValueError,
