@@ -4,12 +4,16 @@
 fastshap never imports it. Entry points: ``python -m fastshap_train`` (see ``--help``),
 ``python -m fastshap_train.demo``.
 
-Extension points (a new file each, no change to the loop):
+Extension points (a new file each, no change to the loop), all registering into the tables of
+:mod:`fastshap_train.registry`:
 
-* datasets: ``fastshap_train/data/<name>.py`` with ``@register_dataset(...)`` (see :mod:`fastshap_train.data`);
-* encoders: ``@register_encoder(kind)`` in :mod:`fastshap_train.models`;
-* methods: a :class:`fastshap_train.methods.Method` subclass with ``@register_method(...)`` in
-  ``fastshap_train/methods/<name>.py``; its options through :func:`fastshap_train.config.register_options`.
+* datasets: ``@register_dataset(...)`` on a builder (see :mod:`fastshap_train.data`);
+* encoders: ``@register_encoder(kind)`` on a factory (see :mod:`fastshap_train.models.encoders`);
+* methods: a :class:`fastshap_train.methods.Method` subclass with ``@register_method(...)``; options through
+  :func:`fastshap_train.registry.register_options`.
+
+The file sits in ``fastshap_train/data/``, ``fastshap_train/methods/``, or anywhere for a module of the user's
+loaded with ``python -m fastshap_train --import MODULE`` (see ``examples/trainer_plugin.py``).
 """
 
 __all__ = ["Config", "resolve_config", "Trainer", "train"]

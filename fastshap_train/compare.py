@@ -8,7 +8,8 @@ view list (``--views``, repeatable; every dataset gets every view list). Each (s
 training run with the dataset's configuration (``fastshap_train/configs/<dataset>.yaml``), then ``--config``
 files, then ``--set KEY=VALUE`` overrides, then the method, seed and output directory. Runs write only
 metrics and results (no checkpoints, plots, TensorBoard or phi tables), and methods that do not use the
-valuation skip its logging pass (``--valuation none``).
+valuation skip its logging pass (``--valuation none``). ``--import MODULE`` (repeatable) loads a plug-in
+module's datasets, encoder kinds and methods first, as ``python -m fastshap_train --import`` does.
 
 Outputs in ``--out``:
 
@@ -44,7 +45,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from fastshap_train import plugins
 from fastshap_train.dependencies import reports_missing_packages
+from fastshap_train.registry import RegistrationError
 
 DEFAULT_METHODS = (
     "concat",
@@ -103,6 +106,15 @@ def parse_args(argv=None):
         epilog=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument("--dataset", action="append", default=[], metavar="NAME", help="dataset (repeatable)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module of yours first, as python -m fastshap_train --import does: its datasets, "
+        "encoder kinds and methods by name in every run (repeatable)",
+    )
     p.add_argument(
         "--views",
         action="append",
@@ -226,6 +238,7 @@ def plan_runs(args) -> list:
                             "threads": 1 if args.jobs > 1 else 0,
                             "overwrite": args.overwrite,
                             "metric": args.metric,
+                            "imports": plugins.loaded(),  # a worker process registers them again
                         }
                     )
     return runs
@@ -303,6 +316,7 @@ def run_one(spec: dict) -> dict:
     row = {k: spec.get(k, "") for k in ("setting", "dataset", "views", "method", "seed")}
     start = time.perf_counter()
     try:
+        plugins.load(spec.get("imports", ()))
         results = train(run_config(spec), overwrite=spec["overwrite"])
         row.update(
             status="ok",
@@ -314,7 +328,17 @@ def run_one(spec: dict) -> dict:
         )
     except NotApplicable as exc:
         row.update(status="n/a", message=str(exc))
-    except (ConfigError, KeyError, RunError, DataOptionError, DataFileError, CheckpointError, BackendError) as exc:
+    except (
+        ConfigError,
+        KeyError,
+        RunError,
+        DataOptionError,
+        DataFileError,
+        CheckpointError,
+        BackendError,
+        RegistrationError,
+        plugins.PluginError,
+    ) as exc:
         # errors whose message says it all: no traceback
         row.update(status="error", message=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the table
@@ -429,6 +453,10 @@ def plot_table(summary: dict, settings: list, methods: list, path, metric: str):
 @reports_missing_packages("python -m fastshap_train.compare")
 def main(argv=None) -> int:
     args, parser = parse_args(argv)
+    try:
+        plugins.load(args.imports)
+    except (plugins.PluginError, RegistrationError) as exc:
+        parser.error(str(exc))
     from fastshap_train.config import ConfigError
     from fastshap_train.data import dataset_names
     from fastshap_train.data.base import DataOptionError

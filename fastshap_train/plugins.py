@@ -62,6 +62,9 @@ def load(specs) -> list:
 def _load_module(name: str):
     if name in sys.modules:
         return sys.modules[name]
+    same = _loaded_from(_module_file(name))
+    if same is not None:  # the file, loaded already by its path: running it again would register twice
+        return same
     try:
         return _import(name)
     except ModuleNotFoundError as exc:
@@ -113,11 +116,12 @@ def _load_file(spec: str, path: Path):
         raise PluginError(f"--import {spec}: no such file")
     if path.suffix != ".py":
         raise PluginError(f"--import {spec}: not a .py file")
+    same = _loaded_from(str(path))
+    if same is not None:  # loaded already (by this path or by its module name)
+        return same
     name = path.stem
     other = sys.modules.get(name)
     if other is not None:
-        if Path(getattr(other, "__file__", "") or "").resolve() == path:
-            return other  # loaded already
         raise PluginError(
             f"--import {spec}: a module named {name!r} is already imported (from "
             f"{getattr(other, '__file__', None) or 'a built-in'}): rename the file"
@@ -133,6 +137,17 @@ def _load_file(spec: str, path: Path):
             raise
         raise _failed(spec, exc, str(path)) from None
     return module
+
+
+def _loaded_from(filename: str | None):
+    """The imported module whose file is `filename`, if any."""
+    if filename is None or not filename.endswith(".py"):
+        return None
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and _same_file(file, filename):
+            return module
+    return None
 
 
 def _failed(spec: str, exc: BaseException, filename: str | None) -> PluginError:

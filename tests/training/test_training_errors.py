@@ -16,40 +16,7 @@ from fastshap_train.config import ConfigError, options, resolve_config
 from fastshap_train.outputs import read_metrics
 from fastshap_train.preprocess.__main__ import main as preprocess_main
 
-# A synthetic run of a second or two: 32 training samples, one batch per epoch (synthetic.yaml: batch 32).
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--syn-samples",
-    "32",
-    "--syn-test-samples",
-    "16",
-    "--threads",
-    "1",
-    "--no-progress",
-    "--no-tensorboard",
-    "--no-plots",
-    "--device",
-    "cpu",
-]
-COMPARE_TINY = ["--seeds", "1", "--set", "epochs=1", "--set", "syn_samples=32", "--set", "syn_test_samples=16"]
-
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
-
-
-def fails(run, args, capsys, code=1) -> str:
-    """Run a command line that must fail with exit `code`; return its stderr (checked to hold no traceback)."""
-    with pytest.raises(SystemExit) as exc:
-        result = run(args)
-        raise SystemExit(result)  # compare and preprocess return their status
-    err = capsys.readouterr().err
-    assert exc.value.code == code, err
-    assert "Traceback" not in err
-    return err
-
-
-def train_cli(args):
-    return main([*TINY, *args])
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -59,61 +26,50 @@ def train_cli(args):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--dataset", "synthetic", "--methods", "concat,concat"], "--methods lists 'concat' more than once"),
-        (["--dataset", "synthetic", "--dataset", "synthetic"], "--dataset lists 'synthetic' more than once"),
+        (["--dataset", "synthetic", "--methods", "concat,concat"], "'concat' more than once"),
+        (["--dataset", "synthetic", "--dataset", "synthetic"], "'synthetic' more than once"),
         (
             ["--dataset", "uci-mfeat", "--views", "fou,mor", "--views", "fou, mor"],
-            "--views lists 'fou,mor' more than once",
+            "'fou,mor' more than once",
         ),
-        (["--dataset", "nope"], "unknown dataset(s) nope; available: "),
-        (
-            ["--dataset", "uci-mfeat", "--views", "fou,xyz"],
-            "uci-mfeat (fou+xyz), concat: uci-mfeat: unknown view 'xyz'",
-        ),
+        (["--dataset", "nope"], "unknown dataset(s) nope"),
+        (["--dataset", "uci-mfeat", "--views", "fou,xyz"], "unknown view 'xyz'"),
         (["--dataset", "synthetic", "--views", "a,b"], "dataset synthetic has no views"),
-        (["--dataset", "synthetic", "--set", "lr=-1"], "synthetic, concat: command line: lr = -1.0 must be > 0"),
+        (["--dataset", "synthetic", "--set", "lr=-1"], "lr = -1.0 must be > 0"),
         (["--dataset", "synthetic", "--set", "no_such_option=1"], "unknown option 'no_such_option'"),
-        (["--dataset", "synthetic", "--set", "seed=3"], "compare sets seed itself (use --seeds)"),
-        (
-            ["--dataset", "uci-mfeat", "--metric", "best"],
-            "uci-mfeat, concat: --metric best is the test accuracy at the "
-            "best validation epoch, and this run has no validation split (--set val_ratio=0.1 carves one",
-        ),
-        (["--dataset", "synthetic", "--metric", "best", "--set", "select=none"], "(--set select=none turns model "),
-        (
-            ["--dataset", "synthetic", "--set", "val_ratio=0.2"],
-            "dataset synthetic has an official validation split; "
-            "--val-ratio carves one for caltech101-20, uci-mfeat only",
-        ),
+        (["--dataset", "synthetic", "--set", "seed=3"], "compare sets seed itself"),
+        (["--dataset", "uci-mfeat", "--metric", "best"], "has no validation split (--set val_ratio=0.1"),
+        (["--dataset", "synthetic", "--metric", "best", "--set", "select=none"], "--set select=none"),
+        (["--dataset", "synthetic", "--set", "val_ratio=0.2"], "has an official validation split"),
         (["--dataset", "synthetic", "--jobs", "0"], "--jobs must be in [1, "),
-        (["--dataset", "synthetic", "--jobs", str(4 * (os.cpu_count() or 1) + 1)], "(at most 4 x the "),
+        (["--dataset", "synthetic", "--jobs", str(4 * (os.cpu_count() or 1) + 1)], "at most 4 x the"),
     ],
 )
-def test_compare_rejects_repeats_and_bad_lists_before_running(args, message, tmp_path, capsys):
+def test_compare_rejects_repeats_and_bad_lists_before_running(args, message, tmp_path, fails, compare_tiny_argv):
     out = tmp_path / "cmp"
     methods = [] if "--methods" in args else ["--methods", "concat"]
-    err = fails(compare_main, [*args, *methods, *COMPARE_TINY, "--out", str(out)], capsys, code=2)
+    err = fails(compare_main, [*args, *methods, *compare_tiny_argv, "--out", str(out)], code=2)
     assert message in err
     assert not out.exists()  # nothing ran
 
 
-def test_compare_refuses_to_overwrite_a_comparison_without_overwrite(tmp_path, capsys):
+def test_compare_refuses_to_overwrite_a_comparison_without_overwrite(tmp_path, fails, compare_tiny_argv):
     out = tmp_path / "cmp"
-    args = ["--dataset", "synthetic", "--methods", "concat", *COMPARE_TINY, "--out", str(out)]
+    args = ["--dataset", "synthetic", "--methods", "concat", *compare_tiny_argv, "--out", str(out)]
     assert compare_main(args) == 0
     before = (out / "runs.csv").read_text()
-    err = fails(compare_main, args, capsys)
-    assert "already holds a comparison (runs.csv): pass --overwrite" in err
+    err = fails(compare_main, args)
+    assert "already holds a comparison" in err and "--overwrite" in err
     assert (out / "runs.csv").read_text() == before
     assert compare_main([*args, "--overwrite"]) == 0
     assert "ok" in (out / "runs.csv").read_text()
 
 
-def test_compare_metric_best_reports_the_test_accuracy_at_the_best_validation_epoch(tmp_path):
+def test_compare_metric_best_reports_the_test_accuracy_at_the_best_validation_epoch(tmp_path, compare_tiny_argv):
     out = tmp_path / "cmp"
     assert (
         compare_main(
-            ["--dataset", "synthetic", "--methods", "concat", *COMPARE_TINY, "--metric", "best", "--out", str(out)]
+            ["--dataset", "synthetic", "--methods", "concat", *compare_tiny_argv, "--metric", "best", "--out", str(out)]
         )
         == 0
     )
@@ -123,7 +79,7 @@ def test_compare_metric_best_reports_the_test_accuracy_at_the_best_validation_ep
     assert f"{100 * results['test_acc_at_best']:.2f}" in (out / "table.md").read_text()
 
 
-def test_compare_metric_best_names_missing_validation_files(tmp_path, capsys):
+def test_compare_metric_best_names_missing_validation_files(tmp_path):
     from fastshap_train.data import _fixtures as fx
 
     layout = fx.write_ks(tmp_path / "ks", per_class=1)  # train and test lists only: no val_1fps_path.txt
@@ -153,14 +109,14 @@ def test_compare_metric_best_names_missing_validation_files(tmp_path, capsys):
     assert row["status"] == "error" and "val_1fps_path.txt" in row["message"]
 
 
-def test_compare_out_that_is_a_file(tmp_path, capsys):
+def test_compare_out_that_is_a_file(tmp_path, fails, compare_tiny_argv):
     (tmp_path / "f").write_text("x")
     for out, message in (
         (tmp_path / "f", "is a file, not a directory"),
         (tmp_path / "f" / "sub", "cannot create the directory"),
     ):
         err = fails(
-            compare_main, ["--dataset", "synthetic", "--methods", "concat", *COMPARE_TINY, "--out", str(out)], capsys
+            compare_main, ["--dataset", "synthetic", "--methods", "concat", *compare_tiny_argv, "--out", str(out)]
         )
         assert f"--out {out}" in err and message in err
 
@@ -169,15 +125,15 @@ def test_compare_out_that_is_a_file(tmp_path, capsys):
 # 2: an --out that holds a run is not silently overwritten
 
 
-def test_rerun_into_a_run_needs_resume_or_overwrite(tmp_path, capsys):
+def test_rerun_into_a_run_needs_resume_or_overwrite(tmp_path, capsys, fails, train_cli):
     out = tmp_path / "run"
     assert train_cli(["--method", "sample-level", "--epochs", "2", "--out", str(out)]) == 0
     last = (out / "last.pt").read_bytes()
-    err = fails(train_cli, ["--method", "sample-level", "--epochs", "1", "--out", str(out)], capsys)
-    assert f"--out {out} already holds a run" in err and "--resume auto" in err and "--overwrite" in err
+    err = fails(train_cli, ["--method", "sample-level", "--epochs", "1", "--out", str(out)])
+    assert "already holds a run" in err and "--resume auto" in err and "--overwrite" in err
     assert (out / "last.pt").read_bytes() == last and len(read_metrics(out / "metrics.csv")) == 2
 
-    err = fails(train_cli, ["--epochs", "3", "--resume", "auto", "--overwrite", "--out", str(out)], capsys)
+    err = fails(train_cli, ["--epochs", "3", "--resume", "auto", "--overwrite", "--out", str(out)])
     assert "pass only one of them" in err
 
     (out / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it
@@ -194,7 +150,7 @@ def test_overwrite_flag_is_documented(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--overwrite start over in an --out that already holds a run" in text
+    assert "--overwrite start over in an --out that already holds a run" in text  # the help text itself
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -204,32 +160,32 @@ def test_overwrite_flag_is_documented(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--lr", "inf"], "lr expects a finite number, got 'inf'"),
-        (["--lr", "nan"], "lr expects a finite number, got 'nan'"),
-        (["--weight-decay", "inf"], "weight_decay expects a finite number, got 'inf'"),
+        (["--lr", "inf"], "lr expects a finite number"),
+        (["--lr", "nan"], "lr expects a finite number"),
+        (["--weight-decay", "inf"], "weight_decay expects a finite number"),
         (["--momentum=-inf"], "momentum expects a finite number"),
         (["--syn-strength", "1,inf"], "syn_strength expects a finite number"),
-        (["--threads", "100000"], "threads = 100000 must be in [0, "),
-        (["--threads", "20000"], "(at most 4 x the "),
-        (["--workers", "100000"], "workers = 100000 must be in [0, "),
-        (["--workers", "20000"], "(at most 4 x the "),
-        (["--workers", "-1"], "workers = -1 must be in [0, "),
-        (["--device", "tpu"], "device = 'tpu' is not a device: use auto, cpu, cuda or cuda:K"),
-        (["--device", ""], "device = '' is not a device"),
-        (["--device", "meta"], "device = 'meta' is not a device"),
-        (["--device", "cuda:abc"], "device = 'cuda:abc' is not a device"),
-        (["--seed", "99999999999999999999999"], "seed = 99999999999999999999999 must be in [0, 2^63 - 1]"),
-        (["--seed", "-1"], "seed = -1 must be in [0, 2^63 - 1]"),
-        (["--syn-seed", str(2**64)], "syn_seed = 18446744073709551616 must be in [0, 2^63 - 1]"),
+        (["--threads", "100000"], "threads = 100000 must be in [0,"),
+        (["--threads", "20000"], "at most 4 x the"),
+        (["--workers", "100000"], "workers = 100000 must be in [0,"),
+        (["--workers", "20000"], "at most 4 x the"),
+        (["--workers", "-1"], "workers = -1 must be in [0,"),
+        (["--device", "tpu"], "'tpu' is not a device"),
+        (["--device", ""], "'' is not a device"),
+        (["--device", "meta"], "'meta' is not a device"),
+        (["--device", "cuda:abc"], "'cuda:abc' is not a device"),
+        (["--seed", "99999999999999999999999"], "must be in [0, 2^63 - 1]"),
+        (["--seed", "-1"], "must be in [0, 2^63 - 1]"),
+        (["--syn-seed", str(2**64)], "syn_seed = 18446744073709551616 must be in"),
     ],
 )
-def test_bad_option_values_are_rejected_up_front(args, message, tmp_path, capsys):
-    err = fails(train_cli, [*args, "--out", str(tmp_path / "o")], capsys, code=2)
+def test_bad_option_values_are_rejected_up_front(args, message, tmp_path, fails, train_cli):
+    err = fails(train_cli, [*args, "--out", str(tmp_path / "o")], code=2)
     assert message in err
     assert not (tmp_path / "o").exists()
 
 
-def test_largest_seeds_run(tmp_path):
+def test_largest_seeds_run(tmp_path, train_cli):
     big = str(2**63 - 1)
     assert (
         train_cli(
@@ -243,60 +199,59 @@ def test_largest_seeds_run(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--device", "cuda"], "--device cuda: no CUDA device is available"),
-        (["--device", "cuda:1"], "--device cuda:1: no CUDA device is available"),
-        (["--backend", "cuda"], "fastshap: backend 'cuda' cannot run this call"),
+        (["--device", "cuda"], "no CUDA device is available"),
+        (["--device", "cuda:1"], "no CUDA device is available"),
+        (["--backend", "cuda"], "backend 'cuda' cannot run"),
     ],
 )
-def test_no_gpu_is_an_error_line(args, message, tmp_path, capsys):
-    err = fails(train_cli, ["--epochs", "1", "--method", "sample-level", *args, "--out", str(tmp_path / "o")], capsys)
+def test_no_gpu_is_an_error_line(args, message, tmp_path, fails, train_cli):
+    err = fails(train_cli, ["--epochs", "1", "--method", "sample-level", *args, "--out", str(tmp_path / "o")])
     assert message in err
 
 
-def test_out_that_is_a_file(tmp_path, capsys):
+def test_out_that_is_a_file(tmp_path, fails, train_cli):
     (tmp_path / "f").write_text("x")
-    err = fails(train_cli, ["--epochs", "1", "--out", str(tmp_path / "f")], capsys)
-    assert f"--out {tmp_path / 'f'} is a file, not a directory" in err
-    err = fails(train_cli, ["--epochs", "1", "--out", str(tmp_path / "f" / "sub")], capsys)
-    assert f"--out {tmp_path / 'f' / 'sub'}: cannot create the directory" in err
+    err = fails(train_cli, ["--epochs", "1", "--out", str(tmp_path / "f")])
+    assert str(tmp_path / "f") in err and "is a file, not a directory" in err
+    err = fails(train_cli, ["--epochs", "1", "--out", str(tmp_path / "f" / "sub")])
+    assert str(tmp_path / "f" / "sub") in err and "cannot create the directory" in err
 
 
-def test_binary_config_file(tmp_path, capsys):
+def test_binary_config_file(tmp_path, fails, train_cli):
     path = tmp_path / "c.yaml"
     path.write_bytes(b"\xff\xfe\x00\x81 not text")
-    err = fails(train_cli, ["--config", str(path), "--out", str(tmp_path / "o")], capsys, code=2)
-    assert f"config file {path} is not UTF-8 text" in err
+    err = fails(train_cli, ["--config", str(path), "--out", str(tmp_path / "o")], code=2)
+    assert str(path) in err and "is not UTF-8 text" in err
 
 
-def test_gb_holdout_that_leaves_nothing_to_train(tmp_path, capsys):
-    err = fails(train_cli, ["--method", "g-blending", "--gb-holdout", "0.99", "--out", str(tmp_path / "o")], capsys)
-    assert "g-blending: --gb-holdout 0.99 holds out all 32 training samples" in err
+def test_gb_holdout_that_leaves_nothing_to_train(tmp_path, fails, train_cli):
+    err = fails(train_cli, ["--method", "g-blending", "--gb-holdout", "0.99", "--out", str(tmp_path / "o")])
+    assert "--gb-holdout 0.99 holds out all" in err
 
 
 @pytest.mark.parametrize("args", [["--syn-classes", str(10**14)], ["--head", "mlp", "--head-hidden", str(10**14)]])
-def test_allocation_failure_is_an_error_line(args, tmp_path, capsys):
+def test_allocation_failure_is_an_error_line(args, tmp_path, fails, train_cli):
     # 10^14 rows: petabytes, more than any address space, so the allocation fails at once everywhere.
-    err = fails(train_cli, ["--epochs", "1", *args, "--out", str(tmp_path / "o")], capsys)
-    assert "error: out of memory (can't allocate memory" in err and "lower the sizes in the options" in err
+    err = fails(train_cli, ["--epochs", "1", *args, "--out", str(tmp_path / "o")])
+    assert "error: out of memory" in err and "lower the sizes" in err
 
 
-def test_diverged_run_stops_at_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+def test_diverged_run_stops_at_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path, fails, train_cli):
     out = tmp_path / "o"
     # lr 1e30: epoch 0's one step leaves huge finite weights, epoch 1's step makes them NaN.
     err = fails(
         train_cli,
         ["--epochs", "3", "--optimizer", "sgd", "--lr", "1e30", "--valuation", "none", "--out", str(out)],
-        capsys,
     )
     assert err.count("\n") == 1
-    assert "error: epoch 1: the model diverged: the model's parameters hold NaN or Inf values" in err
-    assert f"the last good checkpoint {out / 'last.pt'} (after epoch 0) is kept" in err
+    assert "epoch 1: the model diverged" in err and "NaN or Inf" in err
+    assert str(out / "last.pt") in err and "(after epoch 0) is kept" in err
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert len(read_metrics(out / "metrics.csv")) == 1
 
 
-def test_diverged_valuation_names_the_epoch(tmp_path, capsys):
+def test_diverged_valuation_names_the_epoch(tmp_path, fails, train_cli):
     # The huge weights of epoch 0 overflow the features the valuation sees: fastshap's deferred checks.
     err = fails(
         train_cli,
@@ -312,10 +267,9 @@ def test_diverged_valuation_names_the_epoch(tmp_path, capsys):
             "--out",
             str(tmp_path / "o"),
         ],
-        capsys,
     )
     assert err.count("\n") == 1
-    assert "error: epoch 0: the model diverged: the valuation's value checks failed (fastshap:" in err
+    assert "epoch 0: the model diverged" in err and "value checks failed" in err
     assert "NaN or Inf" in err and "no checkpoint was written" in err
 
 
@@ -326,32 +280,30 @@ def test_diverged_valuation_names_the_epoch(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--frames", "0"], "argument --frames: must be > 0 and finite, got 0"),
-        (["--frames", "-5"], "argument --frames: must be > 0 and finite, got -5"),
-        (["--jobs", "0"], "argument --jobs: must be > 0 and finite, got 0"),
-        (["--jobs", "-1"], "argument --jobs: must be > 0 and finite, got -1"),
-        (["--jobs", str(4 * (os.cpu_count() or 1) + 1)], "argument --jobs: must be at most "),
-        (["--frames", str(2**20 + 1)], "argument --frames: must be at most 1048576 (about 3 hours of audio a file)"),
+        (["--frames", "0"], "--frames: must be > 0"),
+        (["--frames", "-5"], "--frames: must be > 0"),
+        (["--jobs", "0"], "--jobs: must be > 0"),
+        (["--jobs", "-1"], "--jobs: must be > 0"),
+        (["--jobs", str(4 * (os.cpu_count() or 1) + 1)], "--jobs: must be at most"),
+        (["--frames", str(2**20 + 1)], "--frames: must be at most 1048576"),
     ],
 )
-def test_preprocess_counts_must_be_positive(args, message, tmp_path, capsys):
+def test_preprocess_counts_must_be_positive(args, message, tmp_path, fails):
     import numpy as np
     from scipy.io import wavfile
 
     wav = tmp_path / "x.wav"  # a real input: only the option is wrong
     wavfile.write(wav, 16000, (np.sin(np.arange(16000) / 10) * 8000).astype(np.int16))
-    err = fails(preprocess_main, ["logmel", str(wav), "--out", str(tmp_path / "d"), *args], capsys, code=2)
+    err = fails(preprocess_main, ["logmel", str(wav), "--out", str(tmp_path / "d"), *args], code=2)
     assert message in err
     assert not (tmp_path / "d").exists()
 
 
-def test_preprocess_out_that_is_a_file(tmp_path, capsys):
+def test_preprocess_out_that_is_a_file(tmp_path, fails):
     (tmp_path / "f").write_text("x")
-    err = fails(preprocess_main, ["logmel", str(tmp_path / "x.wav"), "--out", str(tmp_path / "f")], capsys, code=2)
+    err = fails(preprocess_main, ["logmel", str(tmp_path / "x.wav"), "--out", str(tmp_path / "f")], code=2)
     assert "is a file, not a directory" in err
-    err = fails(
-        preprocess_main, ["logmel", str(tmp_path / "x.wav"), "--out", str(tmp_path / "f" / "d")], capsys, code=2
-    )
+    err = fails(preprocess_main, ["logmel", str(tmp_path / "x.wav"), "--out", str(tmp_path / "f" / "d")], code=2)
     assert "cannot create the directory" in err
 
 
@@ -359,35 +311,31 @@ def test_preprocess_out_that_is_a_file(tmp_path, capsys):
 # 5: config files: a misspelt method section, the encoders mapping
 
 
-def test_unknown_method_section_in_a_config_file(tmp_path, capsys):
+def test_unknown_method_section_in_a_config_file(tmp_path, fails, train_cli):
     path = tmp_path / "c.yaml"
     path.write_text("methods:\n  sample-levle: {lr: 0.1}\n")
-    with pytest.raises(ConfigError, match=r"unknown method 'sample-levle' under methods:; did you mean sample-level\?"):
+    with pytest.raises(ConfigError, match=r"unknown method 'sample-levle'.*did you mean sample-level\?"):
         resolve_config({"dataset": "synthetic"}, [path])
-    err = fails(train_cli, ["--config", str(path), "--out", str(tmp_path / "o")], capsys, code=2)
-    assert "available: agm, concat" in err
+    err = fails(train_cli, ["--config", str(path), "--out", str(tmp_path / "o")], code=2)
+    assert "unknown method 'sample-levle'" in err
 
 
 @pytest.mark.parametrize(
     "encoders, code, message",
     [
-        (
-            "{view0: {kind: mlp, bogus: 1}}",
-            2,
-            "encoders.view0: unknown key 'bogus' for kind 'mlp'; valid keys: kind, dropout, hidden, in_dim, out_dim",
-        ),
-        ("{view0: {kind: nope}}", 2, "encoders.view0: unknown encoder kind 'nope'; available: audio, flow, mlp"),
-        ("{view0: 3}", 2, "encoders.view0 must be an encoder kind or a mapping"),
-        ("{view0: {hidden: -3}}", 2, "encoders.view0.hidden = -3 must be an integer > 0"),
-        ("{view0: {dropout: 1.5}}", 2, "encoders.view0.dropout = 1.5 must be a number in [0, 1)"),
-        ("{view7: mlp}", 1, "encoders: unknown modality 'view7'; this dataset's modalities: view0, view1"),
-        ("{view0: {channels: 2}}", 1, "encoders.view0: unknown key 'channels' for kind 'mlp'"),
+        ("{view0: {kind: mlp, bogus: 1}}", 2, "unknown key 'bogus' for kind 'mlp'"),
+        ("{view0: {kind: nope}}", 2, "unknown encoder kind 'nope'"),
+        ("{view0: 3}", 2, "must be an encoder kind or a mapping"),
+        ("{view0: {hidden: -3}}", 2, "encoders.view0.hidden = -3 must be"),
+        ("{view0: {dropout: 1.5}}", 2, "encoders.view0.dropout = 1.5 must be"),
+        ("{view7: mlp}", 1, "unknown modality 'view7'"),
+        ("{view0: {channels: 2}}", 1, "unknown key 'channels' for kind 'mlp'"),
     ],
 )
-def test_bad_encoders_mapping(encoders, code, message, tmp_path, capsys):
+def test_bad_encoders_mapping(encoders, code, message, tmp_path, fails, train_cli):
     path = tmp_path / "c.yaml"
     path.write_text(f"encoders: {encoders}\n")
-    err = fails(train_cli, ["--epochs", "1", "--config", str(path), "--out", str(tmp_path / "o")], capsys, code=code)
+    err = fails(train_cli, ["--epochs", "1", "--config", str(path), "--out", str(tmp_path / "o")], code=code)
     assert message in err
 
 
@@ -413,7 +361,7 @@ def test_good_encoders_mapping_applies(tmp_path):
 # 8: resuming on other data
 
 
-def test_resume_on_other_data_is_refused(tmp_path, capsys):
+def test_resume_on_other_data_is_refused(tmp_path, fails, train_cli):
     out = tmp_path / "run"
     assert train_cli(["--epochs", "1", "--method", "sample-level", "--out", str(out)]) == 0
     for samples in ("16", "64"):
@@ -431,18 +379,17 @@ def test_resume_on_other_data_is_refused(tmp_path, capsys):
                 "--out",
                 str(out),
             ],
-            capsys,
         )
-        assert f"checkpoint {out / 'last.pt'} was trained on other data than this run's" in err
-        assert f"syn_samples 32 in the checkpoint, {samples} here" in err
+        assert "was trained on other data" in err
+        assert f"syn_samples 32 in the checkpoint, {samples} here" in err  # the difference, named
         assert f"train samples 32 in the checkpoint, {samples} here" in err
-    err = fails(train_cli, ["--epochs", "2", "--dataset", "uci-mfeat", "--resume", "auto", "--out", str(out)], capsys)
+    err = fails(train_cli, ["--epochs", "2", "--dataset", "uci-mfeat", "--resume", "auto", "--out", str(out)])
     assert "dataset synthetic in the checkpoint, uci-mfeat here" in err
     # a checkpoint written before the data identity was saved: its config still tells
     state = torch.load(out / "last.pt", weights_only=True)
     del state["data"]
     torch.save(state, out / "last.pt")
-    err = fails(train_cli, ["--epochs", "2", "--syn-samples", "16", "--resume", "auto", "--out", str(out)], capsys)
+    err = fails(train_cli, ["--epochs", "2", "--syn-samples", "16", "--resume", "auto", "--out", str(out)])
     assert "syn_samples 32 in the checkpoint, 16 here" in err
 
 
@@ -487,19 +434,16 @@ def test_no_reference_to_the_unshipped_spec():
 # 12: --views for a dataset that has none is refused by python -m fastshap_train as by fastshap_train.compare
 
 
-def test_views_for_a_dataset_without_views(tmp_path, capsys):
-    err = fails(train_cli, ["--views", "fou,mor", "--out", str(tmp_path / "o")], capsys, code=2)
+def test_views_for_a_dataset_without_views(tmp_path, fails, train_cli):
+    err = fails(train_cli, ["--views", "fou,mor", "--out", str(tmp_path / "o")], code=2)
     assert [line for line in err.splitlines() if "error:" in line] == [err.splitlines()[-1]]  # one error line
-    assert (
-        "command line: dataset synthetic has no views (--views is for the multi-view datasets: "
-        "caltech101-20, uci-mfeat)"
-    ) in err
+    assert "dataset synthetic has no views" in err and "command line" in err  # what and where
     assert not (tmp_path / "o").exists()
     path = tmp_path / "c.yaml"  # where the views come from is named
     path.write_text("views: [fou]\n")
     with pytest.raises(ConfigError) as exc:
         resolve_config({"dataset": "synthetic"}, [path])
-    assert str(exc.value).startswith(f"{path}: dataset synthetic has no views")
+    assert str(path) in str(exc.value) and "has no views" in str(exc.value)
     assert resolve_config({"dataset": "uci-mfeat", "views": "fou"}).views == ["fou"]  # multi-view: accepted
 
 
@@ -510,31 +454,24 @@ def test_views_for_a_dataset_without_views(tmp_path, capsys):
 @pytest.mark.parametrize(
     "fs, message",
     [
-        (
-            "no_such_fs_module:f",
-            "fs = 'no_such_fs_module:f' cannot be loaded: no module named 'no_such_fs_module' "
-            "(is it on the Python path?)",
-        ),
-        ("no_such_fs_module.sub:f", "cannot be loaded: no module named 'no_such_fs_module'"),
-        (
-            "os:no_such_function",
-            "fs = 'os:no_such_function' cannot be loaded: module 'os' has no function 'no_such_function'",
-        ),
-        ("os:sep", "fs = 'os:sep' is not callable: os.sep is a str"),
-        ("fs_raises:f", "fs = 'fs_raises:f' cannot be loaded: importing module 'fs_raises' failed: RuntimeError: boom"),
-        ("fs_needs_dep:f", "importing module 'fs_needs_dep' failed: No module named 'no_such_dependency'"),
+        ("no_such_fs_module:f", "no module named 'no_such_fs_module'"),
+        ("no_such_fs_module.sub:f", "no module named 'no_such_fs_module'"),
+        ("os:no_such_function", "has no function 'no_such_function'"),
+        ("os:sep", "is not callable"),
+        ("fs_raises:f", "RuntimeError: boom"),
+        ("fs_needs_dep:f", "No module named 'no_such_dependency'"),
     ],
 )
-def test_bad_fs_callable_is_rejected_up_front(fs, message, tmp_path, capsys, monkeypatch):
+def test_bad_fs_callable_is_rejected_up_front(fs, message, tmp_path, monkeypatch, fails, train_cli):
     (tmp_path / "fs_raises.py").write_text("raise RuntimeError('boom')\n")
     (tmp_path / "fs_needs_dep.py").write_text("import no_such_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    err = fails(train_cli, ["--method", "sample-level", "--fs", fs, "--out", str(tmp_path / "o")], capsys, code=2)
+    err = fails(train_cli, ["--method", "sample-level", "--fs", fs, "--out", str(tmp_path / "o")], code=2)
     assert message in err and [line for line in err.splitlines() if "error:" in line] == [err.splitlines()[-1]]
     assert not (tmp_path / "o").exists()  # nothing ran
 
 
-def test_good_fs_callable_runs(tmp_path, capsys, monkeypatch):
+def test_good_fs_callable_runs(tmp_path, monkeypatch, train_cli):
     (tmp_path / "my_fs.py").write_text("def f(x):\n    return 3 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert (
@@ -562,15 +499,14 @@ def test_good_fs_callable_runs(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("seeds", ["0", "1001", str(10**12)])
-def test_compare_seeds_out_of_range(seeds, tmp_path, capsys):
+def test_compare_seeds_out_of_range(seeds, tmp_path, fails):
     out = tmp_path / "cmp"
     err = fails(
         compare_main,
         ["--dataset", "synthetic", "--methods", "concat", "--seeds", seeds, "--out", str(out)],
-        capsys,
         code=2,
     )
-    assert f"--seeds must be in [1, 1000], got {seeds}" in err
+    assert "--seeds must be in [1, 1000]" in err
     assert not out.exists()
 
 
@@ -653,7 +589,7 @@ def test_missing_train_package_is_one_error_line(command, argv, blocked, tmp_pat
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
     assert "the trainer needs the package" in run.stderr and f"(import {blocked!r} failed)" in run.stderr
-    assert 'pip install --no-build-isolation "fastshap-modality[train]" with your torch pinned' in run.stderr
+    assert "pip install" in run.stderr and "fastshap-modality[train]" in run.stderr  # the install command
 
 
 def test_other_missing_modules_are_not_reworded():

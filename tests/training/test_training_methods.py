@@ -17,10 +17,6 @@ from fastshap_train.methods.resampling import copy_counts, draw_uniform, f_m, mo
 from fastshap_train.testing import tiny_config
 
 
-def phi_table(out, epoch):
-    return np.load(out / "phi" / f"epoch_{epoch:03d}.npz")["phi"]
-
-
 def rows_of(plan: Plan, index: int, keep: int) -> int:
     return int(((plan.index == index) & (plan.keep == keep)).sum())
 
@@ -126,7 +122,7 @@ def run(tmp_path, **overrides):
     return trainer
 
 
-def test_concat_trains_and_records_phi(tmp_path):
+def test_concat_trains_and_records_phi(tmp_path, phi_table):
     t = run(tmp_path, method="concat", epochs=2)
     assert isinstance(t.core.head, fastshap.heads.ConcatLinear)
     assert [r["resampled"] for r in t.history] == [0, 0]
@@ -153,7 +149,7 @@ def test_decision_fusion_uses_one_ce_per_modality(tmp_path):
     assert np.isfinite(t.history[-1]["test_acc"])
 
 
-def test_sample_level_copies_follow_the_phi_table(tmp_path):
+def test_sample_level_copies_follow_the_phi_table(tmp_path, phi_table):
     t = run(tmp_path, method="sample-level", epochs=3, warmup=1)
     # epoch 0 trains on originals; epochs 1 and 2 on the plans built from the tables after epochs 0 and 1
     assert t.history[0]["resampled"] == 0
@@ -176,7 +172,7 @@ def test_warmup_keeps_original_data(tmp_path):
     assert len(t.plan) > 64  # the plan after the last warmup epoch is re-sampled
 
 
-def test_fixed_rate_counts_and_dynamic_column(tmp_path):
+def test_fixed_rate_counts_and_dynamic_column(tmp_path, phi_table):
     t = run(tmp_path, method="fixed-rate-high", epochs=2, warmup=1)
     phi = torch.from_numpy(phi_table(tmp_path, 0))
     assert t.history[1]["resampled"] == int((phi < 1).sum()) * 3
@@ -202,7 +198,7 @@ class OpSpy:
         monkeypatch.setattr(valuation_module.fastshap, "modality_shapley", spy)
 
 
-def test_modality_level_values_only_a_subset_drawn_without_replacement(tmp_path, monkeypatch):
+def test_modality_level_values_only_a_subset_drawn_without_replacement(tmp_path, monkeypatch, phi_table):
     spy = OpSpy(monkeypatch)
     t = Trainer(
         tiny_config(
@@ -229,7 +225,7 @@ def test_modality_level_values_only_a_subset_drawn_without_replacement(tmp_path,
         assert set(t.plan.keep[copies].tolist()) == {1 << t.modality_names.index(t.history[1]["weak_modality"])}
 
 
-def test_online_valuation_calls_the_op_once_per_step_and_runs_no_pass(tmp_path, monkeypatch):
+def test_online_valuation_calls_the_op_once_per_step_and_runs_no_pass(tmp_path, monkeypatch, phi_table):
     spy = OpSpy(monkeypatch)
     passes = []
     monkeypatch.setattr(valuation_module.Valuator, "run_pass", lambda self, idx: passes.append(idx))
@@ -280,7 +276,7 @@ def test_feature_removal_zeroes_the_feature_slice(tmp_path):
     t.close()
 
 
-def test_modality_drop_removes_the_stronger_modalities(tmp_path):
+def test_modality_drop_removes_the_stronger_modalities(tmp_path, phi_table):
     t = run(tmp_path, method="modality-drop", epochs=2, warmup=1, drop_prob=1.0)
     phi = torch.from_numpy(phi_table(tmp_path, 1))
     stronger = stronger_modalities(phi)
@@ -291,7 +287,7 @@ def test_modality_drop_removes_the_stronger_modalities(tmp_path):
     assert t.history[1]["resampled"] == int(stronger_modalities(torch.from_numpy(phi_table(tmp_path, 0))).any(1).sum())
 
 
-def test_online_modality_drop_values_the_dropped_samples(tmp_path):
+def test_online_modality_drop_values_the_dropped_samples(tmp_path, phi_table):
     """With feature removal a dropped original's encoder outputs are the whole sample's: online valuation
     records it, so every sample is valued every epoch and can be dropped in consecutive epochs."""
     t = run(tmp_path, method="modality-drop", valuation="online", epochs=3, warmup=1, drop_prob=1.0)
@@ -305,7 +301,7 @@ def test_online_modality_drop_values_the_dropped_samples(tmp_path):
     assert t.history[2]["resampled"] > 0
 
 
-def test_online_modality_drop_records_each_row_from_its_raw_features(tmp_path, monkeypatch):
+def test_online_modality_drop_records_each_row_from_its_raw_features(tmp_path, monkeypatch, phi_table):
     """The online table holds, for each sample, the value the op computed in the step that recorded it, from
     the encoder outputs of that step's forward: for a dropped original, the whole sample's features (not the
     zeroed ones its head saw), under the head of the moment (after the step's update)."""
@@ -406,7 +402,7 @@ def test_resampling_methods_need_the_paper_benefit(tmp_path, method):
     tiny_config(tmp_path, method="concat", benefit="accuracy")  # valuation alone takes any benefit
 
 
-def test_data_mask_masks_only_the_marked_rows(tmp_path):
+def test_data_mask_masks_only_the_marked_rows(tmp_path, phi_table):
     t = run(tmp_path, method="data-mask", epochs=2, warmup=1, mask_prob=1.0, mask_ratio=0.5)
     phi = torch.from_numpy(phi_table(tmp_path, 1))
     stronger = stronger_modalities(phi)
@@ -423,7 +419,7 @@ def test_data_mask_masks_only_the_marked_rows(tmp_path):
             assert int((masked[m][rows] == 0).sum()) > 0
 
 
-def test_three_modalities_and_mlp_head(tmp_path):
+def test_three_modalities_and_mlp_head(tmp_path, phi_table):
     t = run(
         tmp_path,
         method="sample-level",

@@ -12,14 +12,7 @@ from fastshap_train.engine import Trainer
 from fastshap_train.models.encoders import ResNetEncoder, TextEncoder, load_tokenizer, resnet18_backbone, tokenize
 from fastshap_train.testing import tiny_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small convolutions on a possibly shared 2-core machine: one thread is much faster than two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/training/conftest.py
 
 
 def test_resnet_encoders_fold_frames_and_take_one_or_two_channels():
