@@ -1,4 +1,5 @@
-"""``fastshap.modality_shapley``: checks the call, reduces the head to its parameters, picks a backend."""
+"""``fastshap.modality_shapley``: checks the call (with :mod:`fastshap._validate`, where every check of the
+public API lives), reduces the head to its parameters, picks a backend."""
 
 from __future__ import annotations
 
