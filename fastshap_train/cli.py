@@ -202,8 +202,8 @@ def main(argv=None) -> int:
 
 def _import_parser() -> argparse.ArgumentParser:
     """--import alone (the full parser, which needs the plug-ins' options, reads every other flag)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--import", dest="imports", action="append", default=[])
+    parser = argparse.ArgumentParser(prog=PROG, add_help=False)
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
     return parser
 
 

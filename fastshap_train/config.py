@@ -44,7 +44,7 @@ from fastshap_train.registry import (  # noqa: F401  (re-exported: declaring opt
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # A dataset or method of a plug-in module is known only once the module is imported.
-_PLUGIN_HINT = " (one of a plug-in module needs --import MODULE)"
+_PLUGIN_HINT = " (a plug-in's needs --import MODULE)"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,7 +207,11 @@ register_options(
         ),
         Option("threads", 0, "torch CPU threads (0: leave torch's default; at most 4 x the CPUs)", check=_threads),
         Option("workers", 0, "DataLoader worker processes (at most 4 x the CPUs)", check=_workers),
-        Option("progress", True, "tqdm progress bars (rank 0, terminals only)"),
+        Option(
+            "progress",
+            True,
+            "progress: tqdm bars on a terminal, else (logs, CI) one line per epoch on stdout (rank 0)",
+        ),
         Option("tensorboard", True, "write TensorBoard event files under OUT/tensorboard"),
         Option("plots", True, "write PNG plots under OUT/plots at the end"),
         Option("save_phi", True, "save each epoch's per-sample phi table as OUT/phi/epoch_XXX.npz"),
