@@ -187,7 +187,8 @@ class _Scorer:
             return _values(sums, labels, self.benefit, size, self.mean_of)
         bias2, weight2 = self.second
         hidden, walks, rows = sums.shape
-        logits = torch.addmm(bias2, weight2, sums.relu().view(hidden, walks * rows))
+        # A contiguous (H, W rows) operand: the compiled backends call this GEMM with the same layout.
+        logits = torch.addmm(bias2, weight2, sums.relu().contiguous().view(hidden, walks * rows))
         bad = ~(torch.isfinite(sums.amax(0)) & torch.isfinite(sums.amin(0)))  # the ReLU would hide a -Inf
         return _values(logits.view(-1, walks, rows), labels, self.benefit, size, bad=bad)
 
@@ -218,7 +219,7 @@ def _walk(
     pairs = orders.shape[0]
     device = present.device
     delta = (present if absent is None else present - absent).permute(2, 0, 1).contiguous()  # (K, n, B)
-    full = _left_to_right(start, present).t()  # (K, B)
+    full = _left_to_right(start, present).t().contiguous()  # (K, B)
     empty = (start.view(-1, 1) if absent is None else _left_to_right(start, absent).t()).contiguous()  # (K, 1|B)
     first = torch.zeros(n, batch, dtype=torch.float64, device=device)
     second = torch.zeros_like(first)
@@ -449,14 +450,21 @@ def _has_sampled_kernel(dispatch_key: str) -> bool:
     return _extension.has_kernel("shapley_sampled", dispatch_key)
 
 
-def _sampled_declines(name: str) -> str | None:
-    """Why backend `name`, able to run the exact op on this call, has no sampled estimator here, or None."""
+#: The head kinds the Triton sampled kernel walks (fastshap/triton_sampling.py; the MLP's steps are GEMMs).
+_TRITON_KINDS = ("concat", "decision")
+
+
+def _sampled_declines(name: str, call: backends.Call) -> str | None:
+    """Why backend `name`, able to run the exact op on this call, has no sampled estimator for it, or None."""
     if name in ("cpp", "cuda"):
         key = "CPU" if name == "cpp" else "CUDA"
         if not _has_sampled_kernel(key):
             return f"fastshap._C has no {key} kernel of the sampled op (an extension built before it: rebuild)"
     elif name == "triton":
-        return backends._triton_unavailable("fastshap.triton_sampling")
+        reason = backends._triton_unavailable("fastshap.triton_sampling")
+        if reason is None and call.kind not in _TRITON_KINDS:
+            reason = f"its sampled kernel walks the {' and '.join(_TRITON_KINDS)} heads, not the {call.kind} head"
+        return reason
     return None
 
 
@@ -465,13 +473,13 @@ def select(name: str, call: backends.Call) -> str:
     that can (backends.AUTO_ORDER); BackendError with every reason otherwise, as backends.select."""
     if name != "auto":
         backends.select(name, call)  # unknown names, backends that cannot run the call: the exact op's errors
-        reason = _sampled_declines(name)
+        reason = _sampled_declines(name, call)
         if reason:
             raise backends.BackendError(f"fastshap: backend {name!r} cannot run this sampled call: {reason}")
         return name
     reasons = []
     for candidate in backends.AUTO_ORDER.get(call.device.type, ("torch",)):
-        reason = backends.why_not(candidate, call) or _sampled_declines(candidate)
+        reason = backends.why_not(candidate, call) or _sampled_declines(candidate, call)
         if reason is None:
             return candidate
         reasons.append(f"{candidate}: {reason}")

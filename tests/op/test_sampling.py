@@ -40,17 +40,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def sampled_backends():
-    """The backends with a sampled estimator on CPU tensors here (torch always; cpp once it is built)."""
-    call = backends.Call("concat", torch.device("cpu"), torch.float32, 8)
+def sampled_backends(kind: str = "concat"):
+    """The backends with a sampled estimator for `kind` on CPU tensors here (torch always; cpp once it is
+    built; triton under its interpreter, for the kinds its kernel walks)."""
+    if kind == "callable":
+        return ["torch"]
+    call = backends.Call(kind, torch.device("cpu"), torch.float32, 8)
     out = ["torch"]
     for name in ("cpp", "triton"):
-        if backends.why_not(name, call) is None and sampling._sampled_declines(name) is None:
+        if backends.why_not(name, call) is None and sampling._sampled_declines(name, call) is None:
             out.append(name)
     return out
 
 
-BACKENDS = sampled_backends()
+#: (kind, backend) pairs; the Triton interpreter takes seconds a call, so it runs in the few tests that
+#: compare backends (and in tests/kernels/test_sampling_kernels.py).
+KIND_BACKENDS = [(k, b) for k in KINDS for b in sampled_backends(k) if b != "triton"]
+BACKENDS = [b for b in sampled_backends() if b != "triton"]
 
 
 def make_case(kind: str, n: int, batch: int, num_classes: int, seed: int, exact_scores: bool = True):
@@ -110,11 +116,8 @@ def run_orders(backend, kind, head, feats, labels, benefit, orders, baselines=No
 # --- every order gives the exact value ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,backend", KIND_BACKENDS)
 def test_every_order_is_exact(kind, backend):
-    if kind == "callable" and backend != "torch":
-        pytest.skip("callable heads take the torch path")
     n = 6
     feats, head, labels = make_case(kind, n, 7, 5, seed=60 + KINDS.index(kind))
     orders = every_order(n)
@@ -219,14 +222,11 @@ def test_stderr_covers_exact_at_nominal_rate(benefit):
 # --- efficiency, reproducibility ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,backend", KIND_BACKENDS)
 @pytest.mark.parametrize("samples", [2, 10])
 def test_efficiency_per_pair(kind, samples, backend):
     """Each walk's marginals telescope to v(N) - v(empty), so any number of pairs sums to it (the exact
     values' sum, by the exact op's own efficiency), up to the float32 rounding of the n values."""
-    if kind == "callable" and backend != "torch":
-        pytest.skip("callable heads take the torch path")
     n = 12
     feats, head, labels = make_case(kind, n, 9, 6, seed=12 + samples, exact_scores=False)
     for benefit in BENEFITS:
@@ -268,34 +268,37 @@ def test_same_generator_state_same_values(backend):
     assert torch.equal(call(None), default)
 
 
-def test_backends_walk_the_same_orders():
+@pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
+def test_backends_walk_the_same_orders(kind):
     """Every backend walks the orders drawn from the generator: the same values (the discrete benefits
     exactly: the same scores, summed in the same order)."""
-    if len(BACKENDS) == 1:
-        pytest.skip("only the torch backend samples here")
-    for kind in ("concat", "decision", "mlp"):
-        feats, head, labels = make_case(kind, 11, 13, 7, seed=31, exact_scores=False)
-        for benefit in BENEFITS:
-            outs = [
-                fastshap.modality_shapley(
-                    feats,
-                    head,
-                    labels,
-                    benefit=benefit,
-                    backend=b,
-                    estimator="sampling",
-                    samples=20,
-                    generator=torch.Generator().manual_seed(2),
-                    with_stderr=True,
-                )
-                for b in BACKENDS
-            ]
-            for phi, stderr in outs[1:]:
-                if benefit == "probability":
-                    torch.testing.assert_close(phi, outs[0][0], rtol=1e-6, atol=1e-6)
-                    torch.testing.assert_close(stderr, outs[0][1], rtol=1e-5, atol=1e-6)
-                else:
-                    assert torch.equal(phi, outs[0][0]) and torch.equal(stderr, outs[0][1]), (kind, benefit)
+    names = sampled_backends(kind)
+    if len(names) == 1:
+        pytest.skip(f"only the torch backend samples the {kind} head here")
+    interpreted = "triton" in names  # seconds a call: a smaller case
+    n, batch, samples = (5, 6, 4) if interpreted else (11, 13, 20)
+    feats, head, labels = make_case(kind, n, batch, 7, seed=31, exact_scores=False)
+    for benefit in BENEFITS:
+        outs = [
+            fastshap.modality_shapley(
+                feats,
+                head,
+                labels,
+                benefit=benefit,
+                backend=b,
+                estimator="sampling",
+                samples=samples,
+                generator=torch.Generator().manual_seed(2),
+                with_stderr=True,
+            )
+            for b in names
+        ]
+        for phi, stderr in outs[1:]:
+            if benefit == "probability":
+                torch.testing.assert_close(phi, outs[0][0], rtol=1e-6, atol=1e-6)
+                torch.testing.assert_close(stderr, outs[0][1], rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(phi, outs[0][0]) and torch.equal(stderr, outs[0][1]), (kind, benefit)
 
 
 def test_callable_and_fused_paths_agree():
