@@ -133,8 +133,16 @@ def chunk_sizes(batch: int, pairs: int, n: int, width: int) -> tuple[int, int]:
 
 
 def _check_orders(orders: Tensor, n: int) -> None:
-    if orders.dim() != 3 or orders.shape[1:] != (2, n) or orders.shape[0] < 1 or orders.dtype != torch.int64:
-        raise ValueError(f"fastshap: orders must be (P >= 1, 2, {n}) int64, got {tuple(orders.shape)} {orders.dtype}")
+    """orders (P >= 1, 2, n) int64 whose rows are permutations of range(n) (ValueError otherwise): the walks
+    index the partial products with them, and a repeated modality would break the telescoping. The API's
+    orders hold by construction; this guards a direct call of a backend."""
+    if not isinstance(orders, Tensor) or orders.dim() != 3 or orders.shape[1:] != (2, n) or orders.shape[0] < 1:
+        shape = tuple(orders.shape) if isinstance(orders, Tensor) else type(orders).__name__
+        raise ValueError(f"fastshap: orders must be (P >= 1, 2, {n}) int64, got {shape}")
+    if orders.dtype != torch.int64:
+        raise ValueError(f"fastshap: orders must be int64, got {orders.dtype}")
+    if not bool((orders.sort(-1).values == torch.arange(n, device=orders.device)).all()):
+        raise ValueError(f"fastshap: every row of orders must be a permutation of 0..{n - 1}")
 
 
 # --- coalition values -------------------------------------------------------------------------------------
