@@ -105,6 +105,11 @@ class ResamplingCallback(transformers.TrainerCallback):
                 f"fastshap: ResamplingCallback needs gradient_accumulation_steps=1 (got "
                 f"{args.gradient_accumulation_steps}); raise per_device_train_batch_size instead"
             )
+        if args.max_steps > 0:
+            raise ValueError(
+                f"fastshap: ResamplingCallback sizes each epoch by its plan; give num_train_epochs, not max_steps "
+                f"(got max_steps={args.max_steps}), or the Trainer would count epochs of max_rows rows"
+            )
         if args.dataloader_persistent_workers:
             raise ValueError(
                 "fastshap: ResamplingCallback needs dataloader_persistent_workers=False: persistent workers keep "
@@ -126,7 +131,7 @@ class ResamplingCallback(transformers.TrainerCallback):
                 f"fastshap: the Trainer ended epoch {self._epoch} after {self._done} of its plan's {self._batches} "
                 f"batches; raise max_rows (now {self.max_rows}) to at least the largest plan's length"
             )
-        last = args.max_steps <= 0 and self._epoch + 1 >= args.num_train_epochs
+        last = self._epoch + 1 >= args.num_train_epochs
         if not last and not control.should_training_stop:
             plan = self.resampler.after_epoch(model, self._epoch)
             if plan is not None and len(plan) > self.max_rows:

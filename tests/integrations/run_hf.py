@@ -56,7 +56,16 @@ class NaivePlanSwap(TrainerCallback):
         self.train.set_plan(sample_level_plan(phi))
 
 
-def train(out_dir, epochs=3, samples=90, batch_size=16, naive=False, gradient_accumulation_steps=1, **callback_kwargs):
+def train(
+    out_dir,
+    epochs=3,
+    samples=90,
+    batch_size=16,
+    naive=False,
+    gradient_accumulation_steps=1,
+    max_steps=-1,
+    **callback_kwargs,
+):
     """Train the toy model with the callback (or the naive swap); returns the Recorder."""
     model = Net()
     train_set = ResampledDataset(ToyData(samples), num_modalities=2, keep_key="keep")
@@ -70,6 +79,7 @@ def train(out_dir, epochs=3, samples=90, batch_size=16, naive=False, gradient_ac
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        max_steps=max_steps,
         learning_rate=0.05,
         lr_scheduler_type="constant",
         use_cpu=True,

@@ -44,6 +44,8 @@ def test_refuses_gradient_accumulation_and_a_plan_over_max_rows(tmp_path):
         run_hf.train(str(tmp_path), epochs=2, gradient_accumulation_steps=2)
     with pytest.raises(ValueError, match="max_rows"):
         run_hf.train(str(tmp_path), epochs=3, max_rows=91)
+    with pytest.raises(ValueError, match="not max_steps"):
+        run_hf.train(str(tmp_path), epochs=3, max_steps=5)
 
 
 def test_data_parallel_ranks_train_one_plan_built_from_all_values(tmp_path):
