@@ -88,12 +88,13 @@ def check_widths(widths: Sequence, dims: Sequence[int], what: str) -> None:
     )
 
 
-def check_dense(t: torch.Tensor, what: str) -> None:
-    """A dense (strided) tensor: the kernels index storage by strides; sparse, MKL-DNN and nested tensors
-    have none (the compiled ops would fail with a dispatcher error, the torch backend in mid-call)."""
-    if t.layout is not _STRIDED or t.is_nested:
-        kind = "nested" if t.is_nested else str(t.layout).removeprefix("torch.")
-        raise TypeError(f"fastshap: {what} is a {kind} tensor; fastshap takes dense (strided) tensors (.to_dense())")
+def raise_not_dense(t: torch.Tensor, what: str) -> None:
+    """For a tensor that is not dense (``t.layout is not torch.strided or t.is_nested``, tested inline by the
+    callers: a call per tensor would cost each call a microsecond). The kernels index storage by strides;
+    sparse, MKL-DNN and nested tensors have none (the compiled ops would fail with a dispatcher error, the
+    torch backend in mid-call)."""
+    kind = "nested" if t.is_nested else str(t.layout).removeprefix("torch.")
+    raise TypeError(f"fastshap: {what} is a {kind} tensor; fastshap takes dense (strided) tensors (.to_dense())")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,7 +113,8 @@ def check_features(features, exact: bool = True) -> list:
         )
     first = feats[0]
     for i, f in enumerate(feats):
-        check_dense(f, f"features[{i}]")
+        if f.layout is not _STRIDED or f.is_nested:
+            raise_not_dense(f, f"features[{i}]")
         if f.dim() != 2:
             raise ValueError(f"fastshap: features[{i}] must be 2-D (B, d_i), got shape {tuple(f.shape)}")
         if f.dtype not in _FLOAT_DTYPES:
@@ -199,7 +201,8 @@ def check_params(params, device, what: str) -> None:
             raise ValueError(f"fastshap: the {what} parameters are on {p.device}, the features on {device}")
         if not p.is_floating_point():
             raise TypeError(f"fastshap: the {what} parameters must be floating point, got {p.dtype}")
-        check_dense(p, f"a {what} parameter")
+        if p.layout is not _STRIDED or p.is_nested:
+            raise_not_dense(p, f"a {what} parameter")
 
 
 def check_callable_head(head) -> None:
@@ -213,7 +216,8 @@ def check_labels(labels, batch: int, device, spec: HeadSpec) -> torch.Tensor:
     """Labels as int64 after the checks that need no values (their range is counted by the backends)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"fastshap: labels must be an integer tensor, got {type(labels).__name__}")
-    check_dense(labels, "labels")
+    if labels.layout is not _STRIDED or labels.is_nested:
+        raise_not_dense(labels, "labels")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"fastshap: labels must be integer class indices (int64), got {labels.dtype}")
     per_segment = labels.dim() == 2 and spec.kind == "callable"
@@ -249,7 +253,8 @@ def check_baselines(baselines, feats: list) -> list | None:
     batch = feats[0].shape[0]
     per_sample = None
     for i, (b, f) in enumerate(zip(base, feats)):
-        check_dense(b, f"baselines[{i}]")
+        if b.layout is not _STRIDED or b.is_nested:
+            raise_not_dense(b, f"baselines[{i}]")
         if not b.is_floating_point():
             raise TypeError(
                 f"fastshap: baselines[{i}] has dtype {b.dtype}; baselines must be floating point (they are cast "
