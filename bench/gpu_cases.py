@@ -79,7 +79,7 @@ NOTES = {
     "fastshap_cuda_tc": "backend='cuda' with FASTSHAP_CUDA_TENSOR_CORES=1, defer_checks: the first layer on tensor "
     "cores (fp32 as 3xTF32) where the plan has room for them (here the linear heads, not the MLP)",
     "fastshap_cuda_tc_graph": "the same captured in a CUDA graph: its GPU time",
-    "triton_op": "the registered op torch.ops.fastshap_triton.shapley_<head> called directly: the Triton "
+    "triton_op": "the registered op torch.ops.fastshap_triton.shapley called directly: the Triton "
     "path without modality_shapley's checks (host time: the launch's own share)",
     "decomposed_torch": "fastshap's algorithm in plain torch ops: per-modality GEMMs (fp32 results), coalition sums "
     "by one einsum, argmax, Shapley weights (bench/alternatives.py)",
@@ -225,8 +225,8 @@ def _registered_op(case: alt.Case):
 
     dims = [f.shape[1] for f in case.features]
     spec = _head_spec(case.head, dims, case.features[0].device)
-    op = getattr(torch.ops.fastshap_triton, f"shapley_{spec.kind}")
-    return lambda: op(list(case.features), *spec.params, [], case.labels, "paper")[0]
+    op = torch.ops.fastshap_triton.shapley
+    return lambda: op(list(case.features), spec.kind, list(spec.params), [], case.labels, "paper")[0]
 
 
 def _graphed(run, checks):

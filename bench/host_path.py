@@ -58,21 +58,24 @@ def stubbed_launch():
     if ts.INTERPRETED:
         raise RuntimeError("bench/host_path.py: run without TRITON_INTERPRET=1 (it times the GPU launch path)")
     recorded = getattr(ts, "_CHOSEN", {})  # getattr: the script also times older trees, for comparisons
-    check, wrap, chosen = ts._check, torch.library.wrap_triton, dict(recorded)
+    guard = "_check_supported" if hasattr(ts, "_check_supported") else "_check"  # older trees: _check
+    check, wrap, chosen = getattr(ts, guard), torch.library.wrap_triton, dict(recorded)
     tuners = len(ts.AUTOTUNERS)
 
-    def check_on_cpu(*args):  # the op's static checks, with CPU tensors let through as under the interpreter
+    def check_on_cpu(*args):  # the backend's own checks, with CPU tensors let through as under the interpreter
         ts.INTERPRETED = True
         try:
             return check(*args)
         finally:
             ts.INTERPRETED = False
 
-    ts._check, torch.library.wrap_triton = check_on_cpu, _NoLaunch
+    torch.library.wrap_triton = _NoLaunch
+    setattr(ts, guard, check_on_cpu)
     try:
         yield
     finally:
-        ts._check, torch.library.wrap_triton = check, wrap
+        torch.library.wrap_triton = wrap
+        setattr(ts, guard, check)
         recorded.clear()
         recorded.update(chosen)
         for tuner in ts.AUTOTUNERS[tuners:]:
@@ -107,10 +110,10 @@ def rows() -> list:
 
     calls = [
         lambda: head.fc(torch.cat(feats, 1)),
-        lambda: torch.ops.fastshap.shapley_concat(feats, weight, bias, [], labels, "paper"),
+        lambda: torch.ops.fastshap.shapley(feats, "concat", [weight, bias], [], labels, "paper"),
         lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp"),
         lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp", defer_checks=deferred),
-        lambda: ts.shapley_concat(feats, weight, bias, [], labels, "paper"),
+        lambda: ts.shapley(feats, "concat", [weight, bias], [], labels, "paper"),
         as_triton(lambda: fastshap.modality_shapley(feats, head, labels)),
         as_triton(lambda: fastshap.modality_shapley(feats, head, labels, defer_checks=deferred)),
     ]

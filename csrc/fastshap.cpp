@@ -1,9 +1,10 @@
-// The op schemas, defined once. Each backend registers its kernels in its own file
-// (cpu/shapley_cpu.cpp, cuda/*.cu) with TORCH_LIBRARY_IMPL; the fake kernels live in fastshap/_ops.py.
+// The op schema, defined once. Each backend registers its kernel in its own file (cpu/shapley_cpu.cpp,
+// cuda/shapley_cuda.cu) with TORCH_LIBRARY_IMPL; the fake kernel lives in fastshap/_ops.py.
 //
-// All three ops take the n feature tensors (B, d_i), the head's parameters, optional baselines (an empty
-// list means "a removed modality's features are zeros"), int64 labels (B,) and the benefit name, and
-// return
+// fastshap::shapley takes the n feature tensors (B, d_i), the head's kind and its parameters (head_kinds.h:
+// "concat" weight (C, D), bias (C); "decision" weight (C, D), bias (n, C); "mlp" weight1 (H, D), bias1 (H),
+// weight2 (C, H), bias2 (C)), optional baselines (an empty list means "a removed modality's features are
+// zeros"), int64 labels (B,) and the benefit name, and returns
 //   phi   (B, n) float32  per-sample Shapley values
 //   stats (4, n) float32  row 0: sum over the batch of phi[:, i]; row 1: count of phi[:, i] < 1;
 //                         row 2: count of samples whose modality-i contribution was not finite
@@ -17,6 +18,7 @@
 
 #include <string>
 
+#include "cuda/switches.h"
 #include "shapley.h"
 
 // A module named _C so that `import fastshap._C` loads this library and runs the registrations below.
@@ -55,20 +57,10 @@ static std::string build_info() {
 }
 
 TORCH_LIBRARY(fastshap, m) {
-  // Concatenation head: logits(S) = bias + sum_i (i in S ? W_i h_i : W_i b_i).  weight (C, D), bias (C).
   m.def(
-      "shapley_concat(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, "
-      "str benefit) -> (Tensor, Tensor)");
-  // Decision fusion: one linear classifier per modality; weight (C, D) holds classifier i in the columns of
-  // modality i, bias (n, C); prediction = mean_i softmax(classifier_i(input_i)).
-  m.def(
-      "shapley_decision(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, "
-      "str benefit) -> (Tensor, Tensor)");
-  // Concatenation MLP: logits(S) = W2 relu(b1 + sum_i (i in S ? W1_i h_i : W1_i b_i)) + b2.
-  // weight1 (H, D), bias1 (H), weight2 (C, H), bias2 (C).
-  m.def(
-      "shapley_mlp(Tensor[] features, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2, "
-      "Tensor[] baselines, Tensor labels, str benefit) -> (Tensor, Tensor)");
+      "shapley(Tensor[] features, str head, Tensor[] params, Tensor[] baselines, Tensor labels, str benefit) -> "
+      "(Tensor, Tensor)");
+  m.def("head_kinds() -> str", &head_kinds_description);
   m.def("build_info() -> str", &build_info);
 }
 

@@ -1,15 +1,20 @@
-// Shared host-side pieces of the fastshap ops: the benefit enum, the exact Shapley coefficient tables
-// and the argument checks that every backend (CPU, CUDA) runs before launching its kernel.
+// Shared host-side pieces of the fastshap op: the benefit enum, the exact Shapley coefficient tables and the
+// argument checks that every backend (CPU, CUDA) runs before launching its kernel. Those checks guard memory
+// (counts, ranks, shapes, dtypes, devices: what a kernel would read out of bounds or misread); the checks of
+// values with a user's words are fastshap.modality_shapley's (fastshap/api.py).
 //
 // The semantics every kernel must reproduce bit for bit are documented in fastshap/reference.py
 // ("canonical computation"); this header only carries what the C++ kernels share.
 #pragma once
+
+#include "head_kinds.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace fastshap {
@@ -17,12 +22,6 @@ namespace fastshap {
 // n = 16 is the largest exact case: 2^16 coalitions per sample, and 16! * 16 < 2^53, so the Shapley
 // numerators below stay exact integers in a double.
 constexpr int64_t kMaxModalities = 16;
-
-// Whether the CUDA kernels run the first layer on tensor cores when FASTSHAP_CUDA_TENSOR_CORES is unset
-// (sm_80+, features and head weights of one dtype among fp16/bf16/fp32). Off until a GPU run has checked the
-// tensor-core path and timed it against the FMA one (bench/GPU-NOTES.md); the GPU tests pin the variable,
-// so flipping this default changes no test's expectations. build_info reports it.
-constexpr bool kCudaTensorCoresByDefault = false;
 
 enum class Benefit : int {
   Paper = 0,        // v(S) = |S| * 1[argmax H(S) == y], v(empty) = 0
@@ -61,13 +60,22 @@ struct ProblemShape {
   int64_t baseline_rows = 0;      // 0: zeros; 1: one shared baseline per modality; B: per-sample
 };
 
-// Checks features (n tensors (B, d_i), one floating dtype, one device), labels (B,) integer, and the
-// optional baselines (n tensors, all (d_i,) or all (B, d_i)); `first_layer` is (K, sum d_i).
-ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer, at::TensorList baselines,
-                          const at::Tensor& labels);
+// Checks features (n tensors (B, d_i), one floating dtype, one device), labels (B,) int64 on that device, and
+// the optional baselines (n tensors, all (d_i,) or all (B, d_i), of the features' dtype and device).
+ProblemShape check_common(at::TensorList features, at::TensorList baselines, const at::Tensor& labels);
 
-// Checks that the head parameter `what` (its shape is the caller's to check) is floating point and on the
-// device of `features0`.
-void check_param(const at::Tensor& param, const char* what, const at::Tensor& features0);
+// What the parameter checks found out: the kind, the first layer's width K (C, or H for the MLP) and C.
+struct HeadShape {
+  const HeadKind* kind = nullptr;
+  int64_t K = 0;
+  int64_t C = 0;
+};
+
+// The kind named `head` (head_kinds.h), after checking its parameters: their count, each one's shape against
+// the table's symbols, floating point, on the device of `features0`.
+HeadShape check_head(c10::string_view head, at::TensorList params, const ProblemShape& p, const at::Tensor& features0);
+
+// The table of head_kinds.h as "name:code:param=SHAPE,...;..." (the fastshap::head_kinds op).
+std::string head_kinds_description();
 
 }  // namespace fastshap

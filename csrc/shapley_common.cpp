@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <string>
 
 namespace fastshap {
@@ -28,6 +29,8 @@ ShapleyCoefficients shapley_coefficients(int64_t n) {
   return c;
 }
 
+namespace {
+
 void check_param(const at::Tensor& param, const char* what, const at::Tensor& features0) {
   TORCH_CHECK_VALUE(param.device() == features0.device(), "fastshap: ", what, " is on ", param.device(),
                     ", features on ", features0.device());
@@ -35,8 +38,28 @@ void check_param(const at::Tensor& param, const char* what, const at::Tensor& fe
                     param.scalar_type());
 }
 
-ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer, at::TensorList baselines,
-                          const at::Tensor& labels) {
+std::string kind_names() {
+  std::string names;
+  for (const HeadKind& kind : kHeadKinds) names += std::string(names.empty() ? "'" : ", '") + kind.name + "'";
+  return names;
+}
+
+// "(C, H) = (C, 8)": the shape's symbols, then their values where known.
+std::string expected_shape(const char* dims, const std::array<int64_t, 128>& value) {
+  std::string symbols, values;
+  for (const char* d = dims; *d != '\0'; ++d) {
+    const std::string sep = d == dims ? "" : ", ";
+    symbols += sep + *d;
+    const int64_t known = value[static_cast<unsigned char>(*d)];
+    values += sep + (known >= 0 ? std::to_string(known) : std::string(1, *d));
+  }
+  const std::string one = dims[1] == '\0' ? "," : "";
+  return "(" + symbols + one + ") = (" + values + one + ")";
+}
+
+}  // namespace
+
+ProblemShape check_common(at::TensorList features, at::TensorList baselines, const at::Tensor& labels) {
   ProblemShape p;
   p.n = static_cast<int64_t>(features.size());
   TORCH_CHECK_VALUE(p.n >= 1 && p.n <= kMaxModalities, "fastshap: between 1 and ", kMaxModalities,
@@ -58,10 +81,6 @@ ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer
     p.dims.push_back(f.size(1));
     p.total_dim += f.size(1);
   }
-  TORCH_CHECK_VALUE(first_layer.dim() == 2 && first_layer.size(1) == p.total_dim,
-                    "fastshap: head weight must be (K, ", p.total_dim, ") for features of total width ",
-                    p.total_dim, ", got ", first_layer.sizes());
-  check_param(first_layer, "the head weight", f0);
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == p.batch, "fastshap: labels must be (", p.batch,
                     ",), got ", labels.sizes());
   TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, "fastshap: labels must be int64, got ",
@@ -83,13 +102,62 @@ ProblemShape check_common(at::TensorList features, const at::Tensor& first_layer
                           "), got ", b.sizes());
       }
       TORCH_CHECK_VALUE(ok, "fastshap: baselines[", i, "] must be (", shared ? "" : std::to_string(p.batch) + ", ",
-                        p.dims[i], shared ? ",)" : ")", ": baselines are all shared (d_i,) or all per-sample (B, d_i), "
-                        "as baselines[0] is; got ", b.sizes());
-      TORCH_CHECK_VALUE(b.scalar_type() == f0.scalar_type() && b.device() == f0.device(), "fastshap: baselines[",
-                        i, "] must match the features' dtype and device");
+                        p.dims[i], shared ? ",)" : ")", " (all shared (d_i,) or all per-sample (B, d_i), as "
+                        "baselines[0]), got ", b.sizes());
+      TORCH_CHECK_VALUE(b.device() == f0.device(), "fastshap: baselines[", i, "] is on ", b.device(),
+                        ", features on ", f0.device());
+      TORCH_CHECK_VALUE(b.scalar_type() == f0.scalar_type(), "fastshap: baselines[", i, "] is ", b.scalar_type(),
+                        ", features are ", f0.scalar_type());
     }
   }
   return p;
+}
+
+HeadShape check_head(c10::string_view head, at::TensorList params, const ProblemShape& p,
+                     const at::Tensor& features0) {
+  HeadShape h;
+  for (const HeadKind& kind : kHeadKinds) {
+    if (head == kind.name) h.kind = &kind;
+  }
+  TORCH_CHECK_VALUE(h.kind != nullptr, "fastshap: unknown head kind '", std::string(head), "'; expected ",
+                    kind_names());
+  const HeadKind& kind = *h.kind;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(params.size()) == kind.num_params, "fastshap: the ", kind.name,
+                    " head takes ", kind.num_params, " parameters, got ", params.size());
+  std::array<int64_t, 128> value;  // by symbol; -1 until a dimension fixes it
+  value.fill(-1);
+  value['n'] = p.n;
+  value['D'] = p.total_dim;
+  for (int i = 0; i < kind.num_params; ++i) {
+    const at::Tensor& param = params[i];
+    const char* dims = kind.shapes[i];
+    std::array<int64_t, 128> bound = value;  // the message shows what was known before this parameter
+    bool ok = param.dim() == static_cast<int64_t>(std::char_traits<char>::length(dims));
+    for (int64_t d = 0; ok && dims[d] != '\0'; ++d) {
+      int64_t& known = bound[static_cast<unsigned char>(dims[d])];
+      if (known < 0) known = param.size(d);
+      ok = known == param.size(d);
+    }
+    TORCH_CHECK_VALUE(ok, "fastshap: ", kind.name, " ", kind.params[i], " must be ", expected_shape(dims, value),
+                      ", got ", param.sizes());
+    value = bound;
+    check_param(param, kind.params[i], features0);
+  }
+  h.K = params[kind.first_layer].size(0);
+  h.C = value['C'];
+  return h;
+}
+
+std::string head_kinds_description() {
+  std::string out;
+  for (const HeadKind& kind : kHeadKinds) {
+    out += (out.empty() ? "" : ";") + std::string(kind.name) + ":" + std::to_string(kind.code) + ":";
+    for (int i = 0; i < kind.num_params; ++i) {
+      out += (i ? "," : "") + std::string(kind.params[i]) + "=" + kind.shapes[i];
+    }
+    out += ":" + std::to_string(kind.first_layer);
+  }
+  return out;
 }
 
 }  // namespace fastshap

@@ -1,4 +1,4 @@
-"""Triton kernels of the fastshap ops; the host side (checks, launches, op registration) is
+"""Triton kernels of the fastshap op; the host side (checks, launches, op registration) is
 :mod:`fastshap.triton_shapley`.
 
 Two kernels, both one program per tile of ``BLOCK_B`` samples, both writing phi and the batch statistics:
@@ -25,17 +25,23 @@ pre-activations, or logits) hold a NaN or an Inf gets v(S) = NaN, so that its sa
 Coalitions go MB at a time (a (BLOCK_B, MB, K) score tile): on a GPU MB is small (registers); under the
 interpreter, which pays per operation, it covers up to all 2^n coalitions in one step.
 
-Heads (``HEAD``): 0 concat-linear (score = logits), 1 decision fusion (score = sum of per-modality softmax
-probabilities, present/absent are probabilities), 2 MLP. Benefits (``BENEFIT``): 0 paper, 1 accuracy,
-2 probability. ``STATS`` is a (4, n) float64 accumulator: sum of phi, count of phi < 1, count of samples
-whose partial products hold a NaN or Inf (fused kernel only; the host counts them for the streaming one),
-and at [3, 0] the count of NaN phi rows (labels outside [0, C), non-finite scores).
+Heads (``HEAD``, the codes of fastshap.head_kinds): concat-linear (score = logits), decision fusion (score =
+sum of per-modality softmax probabilities, present/absent are probabilities), MLP. Benefits (``BENEFIT``):
+0 paper, 1 accuracy, 2 probability. ``STATS`` is a (4, n) float64 accumulator: sum of phi, count of phi < 1,
+count of samples whose partial products hold a NaN or Inf (fused kernel only; the host counts them for the
+streaming one), and at [3, 0] the count of NaN phi rows (labels outside [0, C), non-finite scores).
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from fastshap import head_kinds
+
+#: Head codes the kernels branch on (globals a kernel reads must be constexpr).
+DECISION = tl.constexpr(head_kinds.DECISION.code)
+MLP = tl.constexpr(head_kinds.MLP.code)
 
 #: Largest n the fused kernel takes (one pointer argument per modality: Triton has no pointer lists).
 MAX_FUSED = 8
@@ -82,7 +88,7 @@ def _scan(s, cols, C, y, best, arg, top, total, sy, BENEFIT: tl.constexpr, HEAD:
     s = tl.where(valid, s, float("-inf"))
     if BENEFIT == 2:
         sy += tl.sum(tl.where(cols[None, None, :] == y[:, None, None], s, 0.0), 2)
-        if HEAD != 1:
+        if HEAD != DECISION:
             tile_top = tl.max(s, 2)
             new_top = tl.maximum(top, tile_top)
             total = total * tl.exp(top - new_top) + tl.sum(tl.exp(s - new_top[:, :, None]), 2)
@@ -144,7 +150,7 @@ def _accumulate(
         nonfinite = nonfinite & (size > 0)[None, :]  # the empty coalition is worth 0 whatever its scores
     elif BENEFIT == 1:
         v = tl.where(arg == y[:, None], 1.0, 0.0).to(tl.float64)
-    elif HEAD == 1:
+    elif HEAD == DECISION:
         v = sy.to(tl.float64) / N  # decision fusion: the mean of the per-modality probabilities
     else:
         v = (tl.exp(sy - top) / total).to(tl.float64)
@@ -379,7 +385,7 @@ def fused_kernel(
         else:
             a = tl.zeros((1, KP), tl.float32)
         tl.atomic_add(STATS + 2 * N + i, bad)
-        if HEAD == 1:
+        if HEAD == DECISION:
             b = tl.load(BIAS + i * BIAS_rs + kc * BIAS_cs, mask=kmask, other=0.0).to(tl.float32)[None, :]
             p = _softmax_rows(p + b, kmask)
             a = _softmax_rows(a + b, kmask)
@@ -387,7 +393,7 @@ def fused_kernel(
         absent = absent + (a,)
         off += ds[i]
 
-    if HEAD == 1:
+    if HEAD == DECISION:
         start = tl.zeros((KP,), tl.float32)
     else:
         start = tl.load(BIAS + kc * BIAS_cs, mask=kmask, other=0.0).to(tl.float32)
@@ -403,7 +409,7 @@ def fused_kernel(
             score = score + tl.where(inside, present[i][:, None, :], absent[i][:, None, :])
         best, arg, top, total, sy = _state(BLOCK_B, MB)
         nonfinite = _any_nonfinite(score, kmask)  # scores, or the MLP's hidden pre-activations
-        if HEAD == 2:
+        if HEAD == MLP:
             # Second layer one class at a time (fp32 FMAs and a reduction over the hidden units): no
             # tl.dot on fp32 activations, whose "tf32x3" form makes ptxas spill heavily here.
             z = tl.maximum(score, 0.0)
@@ -501,7 +507,7 @@ def streaming_kernel(
         mm = m0 + tl.arange(0, MB)
         best, arg, top, total, sy = _state(BLOCK_B, MB)
         nonfinite = tl.zeros((BLOCK_B, MB), tl.int1)
-        if HEAD == 2:
+        if HEAD == MLP:
             for c0 in range(0, C, BLOCK_C):
                 cc = c0 + tl.arange(0, BLOCK_C)
                 acc = tl.zeros((BLOCK_B * MB, BLOCK_C), tl.float32)

@@ -16,9 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from fastshap import _extension, reference
-
-_KERNEL_KINDS = ("concat", "decision", "mlp")
+from fastshap import _extension, head_kinds, reference
 
 
 class BackendError(RuntimeError):
@@ -28,7 +26,7 @@ class BackendError(RuntimeError):
 class Call(NamedTuple):
     """What a backend needs to know to accept a call (a tuple: built on every call, cheaply)."""
 
-    kind: str  # "concat" | "decision" | "mlp" | "callable"
+    kind: str  # a head kind of fastshap.head_kinds, or "callable"
     device: torch.device
     dtype: torch.dtype
     n: int
@@ -57,11 +55,11 @@ class Backend:
         return None
 
     def run(self, spec: HeadSpec, features, baselines, labels, benefit):
-        """(phi (B, n) float32, stats (4, n) float32); each subclass's _ops() holds shapley_<kind>."""
+        """(phi (B, n) float32, stats (4, n) float32): the backend's op ``shapley(features, head, params,
+        baselines, labels, benefit)``, or for a callable head the torch path."""
         if spec.kind == "callable":
             return reference.shapley_callable(features, spec.fn, labels, baselines, benefit)
-        op = getattr(self._ops(), f"shapley_{spec.kind}")
-        return op(list(features), *spec.params, list(baselines or []), labels, benefit)
+        return self._op()(list(features), spec.kind, list(spec.params), list(baselines or []), labels, benefit)
 
 
 class TorchBackend(Backend):
@@ -69,15 +67,18 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def _ops(self):
-        return reference
+    def _op(self):
+        return reference.shapley
 
 
-def _kernel_declines(call: Call, device_type: str, dtypes) -> str | None:
-    if call.kind not in _KERNEL_KINDS:
+def _kernel_declines(call: Call, backend: str, device_type: str, dtypes) -> str | None:
+    kind = head_kinds.KINDS.get(call.kind)
+    if kind is None:
         return f"it runs the fastshap heads and nn.Linear only, not a {call.kind} head" + (
             f" ({call.note})" if call.note else ""
         )
+    if backend not in kind.backends:
+        return f"its kernels do not run the {kind.name} head"
     if call.per_segment:
         return "per-segment (B, T) labels need a callable head (torch backend)"
     if call.device.type != device_type:
@@ -99,10 +100,10 @@ class CppBackend(Backend):
         return None
 
     def declines(self, call):
-        return _kernel_declines(call, "cpu", self.dtypes)
+        return _kernel_declines(call, self.name, "cpu", self.dtypes)
 
-    def _ops(self):
-        return torch.ops.fastshap
+    def _op(self):
+        return torch.ops.fastshap.shapley
 
 
 class CudaBackend(Backend):
@@ -116,11 +117,11 @@ class CudaBackend(Backend):
         return _cuda_unavailable()
 
     def declines(self, call):
-        problem = _kernel_declines(call, "cuda", self.dtypes)
+        problem = _kernel_declines(call, self.name, "cuda", self.dtypes)
         return problem or _cuda_arch_problem(reference._device_key(call.device).index)
 
-    def _ops(self):
-        return torch.ops.fastshap
+    def _op(self):
+        return torch.ops.fastshap.shapley
 
 
 class TritonBackend(Backend):
@@ -135,10 +136,11 @@ class TritonBackend(Backend):
 
     def declines(self, call):
         interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-        return _kernel_declines(call, "cpu" if interpreted and call.device.type == "cpu" else "cuda", self.dtypes)
+        device_type = "cpu" if interpreted and call.device.type == "cpu" else "cuda"
+        return _kernel_declines(call, self.name, device_type, self.dtypes)
 
-    def _ops(self):
-        return importlib.import_module(self.module)
+    def _op(self):
+        return importlib.import_module(self.module).shapley
 
 
 # What makes the compiled CUDA kernels or Triton unavailable does not change within a process (a build, an
@@ -147,7 +149,7 @@ class TritonBackend(Backend):
 def _cuda_unavailable() -> str | None:
     if not _extension.LOADED:
         return f"the compiled extension fastshap._C did not load ({_extension.LOAD_ERROR})"
-    if not _extension.has_kernel("shapley_concat", "CUDA"):
+    if not _extension.has_kernel("shapley", "CUDA"):
         return "fastshap._C was built without its CUDA kernels (see FASTSHAP_BUILD_CUDA in the README)"
     if not torch.cuda.is_available():
         return "no CUDA device is available"

@@ -9,11 +9,11 @@ import sys
 import torch
 
 import fastshap
-from fastshap import _extension, backends
+from fastshap import _extension, backends, head_kinds
 
 
 def tensor_cores_line(info: dict) -> str:
-    """FASTSHAP_CUDA_TENSOR_CORES as the CUDA launcher reads it (csrc/cuda/shapley_cuda.cu, on every call):
+    """FASTSHAP_CUDA_TENSOR_CORES as the CUDA launcher reads it (csrc/cuda/switches.h, on every call):
     unset -> the compiled-in default, "0" / "1" -> off / on, anything else -> every CUDA call raises."""
     switch = os.environ.get("FASTSHAP_CUDA_TENSOR_CORES")
     if switch is not None and switch not in ("0", "1"):
@@ -27,6 +27,19 @@ def tensor_cores_line(info: dict) -> str:
         f"{'on' if tensor_cores else 'off'} for first layers with a head of the features' dtype ({why}; "
         f"FASTSHAP_CUDA_TENSOR_CORES={0 if tensor_cores else 1} to {'leave them' if tensor_cores else 'try them'})"
     )
+
+
+def head_kinds_line() -> str:
+    """The head kinds the compiled op runs (csrc/head_kinds.h), and whether they are fastshap/head_kinds.py's:
+    a build from other sources than the Python package's says so here."""
+    try:
+        compiled = torch.ops.fastshap.head_kinds()
+    except (AttributeError, RuntimeError):
+        return "unknown (this build has no head_kinds op: rebuild the extension)"
+    names = ", ".join(item.split(":")[0] for item in compiled.split(";"))
+    if compiled != head_kinds.describe():
+        return f"{names} (differ from fastshap/head_kinds.py's: rebuild the extension)"
+    return names
 
 
 def report() -> str:
@@ -61,6 +74,7 @@ def report() -> str:
         lines += [
             f"  OpenMP            {'yes' if info.get('openmp') == '1' else 'no'}",
             f"  compiler          {info.get('compiler', '?')}",
+            f"  head kinds        {head_kinds_line()}",
         ]
     else:
         lines.append(f"extension           not loaded: {_extension.LOAD_ERROR}")

@@ -26,7 +26,9 @@ Canonical computation (every backend reproduces it; the compiled ones bit for bi
   sample's phi row is then NaN, as it is for a label outside ``[0, C)`` (whose coalitions are not
   evaluated). (The paper benefit never evaluates the empty coalition: v = 0 there by definition.)
 
-Every function returns ``(phi (B, n) float32, stats (4, n) float32)``; ``stats`` rows are the batch sum of
+:func:`shapley` is the op ``torch.ops.fastshap.shapley`` in plain torch (``head`` one of the kinds of
+:mod:`fastshap.head_kinds`, ``params`` its parameters); :func:`shapley_callable` takes any callable head.
+Both return ``(phi (B, n) float32, stats (4, n) float32)``; ``stats`` rows are the batch sum of
 phi, the count of ``phi < 1``, the count of samples whose modality contribution was not finite, and in
 column 0 of row 3 the count of NaN phi rows (labels outside ``[0, C)``, non-finite scores; the rest of row
 3 is 0).
@@ -39,6 +41,8 @@ from collections.abc import Callable, Sequence
 from functools import cache
 
 import torch
+
+from fastshap import head_kinds
 
 Tensor = torch.Tensor
 
@@ -232,7 +236,7 @@ def _nan_rows(phi: Tensor, bad: Tensor) -> Tensor:
     return phi.masked_fill(bad.unsqueeze(1), float("nan"))
 
 
-def shapley_concat(features, weight, bias, baselines, labels, benefit):
+def _concat(features, weight, bias, baselines, labels, benefit):
     """Concat-linear head: logits = bias + sum_i W_i x_i. weight (C, D), bias (C)."""
     ct = compute_dtype(features[0].dtype)
     labels, bad = _safe_labels(labels, weight.shape[0])
@@ -243,7 +247,7 @@ def shapley_concat(features, weight, bias, baselines, labels, benefit):
     return phi, _stats(phi, nonfinite)
 
 
-def shapley_decision(features, weight, bias, baselines, labels, benefit):
+def _decision(features, weight, bias, baselines, labels, benefit):
     """Decision fusion: classifier i = (weight[:, cols_i], bias[i]); prediction = mean_i softmax. bias (n, C)."""
     ct = compute_dtype(features[0].dtype)
     n, num_classes = len(features), weight.shape[0]
@@ -266,7 +270,7 @@ def _mlp_chunk_samples(batch: int, n: int, hidden: int) -> int:
     return max(1, min(batch, (1 << 22) // ((1 << n) * max(hidden, 1))))
 
 
-def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
+def _mlp(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
     """MLP head: logits = W2 relu(b1 + sum_i W1_i x_i) + b2. weight1 (H, D), weight2 (C, H)."""
     ct = compute_dtype(features[0].dtype)
     labels, bad = _safe_labels(labels, weight2.shape[0])
@@ -289,6 +293,20 @@ def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, ben
         phi[rows] = shapley_from_values(_values(logits, labels[rows], benefit, nonfinite=hidden_nonfinite))
     phi = _nan_rows(phi, bad)
     return phi, _stats(phi, nonfinite)
+
+
+#: The implementation of each head kind (fastshap/head_kinds.py), called with the kind's parameters in order.
+_KINDS = {"concat": _concat, "decision": _decision, "mlp": _mlp}
+
+
+def shapley(features, head: str, params, baselines, labels, benefit):
+    """``torch.ops.fastshap.shapley`` in plain torch: features n tensors ``(B, d_i)``; head a kind of
+    :mod:`fastshap.head_kinds` and params its parameters in the table's order; baselines ``[]`` (zeros) or n
+    tensors ``(d_i,)`` / ``(B, d_i)``; labels ``(B,)`` int64; benefit "paper" | "accuracy" | "probability"."""
+    kind = head_kinds.get(head)
+    if len(params) != len(kind.params):
+        raise ValueError(f"fastshap: the {kind.name} head takes {len(kind.params)} parameters, got {len(params)}")
+    return _KINDS[kind.name](features, *params, baselines, labels, benefit)
 
 
 def _callable_values(logits: Tensor, labels: Tensor, benefit: str, size: Tensor) -> Tensor:

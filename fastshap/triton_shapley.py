@@ -3,11 +3,11 @@
 Imported lazily by :class:`fastshap.backends.TritonBackend`; importing it needs Triton, and running it a
 CUDA device, or ``TRITON_INTERPRET=1`` set before Triton is imported (CPU tensors, Triton's interpreter).
 
-Each op takes what the compiled ``fastshap::`` ops take (features: n tensors ``(B, d_i)`` of fp32, fp16 or
-bf16, any strides; the head's parameters in any float dtype; baselines ``[]`` for zeros, or n tensors all
-``(d_i,)`` or all ``(B, d_i)``; labels int64 ``(B,)``; benefit "paper" | "accuracy" | "probability") and
-returns ``(phi (B, n) float32, stats (4, n) float32)`` with the semantics of the canonical computation in
-:mod:`fastshap.reference`:
+:func:`shapley` takes what the compiled op ``torch.ops.fastshap.shapley`` takes (features: n tensors
+``(B, d_i)`` of fp32, fp16 or bf16, any strides; the head kind and its parameters (:mod:`fastshap.head_kinds`)
+in any float dtype; baselines ``[]`` for zeros, or n tensors all ``(d_i,)`` or all ``(B, d_i)``; labels int64
+``(B,)``; benefit "paper" | "accuracy" | "probability") and returns ``(phi (B, n) float32, stats (4, n)
+float32)`` with the semantics of the canonical computation in :mod:`fastshap.reference`:
 
 * One launch per call for n <= 8 when the per-sample partial products fit on chip
   (``n * pow2(K) <= FUSED_FLOATS``, per-sample baselines and the MLP's hidden layer counted; 1.5x that for
@@ -29,9 +29,10 @@ returns ``(phi (B, n) float32, stats (4, n) float32)`` with the semantics of the
   (labels outside [0, C), coalition scores holding NaN/Inf) (:func:`fastshap.modality_shapley` raises on
   rows 2 and 3, or defers them).
 
-The ops are registered as ``torch.ops.fastshap_triton.shapley_{concat,decision,mlp}`` through
-``torch.library.triton_op`` (so torch.compile sees the kernels) on a GPU, and as plain custom ops with a
-fake kernel under the interpreter, where ``wrap_triton`` cannot trace interpreted kernels.
+The op is registered as ``torch.ops.fastshap_triton.shapley`` (the compiled op's schema) through
+``torch.library.triton_op`` (so torch.compile sees the kernels) on a GPU, and as a plain custom op with a
+fake kernel under the interpreter, where ``wrap_triton`` cannot trace interpreted kernels. Its argument checks
+are the compiled op's memory guards (:mod:`fastshap._op_checks`) and what these kernels take.
 """
 
 import os
@@ -44,7 +45,8 @@ from torch._subclasses.fake_tensor import is_fake
 from triton.runtime.interpreter import InterpretedFunction
 
 from fastshap import _triton_kernels as kernels
-from fastshap import reference
+from fastshap import head_kinds, reference
+from fastshap._op_checks import check_op
 
 #: True when Triton runs in its interpreter (TRITON_INTERPRET=1 was set before it was imported).
 INTERPRETED = isinstance(kernels.fused_kernel, InterpretedFunction)
@@ -79,7 +81,7 @@ WIDE_HEADS = ("concat", "mlp")
 #: and care about values, not speed.
 AUTOTUNE = os.environ.get("FASTSHAP_TRITON_AUTOTUNE", "1") != "0"
 
-_HEADS = {"concat": 0, "decision": 1, "mlp": 2}
+_DECISION, _MLP = head_kinds.DECISION.code, head_kinds.MLP.code
 _BENEFITS = {"paper": 0, "accuracy": 1, "probability": 2}
 _FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _HALF = (torch.float16, torch.bfloat16)
@@ -113,13 +115,9 @@ def second_layer_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-def _check(head, features, weight, bias, weight2, bias2, baselines, labels, benefit):
-    """Static checks only (shapes, dtypes, devices): they also run while tracing with fake tensors. The
-    parameters' rules and messages are those of the compiled ops (csrc/cpu/shapley_cpu.cpp,
-    csrc/cuda/shapley_host.h): the kernels read bias, weight2 and bias2 by the sizes of weight."""
-    n = len(features)
-    if not 1 <= n <= MAX_MODALITIES:
-        raise ValueError(f"fastshap: between 1 and {MAX_MODALITIES} modalities are supported exactly, got {n}")
+def _check_supported(features, classes) -> None:
+    """What these kernels take besides the op's memory guards (fastshap._op_checks): 16- and 32-bit float
+    features on a CUDA device (CPU tensors under the interpreter), and at least one class."""
     f0 = features[0]
     if f0.dtype not in _FEATURE_DTYPES:
         raise TypeError(f"fastshap: the triton backend takes float32, float16 or bfloat16 features, got {f0.dtype}")
@@ -128,59 +126,14 @@ def _check(head, features, weight, bias, weight2, bias2, baselines, labels, bene
             f"fastshap: the triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
             f"got {f0.device}"
         )
-    for i, f in enumerate(features):
-        if f.dim() != 2 or f.shape[0] != f0.shape[0] or f.dtype != f0.dtype or f.device != f0.device:
-            raise ValueError(
-                f"fastshap: features[{i}] is {tuple(f.shape)} {f.dtype} on {f.device}; expected (B, d) with "
-                f"B = {f0.shape[0]}, {f0.dtype} on {f0.device}"
-            )
-    total = sum(f.shape[1] for f in features)
-    if weight.dim() != 2 or weight.shape[1] != total:
-        raise ValueError(f"fastshap: head weight must be (K, {total}), got {tuple(weight.shape)}")
-    k = weight.shape[0]
-    if head == _HEADS["decision"]:
-        if bias.dim() != 2 or tuple(bias.shape) != (n, k):
-            raise ValueError(f"fastshap: decision-fusion bias must be (n, C) = ({n}, {k}), got {list(bias.shape)}")
-    elif bias.dim() != 1 or bias.shape[0] != k:
-        name = "bias1" if head == _HEADS["mlp"] else "bias"
-        raise ValueError(f"fastshap: {name} must be ({k},), got {list(bias.shape)}")
-    params = [weight, bias]
-    classes = k
-    if head == _HEADS["mlp"]:
-        if weight2.dim() != 2 or weight2.shape[1] != k:
-            raise ValueError(f"fastshap: weight2 must be (C, {k}), got {list(weight2.shape)}")
-        classes = weight2.shape[0]
-        if bias2.dim() != 1 or bias2.shape[0] != classes:
-            raise ValueError(f"fastshap: bias2 must be ({classes},), got {list(bias2.shape)}")
-        params += [weight2, bias2]
-    if any(p.device != f0.device or not p.is_floating_point() for p in params):
-        raise ValueError("fastshap: head parameters must be floating point, on the features' device")
     if classes < 1 and f0.shape[0] != 0:
         raise ValueError("fastshap: the head has no classes")
-    if labels.dim() != 1 or labels.shape[0] != f0.shape[0] or labels.dtype != torch.int64:
-        raise ValueError(f"fastshap: labels must be int64 ({f0.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
-    if labels.device != f0.device:
-        raise ValueError(f"fastshap: labels are on {labels.device}, features on {f0.device}")
-    if baselines:
-        if len(baselines) != n:
-            raise ValueError(f"fastshap: {len(baselines)} baselines for {n} modalities")
-        shared = baselines[0].dim() == 1
-        for i, (b, f) in enumerate(zip(baselines, features)):
-            want = (f.shape[1],) if shared else (f.shape[0], f.shape[1])
-            if tuple(b.shape) != want or b.dtype != f0.dtype or b.device != f0.device:
-                raise ValueError(
-                    f"fastshap: baselines[{i}] must be {want} {f0.dtype} on {f0.device} (baselines are all shared "
-                    f"(d_i,) or all per-sample (B, d_i), as baselines[0] is), got {tuple(b.shape)} "
-                    f"{b.dtype} on {b.device}"
-                )
-    if benefit not in _BENEFITS:
-        raise ValueError(f"fastshap: unknown benefit {benefit!r}; expected 'paper', 'accuracy' or 'probability'")
 
 
 def _footprint(head: int, n: int, k: int, base: int) -> int:
     """fp32 values per sample the fused kernel keeps on chip."""
     per_modality = 2 if base == 2 else 1
-    return _pow2(k, 16) * (n * per_modality + (1 if head == 2 else 0))
+    return _pow2(k, 16) * (n * per_modality + (1 if head == _MLP else 0))
 
 
 def _fused_configs(max_block_b: int, max_block_d: int, kp: int, coalitions: int, foot: int):
@@ -282,7 +235,7 @@ def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
     heads) are None: a constexpr to Triton, so its launcher has that much less to convert each call."""
     n, batch = len(features), features[0].shape[0]
     k = weight.shape[0]
-    c = weight2.shape[0] if head == 2 else k
+    c = weight2.shape[0] if head == _MLP else k
     base = 0 if not baselines else (1 if baselines[0].dim() == 1 else 2)
     meta, tuning = _fused_meta(
         head,
@@ -307,7 +260,7 @@ def _fused_plan(head, features, weight, bias, weight2, bias2, baselines, labels,
         br = [*(b.stride(0) if base == 2 else 0 for b in baselines), *none]
         bc = [*(b.stride(-1) for b in baselines), *none]
     bias_rs, bias_cs = (bias.stride(0), bias.stride(1)) if bias.dim() == 2 else (0, bias.stride(0))
-    if head == 2:
+    if head == _MLP:
         w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
     else:
         w2 = w2_rs = w2_cs = b2 = None
@@ -439,11 +392,11 @@ def _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, lab
     head), non-finite row counts) of a streaming launch; computes the partial products."""
     n, batch = len(features), features[0].shape[0]
     k = weight.shape[0]
-    c = weight2.shape[0] if head == 2 else k
+    c = weight2.shape[0] if head == _MLP else k
     present = _partials(features, weight)
     absent = _partials(baselines, weight) if baselines else None
     nonfinite = _nonfinite_rows(present) + (_nonfinite_rows(absent) if absent is not None else 0)
-    if head == 1:
+    if head == _DECISION:
         b = bias.float().unsqueeze(1)
         present = torch.softmax(present + b, -1)
         zeros = torch.zeros(n, 1, k, dtype=torch.float32, device=present.device)
@@ -455,7 +408,7 @@ def _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, lab
     has_absent = absent is not None
     absent = absent.contiguous() if has_absent else present
     a_bs = 0 if absent.shape[1] == 1 else absent.stride(1)
-    if head == 2:
+    if head == _MLP:
         w2, w2_rs, w2_cs, b2 = weight2, weight2.stride(0), weight2.stride(1), bias2
     else:
         w2 = w2_rs = w2_cs = b2 = None  # read by the MLP head only
@@ -491,7 +444,7 @@ def _streaming_plan(head, features, weight, bias, weight2, bias2, baselines, lab
     )
     if INTERPRETED:
         block_b, block_k, block_c = max(16, min(128, _pow2(batch))), min(1024, _pow2(k, 16)), min(1024, _pow2(c, 16))
-        mb = _interpreter_coalitions(block_b, max(block_k, block_c if head == 2 else 1), n)
+        mb = _interpreter_coalitions(block_b, max(block_k, block_c if head == _MLP else 1), n)
         meta.update(BLOCK_B=block_b, MB=mb, BLOCK_K=block_k, BLOCK_C=block_c)
     return args, meta, (n, k, c, head), nonfinite
 
@@ -503,9 +456,9 @@ def _streaming_configs(n: int, k: int, c: int, head: int):
     kp, block_c = _pow2(k, 16), min(64, _pow2(c, 16))
     configs, seen = [], set()
     for block_b, block_k in ((32, min(64, kp)), (32, 16), (16, 16), (64, 16)):
-        width = max(block_k, block_c if head == 2 else 1)
+        width = max(block_k, block_c if head == _MLP else 1)
         mb = max(1, min(1 << n, 4096 // (block_b * width)))
-        if (head == 2 and block_b * mb < 16) or (block_b, block_k, mb) in seen:
+        if (head == _MLP and block_b * mb < 16) or (block_b, block_k, mb) in seen:
             continue
         seen.add((block_b, block_k, mb))
         configs.append(triton.Config(dict(BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_C=block_c, MB=mb), num_warps=4))
@@ -555,7 +508,8 @@ def uses_fused_kernel(head: str, n: int, width: int, per_sample_baselines: bool)
     """Whether a call takes the one-pass fused kernel (width: C, or H for the MLP head)."""
     wide = head in WIDE_HEADS and not per_sample_baselines
     limit = FUSED_FLOATS * 3 // 2 if wide else FUSED_FLOATS
-    return n <= MAX_FUSED and _footprint(_HEADS[head], n, width, 2 if per_sample_baselines else 0) <= limit
+    code = head_kinds.get(head).code
+    return n <= MAX_FUSED and _footprint(code, n, width, 2 if per_sample_baselines else 0) <= limit
 
 
 #: The kernels form the element offsets of feature columns and of the head's weights from 32-bit index
@@ -587,16 +541,19 @@ def _with_32bit_offsets(name: str, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefit):
-    head = _HEADS[kind]
-    _check(head, features, weight, bias, weight2, bias2, baselines, labels, benefit)
-    n, batch = len(features), features[0].shape[0]
+def _run(features, head, params, baselines, labels, benefit):
+    shape = check_op(features, head, params, baselines, labels, benefit)
+    _check_supported(features, shape.C)
+    code = shape.kind.code
+    weight, bias = params[0], params[1]
+    weight2, bias2 = (params[2], params[3]) if code == _MLP else (None, None)
+    n, batch = shape.n, shape.batch
     device = features[0].device
     phi = torch.empty(batch, n, dtype=torch.float32, device=device)
     stats = torch.zeros(4, n, dtype=torch.float64, device=device)
     if batch > 0:
         per_sample = bool(baselines) and baselines[0].dim() == 2
-        fused = uses_fused_kernel(kind, n, weight.shape[0], per_sample)
+        fused = uses_fused_kernel(head, n, weight.shape[0], per_sample)
         launch = _launch_fused if fused else _launch_streaming
         # Column offsets (features, baselines) and the weights the kernels read (the first layer in the fused
         # kernel only: the streaming path's partials come from torch GEMMs) must fit 32 bits; bias2 is read
@@ -611,74 +568,43 @@ def _run(kind, features, weight, bias, weight2, bias2, baselines, labels, benefi
         # tensors: nothing launches then, and a machine that traces need not have the device).
         guard = device.type == "cuda" and not is_fake(features[0])
         with torch.cuda.device(device) if guard else _no_guard():
-            launch(head, list(features), weight, bias, weight2, bias2, list(baselines), labels, benefit, phi, stats)
+            launch(code, list(features), weight, bias, weight2, bias2, list(baselines), labels, benefit, phi, stats)
     return phi, stats.float()
 
 
-# The op functions carry type annotations because torch.library.triton_op infers the schema from them:
+# The op function carries type annotations because torch.library.triton_op infers the schema from them:
 # torch 2.11's triton_op ignores its schema= argument (seen on an H200), so annotations are the one
-# declaration that works on every supported torch. _SCHEMAS below states the same, and a test keeps the
-# two in agreement.
+# declaration that works on every supported torch. _SCHEMA below states the same (the compiled op's), and a
+# test keeps the two in agreement.
 Tensor = torch.Tensor
 
 
-def _concat_impl(
-    features: list[Tensor], weight: Tensor, bias: Tensor, baselines: list[Tensor], labels: Tensor, benefit: str
+def _shapley_impl(
+    features: list[Tensor], head: str, params: list[Tensor], baselines: list[Tensor], labels: Tensor, benefit: str
 ) -> tuple[Tensor, Tensor]:
-    return _run("concat", features, weight, bias, None, None, baselines, labels, benefit)
+    return _run(features, head, params, baselines, labels, benefit)
 
 
-def _decision_impl(
-    features: list[Tensor], weight: Tensor, bias: Tensor, baselines: list[Tensor], labels: Tensor, benefit: str
-) -> tuple[Tensor, Tensor]:
-    return _run("decision", features, weight, bias, None, None, baselines, labels, benefit)
+def _shapley_fake(features, head, params, baselines, labels, benefit):
+    shape = check_op(features, head, params, baselines, labels, benefit)
+    _check_supported(features, shape.C)
+    f = features[0]
+    return f.new_empty((shape.batch, shape.n), dtype=torch.float32), f.new_empty((4, shape.n), dtype=torch.float32)
 
 
-def _mlp_impl(
-    features: list[Tensor],
-    weight1: Tensor,
-    bias1: Tensor,
-    weight2: Tensor,
-    bias2: Tensor,
-    baselines: list[Tensor],
-    labels: Tensor,
-    benefit: str,
-) -> tuple[Tensor, Tensor]:
-    return _run("mlp", features, weight1, bias1, weight2, bias2, baselines, labels, benefit)
+_SCHEMA = "(Tensor[] features, str head, Tensor[] params, Tensor[] baselines, Tensor labels, str benefit)"
 
 
-def _fake(kind):
-    def fake(features, *args):
-        weight2, bias2 = (args[2], args[3]) if kind == "mlp" else (None, None)
-        baselines, labels, benefit = args[-3:]
-        _check(_HEADS[kind], features, args[0], args[1], weight2, bias2, baselines, labels, benefit)
-        n, batch = len(features), features[0].shape[0]
-        f = features[0]
-        return f.new_empty((batch, n), dtype=torch.float32), f.new_empty((4, n), dtype=torch.float32)
-
-    return fake
-
-
-_SCHEMAS = {
-    "concat": "(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, str benefit)",
-    "decision": "(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, str benefit)",
-    "mlp": "(Tensor[] features, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2, Tensor[] baselines, "
-    "Tensor labels, str benefit)",
-}
-
-
-def _register(kind, impl):
-    name = f"fastshap_triton::shapley_{kind}"
+def _register():
+    name = "fastshap_triton::shapley"
     if INTERPRETED:
-        op = torch.library.custom_op(name, impl, mutates_args=())
-        op.register_fake(_fake(kind))
+        op = torch.library.custom_op(name, _shapley_impl, mutates_args=())
+        op.register_fake(_shapley_fake)
         return op
-    return torch.library.triton_op(name, impl, mutates_args=())
+    return torch.library.triton_op(name, _shapley_impl, mutates_args=())
 
 
-_concat_op = _register("concat", _concat_impl)
-_decision_op = _register("decision", _decision_impl)
-_mlp_op = _register("mlp", _mlp_impl)
+_shapley_op = _register()
 
 
 def _eager(features) -> bool:
@@ -694,25 +620,12 @@ def _eager(features) -> bool:
     )
 
 
-def shapley_concat(features, weight, bias, baselines, labels, benefit):
-    """Concat-linear head: logits(S) = bias + sum_i (i in S ? W_i h_i : W_i b_i). weight (C, D), bias (C,)."""
-    features, baselines = list(features), list(baselines)
-    op = _concat_impl if _eager(features) else _concat_op
-    return op(features, weight, bias, baselines, labels, benefit)
-
-
-def shapley_decision(features, weight, bias, baselines, labels, benefit):
-    """Decision fusion: classifier i = (weight[:, cols_i], bias[i]); score = sum_i softmax. bias (n, C)."""
-    features, baselines = list(features), list(baselines)
-    op = _decision_impl if _eager(features) else _decision_op
-    return op(features, weight, bias, baselines, labels, benefit)
-
-
-def shapley_mlp(features, weight1, bias1, weight2, bias2, baselines, labels, benefit):
-    """MLP head: logits(S) = W2 relu(b1 + sum_i (i in S ? W1_i h_i : W1_i b_i)) + b2."""
-    features, baselines = list(features), list(baselines)
-    op = _mlp_impl if _eager(features) else _mlp_op
-    return op(features, weight1, bias1, weight2, bias2, baselines, labels, benefit)
+def shapley(features, head, params, baselines, labels, benefit):
+    """The op ``torch.ops.fastshap_triton.shapley`` (called directly when nothing traces the call): the
+    compiled op's arguments, see the module docstring."""
+    features, params, baselines = list(features), list(params), list(baselines)
+    op = _shapley_impl if _eager(features) else _shapley_op
+    return op(features, head, params, baselines, labels, benefit)
 
 
 def bytes_moved(features, weight, baselines=(), weight2=None) -> int:
@@ -728,9 +641,7 @@ def bytes_moved(features, weight, baselines=(), weight2=None) -> int:
 
 
 __all__ = [
-    "shapley_concat",
-    "shapley_decision",
-    "shapley_mlp",
+    "shapley",
     "uses_fused_kernel",
     "fp32_dot_precision",
     "bytes_moved",

@@ -1,5 +1,5 @@
-"""Memory safety of the CUDA kernels' block program, without a GPU: run as a script (tests/test_cuda.py does,
-with libasan preloaded). It builds the CPU emulation of csrc/cuda with AddressSanitizer and runs it on
+"""Memory safety of the CUDA kernels' block program, without a GPU: run as a script (tests/kernels/test_cuda.py
+does, with libasan preloaded). It builds the CPU emulation of csrc/cuda with AddressSanitizer and runs it on
 tensors allocated to their exact size, under plans from generous to none: the staging reads whole tiles
 (16-byte vectors, the pipelined copies, the tensor-core stages, rows past the batch), and a read outside
 a tensor, which the results cannot show (rows past the batch are dropped), is reported here. It is what
@@ -13,38 +13,39 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-# The test support modules (oracle, cases) and the kernel tests whose cases these scripts reuse.
-sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "kernels"), ROOT]
+# The test support modules (oracle, cases, kernel_cases, emulation) whose cases these scripts reuse.
+sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
 
 
 def main() -> int:
-    import test_cuda as tc
+    import emulation as em
+    import kernel_cases as kc
     from gpu_sanitize_check import exact_storage
 
     asan = ("-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer")
-    emu = tc.build_emulation("fastshap_cuda_emulation_asan", asan, ("-fsanitize=address",))
-    budgets = (tc.H100_LIMITS, (1 << 20, 1 << 20, 264), (0, 0, 2))
+    emu = em.build_emulation("fastshap_cuda_emulation_asan", asan, ("-fsanitize=address",))
+    budgets = (em.H100_LIMITS, (1 << 20, 1 << 20, 264), (0, 0, 2))
     runs = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         for kind in ("concat", "mlp"):
             for dims, batch in (((72, 40), 150), ((64, 33), 129), ((8, 72), 9), ((70, 42), 33)):
-                head, labels, layouts, want = tc._staging_inputs(dtype, kind, dims, batch)
+                head, labels, layouts, want = kc.staging_inputs(dtype, kind, dims, batch)
                 plans = [(head, limits) for limits in budgets]
-                if dtype in tc.TC_DTYPES:  # the tensor-core first layer too
-                    plans += [(tc._in_dtype(head, dtype), limits) for limits in tc.TC_BUDGETS]
+                if dtype in kc.TC_DTYPES:  # the tensor-core first layer too
+                    plans += [(kc.in_dtype(head, dtype), limits) for limits in em.TC_BUDGETS]
                 for head, limits in plans:
                     for name, feats in layouts.items():
                         # Each layout (strides, misaligned start) in a storage that ends at its last element.
                         feats = [exact_storage(f, "cpu") for f in feats]
-                        phi, _ = tc.emulate(emu, feats, head, labels, None, "accuracy", limits)
+                        phi, _ = em.emulate(emu, feats, head, labels, None, "accuracy", limits)
                         assert torch.equal(phi, want[0]), (dtype, kind, dims, name, limits)
                         runs += 1
         print(f"{dtype}: {runs} runs, no report")
     # Every head, baselines of each kind, odd sizes: the oracle matrix's cases under the same budgets.
-    for case in tc.PLAN_CASES:
-        feats, head, labels, baselines = tc.make_inputs(case)
+    for case in kc.PLAN_CASES:
+        feats, head, labels, baselines = kc.make_inputs(case)
         for limits in budgets:
-            tc.emulate(emu, feats, head, labels, baselines, case.benefit, limits)
+            em.emulate(emu, feats, head, labels, baselines, case.benefit, limits)
             runs += 1
     print(f"oracle cases: {runs} runs in all, no report")
     return 0

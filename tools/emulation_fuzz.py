@@ -1,5 +1,5 @@
 """A random search for shapes, layouts and plans where the CUDA kernels' block program goes wrong, without a
-GPU: run as a script (not collected by pytest; the suite's fixed cases are in test_cuda.py).
+GPU: run as a script (not collected by pytest; the suite's fixed cases are in tests/kernels/test_cuda.py).
 
 Each draw: n = 1..6 modalities of random widths (multiples of 8, for the 16-byte and tensor-core staging, or
 anything), batch, classes, head (concat, decision fusion, MLP; in the features' dtype or not), feature layout
@@ -9,7 +9,7 @@ landing at its wait, the warp model of ldmatrix + mma) runs it under five budget
 not) and must give the default plan's bits under every one, and the CPU kernel's values (its bits where no
 exp is involved).
 
-    .venv/bin/python tests/emulation_fuzz.py --seed 3 --draws 250     # prints each difference, then a total
+    .venv/bin/python tools/emulation_fuzz.py --seed 3 --draws 250     # prints each difference, then a total
 
 Exits 1 when any draw differs.
 """
@@ -24,8 +24,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-# The test support modules (oracle, cases) and the kernel tests whose cases these scripts reuse.
-sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "kernels"), ROOT]
+# The test support modules (oracle, kernel_cases, emulation).
+sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
 
 
 def draw(rng: random.Random, seed: int):
@@ -84,24 +84,25 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=100)
     args = parser.parse_args()
 
-    import test_cuda as tc
+    import emulation as em
+    from kernel_cases import op_inputs
 
     # (soft, hard shared-memory budget, fallback grid[, tensor cores allowed]); the last is the default plan's
     budgets = [
-        (*tc.H100_LIMITS, 1),
+        (*em.H100_LIMITS, 1),
         (1 << 20, 1 << 20, 264, 1),
         (64 * 1024, 64 * 1024, 2, 1),
         (24 * 1024, 24 * 1024, 3, 1),
-        tc.H100_LIMITS,
+        em.H100_LIMITS,
     ]
-    emu = tc.build_emulation()
+    emu = em.build_emulation()
     rng = random.Random(args.seed)
     runs = tensor_core_runs = differences = 0
     for i in range(args.draws):
         feats, head, labels, base, benefit, kind, described = draw(rng, args.seed * 100003 + i)
-        op_kind, params, base_list = tc.op_inputs(feats, head, base)
-        cpu = getattr(torch.ops.fastshap, f"shapley_{op_kind}")(feats, *params, base_list, labels, benefit)
-        default = tc.emulate(emu, feats, head, labels, base, benefit)
+        op_kind, params, base_list = op_inputs(feats, head, base)
+        cpu = torch.ops.fastshap.shapley(feats, op_kind, list(params), base_list, labels, benefit)
+        default = em.emulate(emu, feats, head, labels, base, benefit)
         if kind == "decision" or benefit == "probability":  # exp: the kernels and the CPU may round apart
             agree = torch.allclose(default[0], cpu[0], atol=1e-5, equal_nan=True)
         else:
@@ -110,8 +111,8 @@ def main() -> int:
             differences += 1
             print(f"draw {i}: the default plan differs from the CPU kernel: {described}", flush=True)
         for limits in budgets:
-            plan = tc.plan_of(emu, op_kind, feats, head, base, limits)
-            phi, stats = tc.emulate(emu, feats, head, labels, base, benefit, limits)
+            plan = em.plan_of(emu, op_kind, feats, head, base, limits)
+            phi, stats = em.emulate(emu, feats, head, labels, base, benefit, limits)
             runs += 1
             tensor_core_runs += "mma=1" in plan
             if not (torch.equal(phi.nan_to_num(7.0), default[0].nan_to_num(7.0)) and torch.equal(stats, default[1])):

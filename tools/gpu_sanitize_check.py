@@ -1,9 +1,9 @@
-"""The GPU kernels under NVIDIA's compute-sanitizer: what tests/emulation_asan_check.py checks on the CPU,
+"""The GPU kernels under NVIDIA's compute-sanitizer: what tools/emulation_asan_check.py checks on the CPU,
 checked on the device itself, where the barriers, the cp.async waits and the ldmatrix/mma instructions run.
 
-    python tests/gpu_sanitize_check.py                    # each tool in its own compute-sanitizer process
-    python tests/gpu_sanitize_check.py --tools memcheck,racecheck
-    python tests/gpu_sanitize_check.py --dry-run          # the cases on the CPU, no GPU, no sanitizer
+    python tools/gpu_sanitize_check.py                    # each tool in its own compute-sanitizer process
+    python tools/gpu_sanitize_check.py --tools memcheck,racecheck
+    python tools/gpu_sanitize_check.py --dry-run          # the cases on the CPU, no GPU, no sanitizer
 
 It needs the package built with its CUDA kernels on this machine (bench/gpu_check.sh's build step) and says so
 before starting a sanitizer. For each tool the driver starts ``compute-sanitizer --tool T --kernel-name
@@ -24,7 +24,7 @@ Each tool's line counts the reports by kernel.
 
 Every case's values are checked too: the CUDA kernel's dyadic staging cases must give the CPU kernel's bits
 (every sum exact); the core matrix cases (random values) the CPU kernel's phi outside near-ties and its
-counts; the Triton cases the torch backend's phi outside near-ties (tests/test_triton.py's rule). A wrong
+counts; the Triton cases the torch backend's phi outside near-ties (tests/triton_cases.py's rule). A wrong
 value is reported and the run goes on. Exit status: 0 when every tool ran clean, 1 when a tool reported or
 a value was wrong, 2 when the check cannot run here (no compute-sanitizer, a device it refuses, as gVisor
 machines do, or no CUDA build): that says nothing about the kernels.
@@ -43,8 +43,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-# The test support modules (oracle, cases) and the kernel tests whose cases these scripts reuse.
-sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "kernels"), ROOT]
+# The test support modules (oracle, cases, kernel_cases, triton_cases) whose cases these scripts reuse.
+sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
 
 #: tool -> (the backends whose kernels it checks, whether it runs the quick case list, seconds it may take)
 TOOLS = {
@@ -99,11 +99,11 @@ def _bitwise(want):
 def _near_ties(case, want):
     """The check of a core matrix case (random values: the GPU sums in another order than the CPU's GEMMs):
     phi equal outside near-ties, the non-finite and NaN-row counts exact."""
-    import test_cuda as tc
     import torch
+    from kernel_cases import agree_outside_near_ties
 
     def check(phi, stats):
-        tc._agree_outside_near_ties(phi.cpu(), want[0], case, "against the CPU kernel")
+        agree_outside_near_ties(phi.cpu(), want[0], case, "against the CPU kernel")
         if not torch.equal(stats[2:].cpu(), want[1][2:]):
             raise AssertionError("the non-finite / NaN-row counts differ from the CPU kernel's")
 
@@ -111,10 +111,10 @@ def _near_ties(case, want):
 
 
 def cuda_cases(quick, device):
-    """(name, op, op arguments, check(phi, stats), tensor cores) for the CUDA kernel: the staging inputs of
-    tests/test_cuda.py (every layout, FMA and tensor-core first layers, tail steps, partial tiles, both heads
+    """(name, op arguments, check(phi, stats), tensor cores) for the CUDA kernel: the staging inputs of
+    tests/kernel_cases.py (every layout, FMA and tensor-core first layers, tail steps, partial tiles, both heads
     that stage weights) and, in the full list, the core case matrix (every head, baseline kind, benefit)."""
-    import test_cuda as tc
+    import kernel_cases as kc
     import torch
 
     if quick:
@@ -125,38 +125,36 @@ def cuda_cases(quick, device):
     for dtype in dtypes:
         for kind in ("concat", "mlp"):
             for dims, batch in shapes:
-                head, labels, layouts, want = tc._staging_inputs(dtype, kind, dims, batch)
+                head, labels, layouts, want = kc.staging_inputs(dtype, kind, dims, batch)
                 variants = [(head, False)]
-                if dtype in tc.TC_DTYPES:  # weights of the features' dtype: the tensor-core first layer
-                    variants.append((tc._in_dtype(head, dtype), True))
+                if dtype in kc.TC_DTYPES:  # weights of the features' dtype: the tensor-core first layer
+                    variants.append((kc.in_dtype(head, dtype), True))
                 for h, tensor_cores in variants:
                     h = h.to(device)
                     for layout, feats in layouts.items():
                         if quick and layout == "column-major":
                             continue
                         feats = [exact_storage(f, device) for f in feats]
-                        op_kind, params, _ = tc.op_inputs(feats, h, None)
+                        op_kind, params, _ = kc.op_inputs(feats, h, None)
                         name = f"{dtype} {kind} {dims} B={batch} {layout}{' tensor cores' * tensor_cores}"
                         yield (
                             name,
-                            f"shapley_{op_kind}",
-                            (feats, *params, [], exact_storage(labels, device), "accuracy"),
+                            (feats, op_kind, list(params), [], exact_storage(labels, device), "accuracy"),
                             _bitwise(want),
                             tensor_cores,
                         )
     if quick:
         return
-    for case in tc.PLAN_CASES:
-        feats, head, labels, baselines = tc.make_inputs(case)
-        op_kind, params, base = tc.op_inputs(feats, head, baselines)
-        want = getattr(torch.ops.fastshap, f"shapley_{op_kind}")(feats, *params, base, labels, case.benefit)
+    for case in kc.PLAN_CASES:
+        feats, head, labels, baselines = kc.make_inputs(case)
+        op_kind, params, base = kc.op_inputs(feats, head, baselines)
+        want = torch.ops.fastshap.shapley(feats, op_kind, list(params), base, labels, case.benefit)
         dfeats = [exact_storage(f, device) for f in feats]
         dbase = None if baselines is None else [exact_storage(b, device) for b in baselines]
-        op_kind, params, base = tc.op_inputs(dfeats, head.to(device), dbase)
+        op_kind, params, base = kc.op_inputs(dfeats, head.to(device), dbase)
         yield (
             case.id,
-            f"shapley_{op_kind}",
-            (dfeats, *params, base, exact_storage(labels, device), case.benefit),
+            (dfeats, op_kind, list(params), base, exact_storage(labels, device), case.benefit),
             _near_ties(case, want),
             False,
         )
@@ -166,7 +164,7 @@ def triton_cases(quick):
     """(case, MLP hidden width) pairs for the Triton kernels: the fused kernel (fp32 and native bf16 first
     layers, the MLP), its wide footprints (n = 5, C = 101) and the streaming kernel (per-sample baselines
     with decision fusion, C = 1000)."""
-    from test_triton import Case
+    from triton_cases import Case
 
     cases = [
         (Case(2, 31, 300, "concat", "fp32", "strided", "none", "paper"), 24),
@@ -183,11 +181,12 @@ def triton_launches(case, hidden, every_config, device):
     """(name, launch()) for one Triton case on exact-size storages: the API call, then (every_config) each
     autotuning candidate launched directly; each launch checks phi against the torch backend and the
     oracle."""
-    import test_triton as tt
     import torch
+    import triton_cases as tt
+    from kernel_cases import head_params, kernel_baselines
 
     import fastshap
-    from fastshap import triton_shapley
+    from fastshap import head_kinds, triton_shapley
 
     feats, head, labels, baselines = tt.make_inputs(case, "cpu", hidden=hidden)
     expected = tt.oracle_for(feats, head, labels, baselines, case.benefit)
@@ -209,9 +208,9 @@ def triton_launches(case, hidden, every_config, device):
     if not every_config:
         return
     kind = case.head
-    params = tt._params(kind, head) + ([None, None] if kind != "mlp" else [])
-    base = list(fastshap.api._check_baselines(baselines, feats) or [])
-    code = triton_shapley._HEADS[kind]
+    params = head_params(kind, head) + ([None, None] if kind != "mlp" else [])
+    base = kernel_baselines(baselines, feats)
+    code = head_kinds.get(kind).code
     width = head.fc2.out_features if kind == "mlp" else case.C
     if triton_shapley.uses_fused_kernel(kind, case.n, params[0].shape[0], bool(base) and base[0].dim() == 2):
         _, _, tuning = triton_shapley._fused_plan(code, feats, *params, base, labels, case.benefit, None, None)
@@ -249,11 +248,11 @@ def run_cases(quick, backends, device):
             print(f"... {done} cases, {time.monotonic() - start:.0f} s", flush=True)
 
     if "cuda" in backends:
-        for name, op, args, check, tensor_cores in cuda_cases(quick, device):
+        for name, args, check, tensor_cores in cuda_cases(quick, device):
 
-            def one(op=op, args=args, check=check, tensor_cores=tensor_cores):
+            def one(args=args, check=check, tensor_cores=tensor_cores):
                 os.environ["FASTSHAP_CUDA_TENSOR_CORES"] = "1" if tensor_cores else "0"  # read by every launch
-                check(*getattr(torch.ops.fastshap, op)(*args))
+                check(*torch.ops.fastshap.shapley(*args))
 
             record(name, one)
         os.environ.pop("FASTSHAP_CUDA_TENSOR_CORES", None)

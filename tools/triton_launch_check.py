@@ -1,5 +1,5 @@
 """The GPU launch path of fastshap.triton_shapley, without a GPU: run as a script in a process where
-TRITON_INTERPRET is unset (tests/test_triton.py does). ``torch.library.wrap_triton`` is replaced by a
+TRITON_INTERPRET is unset (tests/kernels/test_triton.py does). ``torch.library.wrap_triton`` is replaced by a
 recorder that checks each launch the way Triton would bind it (every kernel argument given exactly once,
 for every autotuning config; a grid of positive ints) instead of running it. Prints one line per launch.
 
@@ -13,7 +13,7 @@ import torch
 import torch.library
 from triton.runtime.autotuner import Autotuner
 
-from fastshap import heads
+from fastshap import head_kinds, heads
 from fastshap import triton_shapley as ts
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -94,7 +94,7 @@ def main() -> int:
                 phi = torch.empty(batch, len(dims))
                 stats = torch.zeros(4, len(dims), dtype=torch.float64)
                 before = len(launches)
-                launch(ts._HEADS[kind], feats, *params, base, labels, benefit, phi, stats)
+                launch(head_kinds.get(kind).code, feats, *params, base, labels, benefit, phi, stats)
                 assert len(launches) > before, f"{kind}: nothing launched"
                 tuned.append(launches[-1][3])
             assert tuned == ([True, False] if autotune else [False, False]), (kind, fused, autotune, tuned)

@@ -1,5 +1,5 @@
 """The GPU launch path as torch.compile traces it, without a GPU: run as a script in a process where
-TRITON_INTERPRET is unset (tests/test_triton.py does). make_fx over fake CUDA tensors runs the Triton ops'
+TRITON_INTERPRET is unset (tests/kernels/test_triton.py does). make_fx over fake CUDA tensors runs the Triton op's
 implementation with wrap_triton enabled, so every launch goes through torch's tracing of user Triton
 kernels (its kernel side table, the grid, the arguments it accepts: it rejects a num_ctas argument, for
 one) and must come out as one triton_kernel_wrapper_mutation node. Covers the fixed tile, the autotuner,
@@ -44,7 +44,6 @@ def main() -> int:
             ),
             "streaming concat": ("concat", [torch.empty(1000, 40, device="cuda"), torch.empty(1000, device="cuda")]),
         }
-    impls = {"concat": ts._concat_impl, "mlp": ts._mlp_impl}
     some_config = ts._fused_configs(64, 32, 16, 4, 32)[0]
     chosen = ts._CHOSEN
     for name, (kind, params) in heads.items():
@@ -55,7 +54,8 @@ def main() -> int:
                 ts._CHOSEN = _Always(config)
             try:
                 graph = make_fx(
-                    lambda *xs: impls[kind](list(xs[:2]), *xs[2:-1], [], xs[-1], "paper"), tracing_mode="fake"
+                    lambda *xs: ts._shapley_impl(list(xs[:2]), kind, list(xs[2:-1]), [], xs[-1], "paper"),
+                    tracing_mode="fake",
                 )(*feats, *params, labels)
             finally:
                 ts._CHOSEN = chosen

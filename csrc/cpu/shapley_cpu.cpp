@@ -1,4 +1,4 @@
-// CPU kernels of the fastshap ops.
+// CPU kernel of the fastshap::shapley op, for every head kind of head_kinds.h.
 //
 // Per call: (1) ATen GEMMs give each modality's partial products against its slice of the head's first
 // layer, for the real features ("present") and for the baselines ("absent"); (2) one pass per sample,
@@ -259,11 +259,9 @@ std::tuple<Tensor, Tensor> finish(const Tensor& phi, const Tensor& nonfinite) {
   return {phi, stats};
 }
 
-std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& weight, const Tensor& start_or_bias,
-                                       at::TensorList baselines, const Tensor& labels, c10::string_view benefit_name,
-                                       Combine combine) {
-  const ProblemShape p = check_common(features, weight, baselines, labels);
-  const Benefit benefit = parse_benefit(benefit_name);
+std::tuple<Tensor, Tensor> additive_op(const ProblemShape& p, at::TensorList features, const Tensor& weight,
+                                       const Tensor& start_or_bias, at::TensorList baselines, const Tensor& labels,
+                                       Benefit benefit, Combine combine) {
   const int64_t K = weight.size(0);
   const auto ct = compute_type(features[0]);
   Tensor y = labels.contiguous();
@@ -277,18 +275,11 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
   if (combine == Combine::MeanProbability) {
     // Decision fusion: each modality's classifier (its weight columns plus its own bias row) goes through
     // its own softmax; a removed modality's classifier sees its baseline (zeros: just its bias).
-    TORCH_CHECK_VALUE(start_or_bias.dim() == 2 && start_or_bias.size(0) == p.n && start_or_bias.size(1) == K,
-                      "fastshap: decision-fusion bias must be (n, C) = (", p.n, ", ", K, "), got ",
-                      start_or_bias.sizes());
-    check_param(start_or_bias, "the bias", features[0]);
     Tensor bias = start_or_bias.to(ct).unsqueeze(1);
     present = at::softmax(present.add(bias), -1);
     absent = at::softmax((absent.defined() ? absent : at::zeros({p.n, 1, K}, bias.options())).add(bias), -1);
     start = at::zeros({K}, present.options());
   } else {
-    TORCH_CHECK_VALUE(start_or_bias.dim() == 1 && start_or_bias.size(0) == K, "fastshap: bias must be (", K,
-                      ",), got ", start_or_bias.sizes());
-    check_param(start_or_bias, "the bias", features[0]);
     start = start_or_bias.to(ct).contiguous();
   }
   const ShapleyCoefficients coef = shapley_coefficients(p.n);
@@ -299,18 +290,6 @@ std::tuple<Tensor, Tensor> additive_op(at::TensorList features, const Tensor& we
   return finish(phi, nonfinite);
 }
 
-std::tuple<Tensor, Tensor> shapley_concat_cpu(at::TensorList features, const Tensor& weight, const Tensor& bias,
-                                              at::TensorList baselines, const Tensor& labels,
-                                              c10::string_view benefit) {
-  return additive_op(features, weight, bias, baselines, labels, benefit, Combine::Logits);
-}
-
-std::tuple<Tensor, Tensor> shapley_decision_cpu(at::TensorList features, const Tensor& weight, const Tensor& bias,
-                                                at::TensorList baselines, const Tensor& labels,
-                                                c10::string_view benefit) {
-  return additive_op(features, weight, bias, baselines, labels, benefit, Combine::MeanProbability);
-}
-
 // Samples per second-layer GEMM of the MLP head. Must equal fastshap.reference._mlp_chunk_samples: equal
 // GEMM shapes are what makes the two backends bit-identical.
 int64_t mlp_chunk_samples(int64_t batch, int64_t n, int64_t hidden) {
@@ -318,22 +297,10 @@ int64_t mlp_chunk_samples(int64_t batch, int64_t n, int64_t hidden) {
   return std::max<int64_t>(1, std::min<int64_t>(batch, (int64_t{1} << 22) / per_sample));
 }
 
-std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor& weight1, const Tensor& bias1,
-                                           const Tensor& weight2, const Tensor& bias2, at::TensorList baselines,
-                                           const Tensor& labels, c10::string_view benefit_name) {
-  const ProblemShape p = check_common(features, weight1, baselines, labels);
-  const Benefit benefit = parse_benefit(benefit_name);
-  const int64_t H = weight1.size(0);
-  TORCH_CHECK_VALUE(bias1.dim() == 1 && bias1.size(0) == H, "fastshap: bias1 must be (", H, ",), got ",
-                    bias1.sizes());
-  TORCH_CHECK_VALUE(weight2.dim() == 2 && weight2.size(1) == H, "fastshap: weight2 must be (C, ", H, "), got ",
-                    weight2.sizes());
-  const int64_t C = weight2.size(0);
-  TORCH_CHECK_VALUE(bias2.dim() == 1 && bias2.size(0) == C, "fastshap: bias2 must be (", C, ",), got ",
-                    bias2.sizes());
-  check_param(bias1, "bias1", features[0]);
-  check_param(weight2, "weight2", features[0]);
-  check_param(bias2, "bias2", features[0]);
+std::tuple<Tensor, Tensor> mlp_op(const ProblemShape& p, at::TensorList features, const Tensor& weight1,
+                                  const Tensor& bias1, const Tensor& weight2, const Tensor& bias2,
+                                  at::TensorList baselines, const Tensor& labels, Benefit benefit) {
+  const int64_t H = weight1.size(0), C = weight2.size(0);
   const auto ct = compute_type(features[0]);
   Tensor y_t = labels.contiguous();
   const int64_t* y = y_t.data_ptr<int64_t>();
@@ -396,12 +363,24 @@ std::tuple<Tensor, Tensor> shapley_mlp_cpu(at::TensorList features, const Tensor
   return finish(phi, nonfinite);
 }
 
+std::tuple<Tensor, Tensor> shapley_cpu(at::TensorList features, c10::string_view head, at::TensorList params,
+                                       at::TensorList baselines, const Tensor& labels, c10::string_view benefit_name) {
+  const ProblemShape p = check_common(features, baselines, labels);
+  const HeadShape h = check_head(head, params, p, features[0]);
+  const Benefit benefit = parse_benefit(benefit_name);
+  switch (h.kind->code) {
+    case kConcat:
+      return additive_op(p, features, params[0], params[1], baselines, labels, benefit, Combine::Logits);
+    case kDecision:
+      return additive_op(p, features, params[0], params[1], baselines, labels, benefit, Combine::MeanProbability);
+    case kMlp:
+      return mlp_op(p, features, params[0], params[1], params[2], params[3], baselines, labels, benefit);
+  }
+  TORCH_CHECK_VALUE(false, "fastshap: the CPU kernel does not run the ", h.kind->name, " head");
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastshap, CPU, m) {
-  m.impl("shapley_concat", &shapley_concat_cpu);
-  m.impl("shapley_decision", &shapley_decision_cpu);
-  m.impl("shapley_mlp", &shapley_mlp_cpu);
-}
+TORCH_LIBRARY_IMPL(fastshap, CPU, m) { m.impl("shapley", &shapley_cpu); }
 
 }  // namespace fastshap

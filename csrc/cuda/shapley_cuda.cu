@@ -1,11 +1,12 @@
-// CUDA kernels of the fastshap ops: one fused pass from features to Shapley values (shapley_tile.cuh),
-// launched on the current stream of the features' device. This file registers the ops and holds the host
+// CUDA kernel of the fastshap::shapley op: one fused pass from features to Shapley values (shapley_tile.cuh),
+// launched on the current stream of the features' device. This file registers the op and holds the host
 // side; the kernels themselves are compiled in kernels_<type>.cu (shapley_kernel.cuh).
 //
 // Only c10's CUDA headers are included (not ATen/cuda/CUDAContext.h, which needs the cuBLAS/cuSPARSE/
 // cuSOLVER headers that a bare toolkit may lack); device properties come from cudaDeviceGetAttribute.
 #include "shapley_host.h"
 #include "shapley_launch.h"
+#include "switches.h"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -17,8 +18,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <string>
 
 namespace fastshap {
 namespace tile {
@@ -60,19 +59,9 @@ struct CudaBackend {
     // Two blocks per multiprocessor: half its shared memory less what the system keeps per block (H100: 228
     // KB, 1 KB reserved -> 113 KB).
     const int64_t soft = std::min<int64_t>(hard, int64_t{per_sm} / 2 - reserved);
-    // FASTSHAP_CUDA_PIPELINE=0 turns the first layer's asynchronous staging off (read once), to compare the
-    // two on a GPU without rebuilding.
-    static const bool pipeline = [] {
-      const char* value = std::getenv("FASTSHAP_CUDA_PIPELINE");
-      return value == nullptr || std::string(value) != "0";
-    }();
-    // FASTSHAP_CUDA_TENSOR_CORES=1 / 0: the first layer of fp16/bf16/fp32 features with weights of their type
-    // on tensor cores (sm_80+) or on FMAs; unset: kCudaTensorCoresByDefault. Read on every call, so that one
-    // process can time both.
-    const char* tc = std::getenv("FASTSHAP_CUDA_TENSOR_CORES");
-    TORCH_CHECK_VALUE(tc == nullptr || std::string(tc) == "0" || std::string(tc) == "1",
-                      "fastshap: FASTSHAP_CUDA_TENSOR_CORES must be 0 or 1 (or unset), got '", tc, "'");
-    const bool tensor_cores = (tc == nullptr ? kCudaTensorCoresByDefault : std::string(tc) == "1") &&
+    // The run-time switches of switches.h: the cp.async staging and the tensor-core first layer (sm_80+).
+    const bool pipeline = pipeline_switch();
+    const bool tensor_cores = tensor_cores_switch() &&
                               device_attribute(cudaDevAttrComputeCapabilityMajor, device, major_cache) >= 8;
     return Limits{std::max<int64_t>(soft, kDefaultSharedMemory), hard, 2 * int64_t{std::max(sms, 1)},
                   int64_t{1} << 24, pipeline, tensor_cores};
@@ -86,34 +75,15 @@ struct CudaBackend {
   }
 };
 
-std::tuple<Tensor, Tensor> shapley_concat_cuda(at::TensorList features, const Tensor& weight, const Tensor& bias,
-                                               at::TensorList baselines, const Tensor& labels,
-                                               c10::string_view benefit) {
+std::tuple<Tensor, Tensor> shapley_cuda(at::TensorList features, c10::string_view head, at::TensorList params,
+                                        at::TensorList baselines, const Tensor& labels, c10::string_view benefit) {
   CudaBackend backend;
-  return run_op(kConcat, features, weight, bias, Tensor(), Tensor(), baselines, labels, benefit, backend);
-}
-
-std::tuple<Tensor, Tensor> shapley_decision_cuda(at::TensorList features, const Tensor& weight, const Tensor& bias,
-                                                 at::TensorList baselines, const Tensor& labels,
-                                                 c10::string_view benefit) {
-  CudaBackend backend;
-  return run_op(kDecision, features, weight, bias, Tensor(), Tensor(), baselines, labels, benefit, backend);
-}
-
-std::tuple<Tensor, Tensor> shapley_mlp_cuda(at::TensorList features, const Tensor& weight1, const Tensor& bias1,
-                                            const Tensor& weight2, const Tensor& bias2, at::TensorList baselines,
-                                            const Tensor& labels, c10::string_view benefit) {
-  CudaBackend backend;
-  return run_op(kMlp, features, weight1, bias1, weight2, bias2, baselines, labels, benefit, backend);
+  return run_op(features, head, params, baselines, labels, benefit, backend);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastshap, CUDA, m) {
-  m.impl("shapley_concat", &shapley_concat_cuda);
-  m.impl("shapley_decision", &shapley_decision_cuda);
-  m.impl("shapley_mlp", &shapley_mlp_cuda);
-}
+TORCH_LIBRARY_IMPL(fastshap, CUDA, m) { m.impl("shapley", &shapley_cuda); }
 
 }  // namespace tile
 }  // namespace fastshap

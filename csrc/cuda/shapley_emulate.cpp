@@ -52,34 +52,27 @@ Limits limits_of(int64_t soft, int64_t hard, int64_t fallback_grid, int64_t tens
   return Limits{soft, hard, fallback_grid, int64_t{1} << 24, true, tensor_cores != 0};
 }
 
-std::tuple<Tensor, Tensor> emulate_concat(at::TensorList features, const Tensor& weight, const Tensor& bias,
-                                          at::TensorList baselines, const Tensor& labels, c10::string_view benefit,
-                                          int64_t soft, int64_t hard, int64_t fallback_grid, int64_t tensor_cores) {
+std::tuple<Tensor, Tensor> emulate(at::TensorList features, c10::string_view head, at::TensorList params,
+                                   at::TensorList baselines, const Tensor& labels, c10::string_view benefit,
+                                   int64_t soft, int64_t hard, int64_t fallback_grid, int64_t tensor_cores) {
   HostBackend backend{limits_of(soft, hard, fallback_grid, tensor_cores)};
-  return run_op(kConcat, features, weight, bias, Tensor(), Tensor(), baselines, labels, benefit, backend);
+  return run_op(features, head, params, baselines, labels, benefit, backend);
 }
 
-std::tuple<Tensor, Tensor> emulate_decision(at::TensorList features, const Tensor& weight, const Tensor& bias,
-                                            at::TensorList baselines, const Tensor& labels, c10::string_view benefit,
-                                            int64_t soft, int64_t hard, int64_t fallback_grid, int64_t tensor_cores) {
-  HostBackend backend{limits_of(soft, hard, fallback_grid, tensor_cores)};
-  return run_op(kDecision, features, weight, bias, Tensor(), Tensor(), baselines, labels, benefit, backend);
-}
-
-std::tuple<Tensor, Tensor> emulate_mlp(at::TensorList features, const Tensor& weight1, const Tensor& bias1,
-                                       const Tensor& weight2, const Tensor& bias2, at::TensorList baselines,
-                                       const Tensor& labels, c10::string_view benefit, int64_t soft, int64_t hard,
-                                       int64_t fallback_grid, int64_t tensor_cores) {
-  HostBackend backend{limits_of(soft, hard, fallback_grid, tensor_cores)};
-  return run_op(kMlp, features, weight1, bias1, weight2, bias2, baselines, labels, benefit, backend);
+int head_code(c10::string_view head) {
+  for (const HeadKind& kind : kHeadKinds) {
+    if (head == kind.name) return kind.code;
+  }
+  TORCH_CHECK_VALUE(false, "fastshap: unknown head kind '", std::string(head), "'");
 }
 
 // The plan the kernels would use, as "key=value;..." (for tests that must reach a given layout).
-std::string describe_plan(int64_t head, int64_t n, int64_t n_sources, int64_t K, int64_t C, int64_t elem,
+std::string describe_plan(c10::string_view head_name, int64_t n, int64_t n_sources, int64_t K, int64_t C, int64_t elem,
                           int64_t absent_rows, int64_t batch, int64_t soft, int64_t hard, int64_t fallback_grid,
                           int64_t tensor_cores) {
   // tensor_cores: as for 16-bit features with weights of their type on a device that allows them.
-  const Shape sh{static_cast<int>(head), static_cast<int>(n),      static_cast<int>(n_sources), K, C,
+  const int head = head_code(head_name);
+  const Shape sh{head, static_cast<int>(n),      static_cast<int>(n_sources), K, C,
                  static_cast<int>(elem), static_cast<int>(absent_rows), batch,                   tensor_cores != 0};
   const Plan pl = make_plan(sh, limits_of(soft, hard, fallback_grid, tensor_cores));
   std::ostringstream out;
@@ -151,20 +144,11 @@ std::vector<int64_t> self_check() {
 
 TORCH_LIBRARY(fastshap_cuda_emulation, m) {
   m.def(
-      "shapley_concat(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, "
-      "str benefit, int soft_budget, int hard_budget, int fallback_grid, int tensor_cores=0) -> (Tensor, Tensor)",
-      &emulate_concat);
+      "shapley(Tensor[] features, str head, Tensor[] params, Tensor[] baselines, Tensor labels, str benefit, "
+      "int soft_budget, int hard_budget, int fallback_grid, int tensor_cores=0) -> (Tensor, Tensor)",
+      &emulate);
   m.def(
-      "shapley_decision(Tensor[] features, Tensor weight, Tensor bias, Tensor[] baselines, Tensor labels, "
-      "str benefit, int soft_budget, int hard_budget, int fallback_grid, int tensor_cores=0) -> (Tensor, Tensor)",
-      &emulate_decision);
-  m.def(
-      "shapley_mlp(Tensor[] features, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2, "
-      "Tensor[] baselines, Tensor labels, str benefit, int soft_budget, int hard_budget, int fallback_grid, "
-      "int tensor_cores=0) -> (Tensor, Tensor)",
-      &emulate_mlp);
-  m.def(
-      "describe_plan(int head, int n, int n_sources, int K, int C, int elem, int absent_rows, int batch, "
+      "describe_plan(str head, int n, int n_sources, int K, int C, int elem, int absent_rows, int batch, "
       "int soft_budget, int hard_budget, int fallback_grid, int tensor_cores=0) -> str",
       &describe_plan);
   m.def("self_check() -> int[]", &self_check);

@@ -89,45 +89,33 @@ inline Shape plan_shape(const Prepared& pr, int elem) {
                static_cast<int>(pr.absent.size(0)), pr.shape.batch};
 }
 
-// The fastshap::shapley_{concat,decision,mlp} op on `backend`. bias1 is the concat bias (C), the decision
-// biases (n, C) or the MLP's first bias (H); weight2/bias2 are undefined except for the MLP.
+// The fastshap::shapley op on `backend`: `params` are the parameters of the head kind `head` (head_kinds.h).
 template <class Backend>
-std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, const at::Tensor& weight1,
-                                          const at::Tensor& bias1, const at::Tensor& weight2, const at::Tensor& bias2,
+std::tuple<at::Tensor, at::Tensor> run_op(at::TensorList features, c10::string_view head, at::TensorList params,
                                           at::TensorList baselines, const at::Tensor& labels,
                                           c10::string_view benefit_name, Backend& backend) {
   using at::Tensor;
   Prepared pr;
-  pr.head = head;
-  pr.shape = check_common(features, weight1, baselines, labels);
+  pr.shape = check_common(features, baselines, labels);
+  const HeadShape hs = check_head(head, params, pr.shape, features[0]);
+  pr.head = hs.kind->code;
+  TORCH_CHECK_VALUE(pr.head == kConcat || pr.head == kDecision || pr.head == kMlp,
+                    "fastshap: the CUDA kernels do not run the ", hs.kind->name, " head");
   pr.benefit = static_cast<int>(parse_benefit(benefit_name));
   const ProblemShape& ps = pr.shape;
   const at::Device device = features[0].device();
   backend.enter(device);
 
-  const int64_t n = ps.n, B = ps.batch, K = weight1.size(0);
-  auto same_device = [&](const Tensor& t, const char* what) { check_param(t, what, features[0]); };
+  const int64_t n = ps.n, B = ps.batch, K = hs.K;
+  const int head_code = pr.head;
+  // The kinds' parameters: the first layer (K, D), the concat bias (C), the decision biases (n, C) or the
+  // MLP's first bias (H); the MLP's second layer.
+  const Tensor& weight1 = params[0];
+  const Tensor& bias1 = params[1];
+  const Tensor weight2 = head_code == kMlp ? params[2] : Tensor();
+  const Tensor bias2 = head_code == kMlp ? params[3] : Tensor();
   pr.K = K;
-  pr.C = K;
-  if (head == kConcat) {
-    TORCH_CHECK_VALUE(bias1.dim() == 1 && bias1.size(0) == K, "fastshap: bias must be (", K, ",), got ", bias1.sizes());
-    same_device(bias1, "the bias");
-  } else if (head == kDecision) {
-    TORCH_CHECK_VALUE(bias1.dim() == 2 && bias1.size(0) == n && bias1.size(1) == K,
-                      "fastshap: decision-fusion bias must be (n, C) = (", n, ", ", K, "), got ", bias1.sizes());
-    same_device(bias1, "the bias");
-  } else {
-    TORCH_CHECK_VALUE(bias1.dim() == 1 && bias1.size(0) == K, "fastshap: bias1 must be (", K, ",), got ",
-                      bias1.sizes());
-    TORCH_CHECK_VALUE(weight2.dim() == 2 && weight2.size(1) == K, "fastshap: weight2 must be (C, ", K, "), got ",
-                      weight2.sizes());
-    pr.C = weight2.size(0);
-    TORCH_CHECK_VALUE(bias2.dim() == 1 && bias2.size(0) == pr.C, "fastshap: bias2 must be (", pr.C, ",), got ",
-                      bias2.sizes());
-    same_device(bias1, "bias1");
-    same_device(weight2, "weight2");
-    same_device(bias2, "bias2");
-  }
+  pr.C = hs.C;
   TORCH_CHECK_VALUE(B == 0 || pr.C >= 1, "fastshap: the head has no classes");
 
   const bool wide = features[0].scalar_type() == at::kDouble;
@@ -139,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
 
   // One zero-filled allocation (one fill launch, which a GPU's host pays for) holds the kernel's float64
   // stats accumulators (4, n) and, when removed modalities add nothing, the zero row they add (1, K).
-  const bool zero_row = !shared && head != kDecision;
+  const bool zero_row = !shared && head_code != kDecision;
   const int64_t stats_bytes = 4 * n * static_cast<int64_t>(sizeof(double));  // a multiple of 32: aligned
   const int64_t row_bytes = zero_row ? K * at::elementSize(ct) : 0;
   const Tensor zeros = at::zeros({stats_bytes + row_bytes}, features[0].options().dtype(at::kByte));
@@ -157,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
     }
     host_nonfinite = at::isfinite(absent).logical_not().any(-1).to(at::kFloat);
   }
-  if (head == kDecision) {
+  if (head_code == kDecision) {
     pr.dec_bias = bias1.to(ct).contiguous();
     const Tensor logits = shared ? absent : at::zeros({n, K}, opts);
     absent = at::softmax(logits.add(pr.dec_bias), -1).contiguous();
@@ -168,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> run_op(int head, at::TensorList features, con
   }
   pr.absent = absent;
   pr.absent_stride = absent.size(0) == 1 ? 0 : K;
-  if (head == kMlp) {
+  if (head_code == kMlp) {
     pr.weight2 = weight2.to(ct).contiguous();
     pr.bias2 = bias2.to(ct).contiguous();
   }

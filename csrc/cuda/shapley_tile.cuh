@@ -30,6 +30,8 @@
 // does not fit) is decided on the host by make_plan(); the code reads them through plain pointers.
 #pragma once
 
+#include "head_kinds.h"
+
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -86,7 +88,6 @@ template <typename In>
 constexpr bool kMmaInput = std::is_same<In, c10::Half>::value || std::is_same<In, c10::BFloat16>::value ||
                            std::is_same<In, float>::value;
 
-enum Head : int { kConcat = 0, kDecision = 1, kMlp = 2 };
 enum BenefitCode : int { kPaper = 0, kAccuracy = 1, kProbability = 2 };  // = fastshap::Benefit
 
 // One GEMM input of the first layer: features (or per-sample baselines) of one modality.

@@ -158,16 +158,16 @@ def test_driver_says_when_the_kernels_cannot_run_here(tmp_path):
 def test_value_checks_bitwise_for_dyadic_cases_and_near_ties_for_random_ones():
     """Dyadic staging cases must give the CPU kernel's bits; random core-matrix cases (the GPU sums in another
     order) only its phi outside near-ties, and its counts."""
-    import test_cuda as tc
+    import kernel_cases as kc
     import torch
 
-    case = next(c for c in tc.PLAN_CASES if c.benefit == "paper" and c.B >= 32)
-    feats, head, labels, baselines = tc.make_inputs(case)
-    kind, params, base = tc.op_inputs(feats, head, baselines)
-    phi, stats = getattr(torch.ops.fastshap, f"shapley_{kind}")(feats, *params, base, labels, case.benefit)
+    case = next(c for c in kc.PLAN_CASES if c.benefit == "paper" and c.B >= 32)
+    feats, head, labels, baselines = kc.make_inputs(case)
+    kind, params, base = kc.op_inputs(feats, head, baselines)
+    phi, stats = torch.ops.fastshap.shapley(feats, kind, params, base, labels, case.benefit)
     near_ties = gpu_sanitize_check._near_ties(case, (phi, stats))
     near_ties(phi, stats)
-    decided = tc.expected_for(case).decided(tc.compute_eps(tc.DTYPES[case.dtype]))
+    decided = kc.expected_for(case).decided(kc.compute_eps(kc.DTYPES[case.dtype]))
     wrong = phi.clone()
     wrong[int(decided.nonzero()[0])] += 1
     with pytest.raises(AssertionError, match="decided samples differ"):

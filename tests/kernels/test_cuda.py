@@ -17,7 +17,6 @@ library GEMM is involved, opcheck, torch.compile, a non-default current stream, 
 from __future__ import annotations
 
 import copy
-import glob
 import math
 import os
 import shutil
@@ -27,21 +26,28 @@ import sys
 import pytest
 import torch
 from cases import assert_bad_labels_counted, spoil_labels
+from emulation import BUDGETS, H100_LIMITS, ROOT, TC_BUDGETS, emulate, parse_plan, plan_of
+from kernel_cases import (
+    DTYPES,
+    KERNEL_CASES,
+    PLAN_CASES,
+    TC_DTYPES,
+    agree_outside_near_ties,
+    assert_matches_oracle,
+    compute_eps,
+    expected_for,
+    in_dtype,
+    kernel_baselines,
+    make_inputs,
+    op_inputs,
+    staging_inputs,
+)
 from oracle import dyadic, oracle_shapley
-from test_oracle import CASES, DTYPES, assert_matches_oracle, compute_eps, expected_for, make_inputs
 from torch import nn
 
 import fastshap
 from fastshap import _extension, backends, heads
-from fastshap.api import _check_baselines, _head_spec
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KERNEL_CASES = [c for c in CASES if c.head != "callable"]
-OPS = ("shapley_concat", "shapley_decision", "shapley_mlp")
-HEAD_CODES = {"concat": 0, "decision": 1, "mlp": 2}
-#: (soft, hard) shared-memory budgets and fallback grid of an H100 (what the CUDA launcher would read).
-H100_LIMITS = (113 * 1024, 227 * 1024, 264)
-
+from fastshap.api import _head_spec
 
 # --- registration (any machine) -----------------------------------------------------------------------------
 
@@ -53,9 +59,8 @@ def test_cuda_kernels_registered_when_built():
     if info.get("cuda") != "1":
         pytest.skip("fastshap._C was built without its CUDA part (FASTSHAP_BUILD_CUDA=0, or no CUDA toolkit)")
     assert info.get("cuda_arch"), "a CUDA build must record its architectures"
-    for op in OPS:
-        assert _extension.has_kernel(op, "CUDA"), f"fastshap::{op} has no CUDA kernel"
-        assert _extension.has_kernel(op, "CPU"), f"fastshap::{op} lost its CPU kernel"
+    assert _extension.has_kernel("shapley", "CUDA"), "fastshap::shapley has no CUDA kernel"
+    assert _extension.has_kernel("shapley", "CPU"), "fastshap::shapley lost its CPU kernel"
 
 
 @pytest.fixture(autouse=True)
@@ -101,64 +106,6 @@ def test_cuda_rejects_a_bad_tensor_core_switch(monkeypatch, value):
 # --- the kernels emulated on the CPU ------------------------------------------------------------------------
 
 
-def build_emulation(name="fastshap_cuda_emulation", cflags=("-O2",), ldflags=()):
-    """Compiles the CPU emulation of csrc/cuda as the extension `name` (cached by torch afterwards) and
-    returns its ops, torch.ops.fastshap_cuda_emulation (one build per process: each registers them)."""
-    from torch.utils.cpp_extension import load
-
-    csrc = os.path.join(ROOT, "csrc")
-    load(
-        name=name,
-        # The block programs are instantiated per input type in emulate_<type>.cpp: ninja builds them in parallel.
-        sources=[os.path.join(csrc, "cuda", "shapley_emulate.cpp"), os.path.join(csrc, "shapley_common.cpp")]
-        + sorted(glob.glob(os.path.join(csrc, "cuda", "emulate_*.cpp"))),
-        extra_include_paths=[csrc, os.path.join(csrc, "cuda")],
-        extra_cflags=[*cflags, "-Wall", "-Wextra", "-Wno-unused-parameter"],
-        extra_ldflags=list(ldflags),
-        is_python_module=False,
-        verbose=False,
-    )
-    return torch.ops.fastshap_cuda_emulation
-
-
-@pytest.fixture(scope="module")
-def emu():
-    """torch.ops.fastshap_cuda_emulation, compiled from csrc/cuda on first use."""
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        pytest.skip(f"no C++ compiler ({compiler}) to build the CPU emulation of the CUDA kernels")
-    return build_emulation()
-
-
-def op_inputs(feats, head, baselines):
-    """(kind, head parameters, baselines list) as fastshap.modality_shapley hands them to a kernel."""
-    dims = [f.shape[1] for f in feats]
-    spec = _head_spec(head, dims, feats[0].device)
-    base = _check_baselines(baselines, feats)
-    return spec.kind, spec.params, list(base or [])
-
-
-def emulate(emu, feats, head, labels, baselines, benefit, limits=H100_LIMITS):
-    kind, params, base = op_inputs(feats, head, baselines)
-    return getattr(emu, f"shapley_{kind}")(list(feats), *params, base, labels, benefit, *limits)
-
-
-def plan_of(emu, kind, feats, head, baselines, limits):
-    _, params, base = op_inputs(feats, head, baselines)
-    n = len(feats)
-    width = params[0].shape[0]
-    classes = params[2].shape[0] if kind == "mlp" else width
-    per_sample = bool(base) and base[0].dim() == 2
-    absent_rows = n if kind == "decision" or (base and not per_sample) else 1
-    elem = 8 if feats[0].dtype == torch.float64 else 4
-    if len(limits) == 4:  # tensor cores allowed: taken when the weights have the features' dtype (run_op)
-        eligible = feats[0].dtype in TC_DTYPES and params[0].dtype == feats[0].dtype
-        limits = (*limits[:3], int(bool(limits[3]) and eligible))
-    return emu.describe_plan(
-        HEAD_CODES[kind], n, 2 * n if per_sample else n, width, classes, elem, absent_rows, feats[0].shape[0], *limits
-    )
-
-
 def test_emulation_schedule_and_models_are_strict(emu):
     """The emulation catches what it claims to (csrc/cuda/shapley_emulate.cpp, self_check): a phase's threads run
     in a shuffled order, so a thread reading its neighbour's write of the same phase sees it sometimes, not
@@ -179,12 +126,6 @@ def test_emulation_matches_oracle(emu, case):
     torch.testing.assert_close(stats[0], phi.sum(0))
     assert torch.equal(stats[1], (phi < 1).sum(0).float())
     assert torch.equal(stats[2], torch.zeros_like(stats[2]))
-
-
-# Budgets from generous to none: each case's distinct plans (tile sizes; shared memory or global scratch for
-# the partial products, the MLP chunks and the constants; grid-stride over tiles) must give the same bits.
-BUDGETS = [(1 << 20, 1 << 20, 264), H100_LIMITS, (48 * 1024, 48 * 1024, 7), (24 * 1024, 24 * 1024, 3), (0, 0, 2)]
-PLAN_CASES = [c for c in KERNEL_CASES if c.B > 0]
 
 
 @pytest.mark.parametrize("case", PLAN_CASES, ids=[c.id for c in PLAN_CASES])
@@ -211,7 +152,7 @@ def test_plans_cover_every_layout(emu):
         feats, head, labels, baselines = make_inputs(case)
         kind = op_inputs(feats, head, baselines)[0]
         for limits in BUDGETS:
-            plan = dict(kv.split("=") for kv in plan_of(emu, kind, feats, head, baselines, limits).split(";"))
+            plan = parse_plan(plan_of(emu, kind, feats, head, baselines, limits))
             seen |= {
                 f"p={plan['p']}",
                 f"hl={plan['hl']}",
@@ -239,7 +180,7 @@ def test_plans_cover_every_layout(emu):
 def test_plan_for_the_benchmark_shape_is_fused(emu):
     """B = 65,536, n = 2, d = 512, C = 31 on an H100: partial products stay in shared memory, 128-sample tiles,
     and at least two blocks fit on a multiprocessor."""
-    plan = dict(kv.split("=") for kv in emu.describe_plan(0, 2, 2, 31, 31, 4, 1, 65536, *H100_LIMITS).split(";"))
+    plan = parse_plan(emu.describe_plan("concat", 2, 2, 31, 31, 4, 1, 65536, *H100_LIMITS))
     assert plan["p"] == "shared" and plan["consts"] == "shared" and plan["tb"] == "128" and plan["pipe"] == "1", plan
     assert int(plan["smem"]) <= H100_LIMITS[1] // 2, plan
     assert plan["scratch"] == "0", plan
@@ -250,10 +191,7 @@ def test_tensor_core_plans_keep_every_block_resident(emu):
     room for only one, a grid of one per SM (a second wave would start without the cross-tile prefetch)."""
     soft, hard, two_per_sm = H100_LIMITS
     for budget, grid in ((soft, two_per_sm), (40_000, two_per_sm // 2)):
-        plan = dict(
-            kv.split("=")
-            for kv in emu.describe_plan(0, 5, 5, 101, 101, 2, 1, 65536, budget, hard, two_per_sm, 1).split(";")
-        )
+        plan = parse_plan(emu.describe_plan("concat", 5, 5, 101, 101, 2, 1, 65536, budget, hard, two_per_sm, 1))
         assert plan["mma"] == "1" and int(plan["grid"]) == grid, plan
         assert (int(plan["smem"]) <= budget) == (grid == two_per_sm), plan
 
@@ -261,24 +199,19 @@ def test_tensor_core_plans_keep_every_block_resident(emu):
 @pytest.mark.parametrize(
     "shape",
     [  # head, n, sources, K, C, elem: the largest cases fall back to global scratch within 48 KB
-        (0, 16, 32, 1000, 1000, 8),
-        (1, 16, 32, 1000, 1000, 4),
-        (2, 16, 32, 4096, 1000, 8),
-        (2, 1, 1, 65536, 1, 4),
+        ("concat", 16, 32, 1000, 1000, 8),
+        ("decision", 16, 32, 1000, 1000, 4),
+        ("mlp", 16, 32, 4096, 1000, 8),
+        ("mlp", 1, 1, 65536, 1, 4),
     ],
 )
 def test_plan_fallback_fits_any_device(emu, shape):
     head, n, sources, K, C, elem = shape
-    absent_rows = n if head == 1 else 1
-    plan = dict(
-        kv.split("=")
-        for kv in emu.describe_plan(head, n, sources, K, C, elem, absent_rows, 1000, *H100_LIMITS).split(";")
-    )
+    absent_rows = n if head == "decision" else 1
+    plan = parse_plan(emu.describe_plan(head, n, sources, K, C, elem, absent_rows, 1000, *H100_LIMITS))
     assert plan["p"] == "global", plan
     assert int(plan["smem"]) <= H100_LIMITS[1], plan
-    small = dict(
-        kv.split("=") for kv in emu.describe_plan(head, n, sources, K, C, elem, absent_rows, 1000, 0, 0, 2).split(";")
-    )
+    small = parse_plan(emu.describe_plan(head, n, sources, K, C, elem, absent_rows, 1000, 0, 0, 2))
     assert int(small["smem"]) <= 48 * 1024 and small["consts"] == "global", small
 
 
@@ -353,9 +286,9 @@ def test_emulation_counts_nonfinite_rows_like_cpp(emu, kind):
     cases["sample"][2][[10, 11], 1] = float("-inf")
     kind_, params, _ = op_inputs(feats, head, None)
     for name, baselines in cases.items():
-        base = list(_check_baselines(baselines, feats) or [])
+        base = kernel_baselines(baselines, feats)
         _, stats = emulate(emu, feats, head, labels, baselines, "paper")
-        _, want = getattr(torch.ops.fastshap, f"shapley_{kind_}")(feats, *params, base, labels, "paper")
+        _, want = torch.ops.fastshap.shapley(feats, kind_, list(params), base, labels, "paper")
         assert torch.equal(stats[2], want[2]), f"{kind} {name}: {stats[2].tolist()} vs cpp {want[2].tolist()}"
         assert stats[2].sum() > 0
 
@@ -381,42 +314,6 @@ def test_emulation_counts_bad_labels(emu, kind):
     assert torch.equal(stats[1], (phi < 1).sum(0).float())
 
 
-def _staging_inputs(dtype, kind, dims=(72, 40), batch=150, device="cpu"):
-    """(head, labels, {layout name: features}, the CPU kernel's (phi, stats)) for the staging tests: dyadic
-    values, so that every sum is exact and any staging or plan must give the CPU kernel's bits. The
-    features come contiguous (16-byte loads), as aligned rows of a wider tensor (16-byte loads), misaligned
-    and column-major (element loads)."""
-    g = torch.Generator().manual_seed(12)
-    dims, classes = list(dims), 6
-    head = heads.ConcatMLP(dims, 40, classes) if kind == "mlp" else heads.ConcatLinear(dims, classes)
-    with torch.no_grad():
-        for p in head.parameters():
-            p.copy_(dyadic(p.shape, -8, 8, 16, g))
-    values = [dyadic((batch, d), -4, 4, 4, g).to(dtype) for d in dims]
-    labels = torch.randint(0, classes, (batch,), generator=g)
-
-    def inside(offset):  # the values as a view at column `offset` of a wider tensor (row stride d + 8)
-        views = []
-        for v in values:
-            # NaN around the view: a kernel that lets a neighbouring column into a sum (a 16-byte load past
-            # a row's end, a zero weight times it) gives NaN rows, where zeros would hide it.
-            w = torch.full((batch, v.shape[1] + 8), float("nan"), dtype=dtype, device=device)
-            w[:, offset : offset + v.shape[1]] = v.to(device)
-            views.append(w[:, offset : offset + v.shape[1]])
-        return views
-
-    layouts = {
-        "contiguous": [v.to(device) for v in values],
-        "aligned rows of a wider tensor": inside(8),
-        "misaligned": inside(1),
-        "column-major": [v.t().contiguous().t().to(device) for v in values],
-    }
-    op_kind, params, _ = op_inputs(values, head, None)
-    want = getattr(torch.ops.fastshap, f"shapley_{op_kind}")(values, *params, [], labels, "accuracy")
-    assert want[0].abs().sum() > 0
-    return head, labels, layouts, want
-
-
 @pytest.mark.parametrize("kind", ["concat", "mlp"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
@@ -425,29 +322,17 @@ def test_emulation_vector_staging_equals_element_staging(emu, dtype, kind):
     weights likewise by their own layout (aligned here: widths 72 and 40, hidden 40). Every layout and plan
     gives the CPU kernel's bits (two full staging steps and a tail, so both stages; a last partial tile;
     both MLP layers)."""
-    head, labels, layouts, want = _staging_inputs(dtype, kind)
+    head, labels, layouts, want = staging_inputs(dtype, kind)
     values = layouts["contiguous"]
     op_kind = op_inputs(values, head, None)[0]
     pipes = set()
     for limits in (H100_LIMITS, (1 << 20, 1 << 20, 264), (48 * 1024, 48 * 1024, 7)):
-        pipes.add(dict(kv.split("=") for kv in plan_of(emu, op_kind, values, head, None, limits).split(";"))["pipe"])
+        pipes.add(parse_plan(plan_of(emu, op_kind, values, head, None, limits))["pipe"])
         for name, feats in layouts.items():
             phi, stats = emulate(emu, feats, head, labels, None, "accuracy", limits)
             assert torch.equal(phi, want[0]), f"{name} {limits}"
             assert torch.equal(stats[1:], want[1][1:]), f"{name} {limits}"
     assert pipes == {"0", "1"}, pipes
-
-
-#: Feature dtypes whose first layer may run on tensor cores (with a head of the same dtype).
-TC_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-#: Limits that also allow the tensor-core first layer (what FASTSHAP_CUDA_TENSOR_CORES=1 on an sm_80+ GPU gives).
-TC_BUDGETS = [(*H100_LIMITS, 1), (1 << 20, 1 << 20, 264, 1), (64 * 1024, 64 * 1024, 2, 1), (24 * 1024, 24 * 1024, 3, 1)]
-
-
-def _in_dtype(head, dtype):
-    """The head with its parameters in `dtype` (exact for the staging inputs' dyadic values): what makes a
-    call eligible for the tensor-core first layer."""
-    return copy.deepcopy(head).to(dtype)
 
 
 @pytest.mark.parametrize("dims", [(72, 136), (70, 42)], ids=["aligned", "misaligned"])
@@ -459,12 +344,12 @@ def test_emulation_tensor_cores_equal_cpu_kernel(emu, dtype, kind, dims):
     MMA sums in the CPU kernel's order: every feature layout (cp.async or element staging), weights whose
     columns start 16-byte aligned or not (dims 70 + 42), tail steps, a partial last tile and blocks that run
     several tiles (the copies run ahead across sources and tiles) give the CPU kernel's bits."""
-    head, labels, layouts, want = _staging_inputs(dtype, kind, dims)
-    head = _in_dtype(head, dtype)
+    head, labels, layouts, want = staging_inputs(dtype, kind, dims)
+    head = in_dtype(head, dtype)
     op_kind = op_inputs(layouts["contiguous"], head, None)[0]
     tiles, stages, strided = set(), set(), False
     for limits in TC_BUDGETS:
-        plan = dict(kv.split("=") for kv in plan_of(emu, op_kind, layouts["contiguous"], head, None, limits).split(";"))
+        plan = parse_plan(plan_of(emu, op_kind, layouts["contiguous"], head, None, limits))
         if plan["mma"] == "1":
             tiles.add(plan["tb"])
             stages.add(plan["stages"])
@@ -487,12 +372,12 @@ def test_emulation_tensor_cores_same_bits_as_fma_plans(emu, case):
     the head in the features' dtype: the emulated tensor-core plans give the FMA plans' bits (the emulation sums
     each MMA tile in the same order), per-sample baselines as extra sources included."""
     feats, head, labels, baselines = make_inputs(case)
-    head = _in_dtype(head, DTYPES[case.dtype])
+    head = in_dtype(head, DTYPES[case.dtype])
     kind = op_inputs(feats, head, baselines)[0]
     want = emulate(emu, feats, head, labels, baselines, case.benefit)
     mma = 0
     for limits in TC_BUDGETS:
-        plan = dict(kv.split("=") for kv in plan_of(emu, kind, feats, head, baselines, limits).split(";"))
+        plan = parse_plan(plan_of(emu, kind, feats, head, baselines, limits))
         mma += plan["mma"] == "1"
         got = emulate(emu, feats, head, labels, baselines, case.benefit, limits)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), f"{case.id} {plan}"
@@ -502,26 +387,26 @@ def test_emulation_tensor_cores_same_bits_as_fma_plans(emu, case):
 def test_tensor_cores_only_for_weights_of_the_features_type(emu):
     """The tensor-core plan is taken only when allowed and when the weights are of the features' type
     (their products are then those of the other plans); fp32 weights with bf16 features keep the FMA plan."""
-    head, labels, layouts, want = _staging_inputs(torch.bfloat16, "concat")
+    head, labels, layouts, want = staging_inputs(torch.bfloat16, "concat")
     feats = layouts["contiguous"]
 
     def plan_mma(h, limits):
         kind = op_inputs(feats, h, None)[0]
-        return dict(kv.split("=") for kv in plan_of(emu, kind, feats, h, None, limits).split(";"))["mma"]
+        return parse_plan(plan_of(emu, kind, feats, h, None, limits))["mma"]
 
-    assert plan_mma(_in_dtype(head, torch.bfloat16), TC_BUDGETS[0]) == "1"
-    assert plan_mma(_in_dtype(head, torch.bfloat16), H100_LIMITS) == "0"  # not allowed
+    assert plan_mma(in_dtype(head, torch.bfloat16), TC_BUDGETS[0]) == "1"
+    assert plan_mma(in_dtype(head, torch.bfloat16), H100_LIMITS) == "0"  # not allowed
     assert plan_mma(head, TC_BUDGETS[0]) == "0"  # fp32 weights
     phi, _ = emulate(emu, feats, head, labels, None, "accuracy", TC_BUDGETS[0])
     assert torch.equal(phi, want[0])
-    plan = emu.describe_plan(0, 2, 2, 31, 31, 4, 1, 65536, *H100_LIMITS, 1)
-    got = dict(kv.split("=") for kv in plan.split(";"))
+    plan = emu.describe_plan("concat", 2, 2, 31, 31, 4, 1, 65536, *H100_LIMITS, 1)
+    got = parse_plan(plan)
     # The benchmark shape: 128-sample tiles, two blocks per multiprocessor.
     assert got["mma"] == "1" and got["tb"] == "128" and int(got["smem"]) <= H100_LIMITS[0], got
 
 
 def test_emulation_reads_no_memory_outside_its_tensors():
-    """The block program under AddressSanitizer (tests/emulation_asan_check.py, in a process with libasan
+    """The block program under AddressSanitizer (tools/emulation_asan_check.py, in a process with libasan
     preloaded): every staging path, plan and head on exact-size tensors, no read or write outside them. The
     results cannot show such a read (rows past the batch are dropped); on a GPU it could fault."""
     compiler = os.environ.get("CXX", "c++")
@@ -560,7 +445,7 @@ def test_emulation_odd_sizes_match_cpp(emu, kind, batch):
         feats = [dyadic((batch, d), -4, 4, 4, g) for d in dims]
         labels = torch.randint(0, classes, (batch,), generator=g)
         kind_, params, _ = op_inputs(feats, head, None)
-        want = getattr(torch.ops.fastshap, f"shapley_{kind_}")(feats, *params, [], labels, "accuracy")
+        want = torch.ops.fastshap.shapley(feats, kind_, list(params), [], labels, "accuracy")
         for limits in (H100_LIMITS, (0, 0, 2)):
             phi, stats = emulate(emu, feats, head, labels, None, "accuracy", limits)
             assert phi.shape == (batch, len(dims)) and stats.shape == (4, len(dims))
@@ -591,7 +476,7 @@ def test_emulation_many_modalities(emu, n):
     labels = torch.tensor([int(full[0].argmax()), (int(full[1].argmax()) + 1) % 3])
     _, params, _ = op_inputs(feats, head, None)
     for benefit in ("paper", "probability"):
-        want = torch.ops.fastshap.shapley_concat(feats, *params, [], labels, benefit)
+        want = torch.ops.fastshap.shapley(feats, "concat", list(params), [], labels, benefit)
         phi, stats = emulate(emu, feats, head, labels, None, benefit)
         if benefit == "paper":
             assert torch.equal(phi, want[0])
@@ -604,32 +489,30 @@ def test_emulation_many_modalities(emu, n):
 
 
 def test_emulation_rejects_bad_arguments(emu):
+    """The emulated op runs the compiled op's memory guards (csrc/shapley_common.cpp) before its plan."""
     feats = [torch.randn(4, 3), torch.randn(4, 2)]
     labels = torch.zeros(4, dtype=torch.long)
     w, b = torch.randn(5, 5), torch.randn(5)
     lim = H100_LIMITS
-    with pytest.raises(ValueError, match="bias must be"):
-        emu.shapley_concat(feats, w, torch.randn(6), [], labels, "paper", *lim)
-    with pytest.raises(ValueError, match="decision-fusion bias"):
-        emu.shapley_decision(feats, w, b, [], labels, "paper", *lim)
-    with pytest.raises(ValueError, match="weight2"):
-        emu.shapley_mlp(
-            feats, torch.randn(8, 5), torch.randn(8), torch.randn(3, 7), torch.randn(3), [], labels, "paper", *lim
-        )
-    with pytest.raises(ValueError, match="bias2"):
-        emu.shapley_mlp(
-            feats, torch.randn(8, 5), torch.randn(8), torch.randn(3, 8), torch.randn(4), [], labels, "paper", *lim
-        )
-    with pytest.raises(ValueError, match="head weight"):
-        emu.shapley_concat(feats, torch.randn(5, 6), b, [], labels, "paper", *lim)
-    with pytest.raises(ValueError, match="benefit"):
-        emu.shapley_concat(feats, w, b, [], labels, "shapley", *lim)
+    mlp = [torch.randn(8, 5), torch.randn(8), torch.randn(3, 8), torch.randn(3)]
+    for head, params, benefit, match in [
+        ("concat", [w, torch.randn(6)], "paper", r"bias must be \(C,\)"),
+        ("decision", [w, b], "paper", r"bias must be \(n, C\)"),
+        ("mlp", [*mlp[:2], torch.randn(3, 7), mlp[3]], "paper", "weight2 must be"),
+        ("mlp", [*mlp[:3], torch.randn(4)], "paper", "bias2 must be"),
+        ("mlp", mlp[:3], "paper", "takes 4 parameters"),
+        ("concat", [torch.randn(5, 6), b], "paper", r"weight must be \(C, D\)"),
+        ("linear", [w, b], "paper", "unknown head kind"),
+        ("concat", [w, b], "shapley", "benefit"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            emu.shapley(feats, head, params, [], labels, benefit, *lim)
     with pytest.raises(ValueError, match="modalities"):
-        emu.shapley_concat([], w, b, [], labels, "paper", *lim)
+        emu.shapley([], "concat", [w, b], [], labels, "paper", *lim)
     with pytest.raises(ValueError, match="baselines"):
-        emu.shapley_concat(feats, w, b, [torch.zeros(3)], labels, "paper", *lim)
+        emu.shapley(feats, "concat", [w, b], [torch.zeros(3)], labels, "paper", *lim)
     with pytest.raises(ValueError, match="no classes"):
-        emu.shapley_concat(feats, torch.randn(0, 5), torch.randn(0), [], labels, "paper", *lim)
+        emu.shapley(feats, "concat", [torch.randn(0, 5), torch.randn(0)], [], labels, "paper", *lim)
 
 
 # --- on a GPU ---------------------------------------------------------------------------------------------
@@ -672,16 +555,6 @@ def test_cuda_matches_oracle(case):
     assert torch.equal(stats[1].cpu(), (phi < 1).sum(0).float())
 
 
-def _agree_outside_near_ties(got, want, case, what):
-    expected = expected_for(case)
-    if case.benefit == "probability":
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=what)
-        return
-    decided = expected.decided(compute_eps(DTYPES[case.dtype]))
-    differ = decided & (got != want).any(1)
-    assert not bool(differ.any()), f"{what}: {int(differ.sum())} decided samples differ"
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("other", ["torch", "triton"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=[c.id for c in PLAN_CASES])
@@ -696,7 +569,7 @@ def test_cuda_matches_other_gpu_backends(case, other):
     kw = dict(baselines=baselines, benefit=case.benefit)
     got = fastshap.modality_shapley(feats, head, labels, backend="cuda", **kw).cpu()
     want = fastshap.modality_shapley(feats, head, labels, backend=other, **kw).cpu()
-    _agree_outside_near_ties(got, want, case, f"{case.id}: cuda vs {other}")
+    agree_outside_near_ties(got, want, case, f"{case.id}: cuda vs {other}")
 
 
 # Cases whose kernel inputs involve no library GEMM or softmax (no shared baselines; concat and MLP heads):
@@ -714,7 +587,7 @@ def test_cuda_equals_its_cpu_emulation(emu, case):
     want_phi, want_stats = emulate(emu, feats, head, labels, baselines, case.benefit)
     dfeats, dhead, dlabels, dbase = case_on(case, "cuda")
     kind, params, base = op_inputs(dfeats, dhead, dbase)
-    phi, stats = getattr(torch.ops.fastshap, f"shapley_{kind}")(dfeats, *params, base, dlabels, case.benefit)
+    phi, stats = torch.ops.fastshap.shapley(dfeats, kind, list(params), base, dlabels, case.benefit)
     if case.benefit == "probability":
         torch.testing.assert_close(phi.cpu(), want_phi, atol=1e-6, rtol=0)
     else:
@@ -739,11 +612,11 @@ def test_cuda_staging_equals_cpu_kernel(dtype, kind, shape):
     kernel's bits (dyadic inputs)."""
     _require_cuda_backend()
     dims, batch = shape
-    head, labels, layouts, want = _staging_inputs(dtype, kind, dims, batch, device="cuda")
+    head, labels, layouts, want = staging_inputs(dtype, kind, dims, batch, device="cuda")
     dhead, dlabels = copy.deepcopy(head).cuda(), labels.cuda()
     for name, feats in layouts.items():
         op_kind, params, _ = op_inputs(feats, dhead, None)
-        phi, stats = getattr(torch.ops.fastshap, f"shapley_{op_kind}")(feats, *params, [], dlabels, "accuracy")
+        phi, stats = torch.ops.fastshap.shapley(feats, op_kind, list(params), [], dlabels, "accuracy")
         assert torch.equal(phi.cpu(), want[0]), f"{name}: {int((phi.cpu() != want[0]).any(1).sum())} rows differ"
         assert torch.equal(stats[1:].cpu(), want[1][1:]), name
 
@@ -770,11 +643,11 @@ def test_cuda_tensor_cores_equal_cpu_kernel(tensor_cores, dtype, kind, shape):
     every product (tf32 ones too: their remainders are zero) and every partial sum exact, so the MMA's
     summation order cannot show: the CPU kernel's bits are the answer."""
     dims, batch = shape
-    head, labels, layouts, want = _staging_inputs(dtype, kind, dims, batch, device="cuda")
-    dhead, dlabels = _in_dtype(head, dtype).cuda(), labels.cuda()
+    head, labels, layouts, want = staging_inputs(dtype, kind, dims, batch, device="cuda")
+    dhead, dlabels = in_dtype(head, dtype).cuda(), labels.cuda()
     for name, feats in layouts.items():
         op_kind, params, _ = op_inputs(feats, dhead, None)
-        phi, stats = getattr(torch.ops.fastshap, f"shapley_{op_kind}")(feats, *params, [], dlabels, "accuracy")
+        phi, stats = torch.ops.fastshap.shapley(feats, op_kind, list(params), [], dlabels, "accuracy")
         assert torch.equal(phi.cpu(), want[0]), f"{name}: {int((phi.cpu() != want[0]).any(1).sum())} rows differ"
         assert torch.equal(stats[1:].cpu(), want[1][1:]), name
 
@@ -790,9 +663,9 @@ def test_cuda_tensor_cores_are_used_and_agree(tensor_cores, monkeypatch, dtype):
     feats = [torch.randn(batch, d, generator=g).to("cuda", dtype) for d in dims]
     labels = torch.randint(0, classes, (batch,), generator=g).cuda()
     _, params, _ = op_inputs(feats, head, None)
-    with_tc, _ = torch.ops.fastshap.shapley_concat(feats, *params, [], labels, "probability")
+    with_tc, _ = torch.ops.fastshap.shapley(feats, "concat", list(params), [], labels, "probability")
     monkeypatch.setenv("FASTSHAP_CUDA_TENSOR_CORES", "0")
-    without, _ = torch.ops.fastshap.shapley_concat(feats, *params, [], labels, "probability")
+    without, _ = torch.ops.fastshap.shapley(feats, "concat", list(params), [], labels, "probability")
     assert bool((with_tc != without).any()), "FASTSHAP_CUDA_TENSOR_CORES=1 changed nothing: not taken?"
     torch.testing.assert_close(with_tc, without, atol=1e-5, rtol=0)
 
@@ -810,7 +683,7 @@ def test_cuda_tensor_cores_match_oracle(tensor_cores, case):
     """The core case matrix's fp16/bf16/fp32 cases with the head in the features' dtype (what makes them
     eligible), against the oracle of that head, near-ties left out as for the other GPU backends."""
     feats, head, labels, baselines = make_inputs(case)
-    head = _in_dtype(head, DTYPES[case.dtype])
+    head = in_dtype(head, DTYPES[case.dtype])
     expected = oracle_shapley(feats, head, labels, baselines, case.benefit)
     dfeats = [on(f, "cuda") for f in feats]
     dbase = None if baselines is None else [on(b, "cuda") for b in baselines]
@@ -847,10 +720,10 @@ def _small_gpu_inputs(kind, device="cuda", batch=33, dtype=torch.float32):
 def test_cuda_opcheck(kind):
     _require_cuda_backend()
     feats, params, labels = _small_gpu_inputs(kind)
-    op = getattr(torch.ops.fastshap, f"shapley_{kind}").default
+    op = torch.ops.fastshap.shapley.default
     for base in ([], [torch.randn(f.shape[1], device="cuda") for f in feats], [torch.randn_like(f) for f in feats]):
-        torch.library.opcheck(op, (feats, *params, base, labels, "paper"))
-    torch.library.opcheck(op, (feats, *params, [], labels, "probability"))
+        torch.library.opcheck(op, (feats, kind, list(params), base, labels, "paper"))
+    torch.library.opcheck(op, (feats, kind, list(params), [], labels, "probability"))
 
 
 @pytest.mark.gpu
@@ -858,10 +731,9 @@ def test_cuda_opcheck(kind):
 def test_cuda_torch_compile_fullgraph(kind):
     _require_cuda_backend()
     feats, params, labels = _small_gpu_inputs(kind, dtype=torch.bfloat16)
-    op = getattr(torch.ops.fastshap, f"shapley_{kind}")
 
     def value(fs, ps, y):
-        phi, stats = op(fs, *ps, [], y, "paper")
+        phi, stats = torch.ops.fastshap.shapley(fs, kind, list(ps), [], y, "paper")
         return phi * 2, stats
 
     compiled = torch.compile(value, fullgraph=True)
@@ -875,14 +747,14 @@ def test_cuda_runs_on_the_current_stream():
     results on a side stream are complete and correct while the default stream is still running."""
     _require_cuda_backend()
     feats, params, labels = _small_gpu_inputs("concat", batch=4099)
-    want = torch.ops.fastshap.shapley_concat(feats, *params, [], labels, "paper")
+    want = torch.ops.fastshap.shapley(feats, "concat", list(params), [], labels, "paper")
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):  # warm the side stream's allocator: no cudaMalloc in the timed part
-        torch.ops.fastshap.shapley_concat(feats, *params, [], labels, "paper")
+        torch.ops.fastshap.shapley(feats, "concat", list(params), [], labels, "paper")
     torch.cuda.synchronize()
     torch.cuda._sleep(int(2e9))  # about a second of GPU time on the default stream
     with torch.cuda.stream(side):
-        got = torch.ops.fastshap.shapley_concat(feats, *params, [], labels, "paper")
+        got = torch.ops.fastshap.shapley(feats, "concat", list(params), [], labels, "paper")
         phi, stats = got[0].cpu(), got[1].cpu()  # waits for the side stream only
     still_busy = not torch.cuda.default_stream().query()
     torch.cuda.synchronize()
@@ -897,10 +769,10 @@ def test_cuda_uses_the_features_device():
         pytest.skip("needs two CUDA devices")
     feats, params, labels = _small_gpu_inputs("mlp", device="cuda:1")
     with torch.cuda.device(0):
-        phi, _ = torch.ops.fastshap.shapley_mlp(feats, *params, [], labels, "accuracy")
+        phi, _ = torch.ops.fastshap.shapley(feats, "mlp", list(params), [], labels, "accuracy")
     assert phi.device == torch.device("cuda:1")
-    want, _ = torch.ops.fastshap.shapley_mlp(
-        [f.cpu() for f in feats], *[p.cpu() for p in params], [], labels.cpu(), "accuracy"
+    want, _ = torch.ops.fastshap.shapley(
+        [f.cpu() for f in feats], "mlp", [p.cpu() for p in params], [], labels.cpu(), "accuracy"
     )
     assert (phi.cpu() != want).any(1).sum() <= 1
 
@@ -909,11 +781,11 @@ def test_cuda_uses_the_features_device():
 def test_cuda_rejects_mixed_devices_and_handles_empty_batches():
     _require_cuda_backend()
     feats, params, labels = _small_gpu_inputs("concat")
-    with pytest.raises(ValueError, match="head weight is on"):
-        torch.ops.fastshap.shapley_concat([f.cpu() for f in feats], *params, [], labels.cpu(), "paper")
-    with pytest.raises(ValueError, match="bias is on"):
-        torch.ops.fastshap.shapley_concat(feats, params[0], params[1].cpu(), [], labels, "paper")
-    phi, stats = torch.ops.fastshap.shapley_concat([f[:0] for f in feats], *params, [], labels[:0], "paper")
+    with pytest.raises(ValueError, match="weight is on cuda"):
+        torch.ops.fastshap.shapley([f.cpu() for f in feats], "concat", list(params), [], labels.cpu(), "paper")
+    with pytest.raises(ValueError, match="bias is on cpu"):
+        torch.ops.fastshap.shapley(feats, "concat", [params[0], params[1].cpu()], [], labels, "paper")
+    phi, stats = torch.ops.fastshap.shapley([f[:0] for f in feats], "concat", list(params), [], labels[:0], "paper")
     assert phi.shape == (0, 3) and phi.is_cuda and torch.equal(stats.cpu(), torch.zeros(4, 3))
 
 

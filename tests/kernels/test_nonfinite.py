@@ -9,11 +9,12 @@ import math
 
 import pytest
 import torch
-from test_cuda import emu, emulate  # noqa: F401  (emu: the fixture that builds the CUDA emulation)
+from emulation import emulate
+from kernel_cases import kernel_baselines
 
 import fastshap
 from fastshap import backends, heads
-from fastshap.api import _check_baselines, _head_spec
+from fastshap.api import _head_spec
 from fastshap.backends import Call
 
 BACKENDS = ["torch", "cpp", "triton", "cuda-emulated"]
@@ -25,7 +26,7 @@ def run_op(backend, feats, head, labels, baselines=None, benefit="paper", emulat
     if backend == "cuda-emulated":
         return emulate(emulation, feats, head, labels, baselines, benefit)
     spec = _head_spec(head, [f.shape[1] for f in feats], feats[0].device)
-    base = _check_baselines(baselines, feats)
+    base = kernel_baselines(baselines, feats)
     try:
         chosen = backends.select(backend, Call(spec.kind, feats[0].device, feats[0].dtype, len(feats)))
     except fastshap.BackendError as exc:
@@ -35,7 +36,7 @@ def run_op(backend, feats, head, labels, baselines=None, benefit="paper", emulat
 
 @pytest.fixture
 def emulation(request):
-    """The CUDA emulation's ops, built only for the tests that run it."""
+    """The CUDA emulation's op (the `emu` fixture of conftest.py), built only for the tests that run it."""
     params = getattr(request.node, "callspec", None)
     return request.getfixturevalue("emu") if params and params.params.get("backend") == "cuda-emulated" else None
 

@@ -3,6 +3,7 @@ selection and its errors, with_stats, B = 0, and n = 16 against the oracle."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from oracle import NonlinearHead, dyadic, oracle_shapley
 from torch import nn
 
 import fastshap
-from fastshap import _extension, backends, heads, reference
+from fastshap import _extension, backends, head_kinds, heads, reference
 from fastshap.api import _head_spec
 
 pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="the compiled extension fastshap._C is not built")
@@ -119,11 +120,117 @@ def test_cpp_equals_torch_on_large_mlp_chunks():
     assert torch.equal(a, b)
 
 
+# --- the head-kind tables and the op's guards --------------------------------------------------------------
+
+
+def test_head_kind_tables_agree():
+    """csrc/head_kinds.h and fastshap/head_kinds.py list the same kinds: names, codes, parameters and their
+    shapes, first layer."""
+    assert torch.ops.fastshap.head_kinds() == head_kinds.describe()
+    assert [k.code for k in head_kinds.KINDS.values()] == list(range(len(head_kinds.KINDS)))
+    for kind in head_kinds.KINDS.values():
+        assert len(kind.params) == len(kind.shapes) and set("".join(kind.shapes)) <= set(head_kinds.SYMBOLS)
+        assert kind.shapes[kind.first_layer].endswith("D"), kind
+
+
+def test_every_head_kind_has_a_reference_and_a_kernel():
+    """Each kind the table lists runs in the torch reference and the CPU kernel with its parameters in the
+    table's order, and gives the same values (the tables name nothing that is not implemented)."""
+    g = torch.Generator().manual_seed(21)
+    dims, batch, classes, hidden = [3, 2], 6, 4, 5
+    sizes = {"n": len(dims), "D": sum(dims), "C": classes, "H": hidden}
+    feats = [torch.randn(batch, d, generator=g) for d in dims]
+    labels = torch.randint(0, classes, (batch,), generator=g)
+    for kind in head_kinds.KINDS.values():
+        params = [torch.randn([sizes[s] for s in shape], generator=g) for shape in kind.shapes]
+        want = reference.shapley(feats, kind.name, params, [], labels, "probability")
+        got = torch.ops.fastshap.shapley(feats, kind.name, params, [], labels, "probability")
+        torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=0)
+        assert torch.equal(got[1][2:], want[1][2:]) and got[0].shape == (batch, len(dims))
+
+
+@pytest.mark.parametrize("implementation", ["cpp", "torch", "fake"])
+def test_ops_refuse_an_unknown_kind_or_a_wrong_parameter_count(implementation):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = reference.shapley if implementation == "torch" else torch.ops.fastshap.shapley
+    mode = FakeTensorMode() if implementation == "fake" else contextlib.nullcontext()
+    with mode:
+        feats, labels = [torch.zeros(3, 2), torch.zeros(3, 1)], torch.zeros(3, dtype=torch.long)
+        w, b = torch.zeros(4, 3), torch.zeros(4)
+        with pytest.raises(ValueError, match="unknown head kind 'linear'"):
+            op(feats, "linear", [w, b], [], labels, "paper")
+        with pytest.raises(ValueError, match="mlp head takes 4 parameters, got 2"):
+            op(feats, "mlp", [w, b], [], labels, "paper")
+
+
+#: Calls of the op with one argument wrong each, and a key phrase of the refusal.
+BAD_OP_CALLS = {
+    "no-features": (lambda a: a.update(features=[]), "between 1 and 16 modalities"),
+    "features-1d": (lambda a: a.update(features=[torch.zeros(5), torch.zeros(5, 2)]), r"features\[0\] must be"),
+    "features-batch": (lambda a: a["features"].__setitem__(1, torch.zeros(4, 2)), "has batch 4"),
+    "features-dtype": (lambda a: a["features"].__setitem__(1, torch.zeros(5, 2).double()), r"features\[1\] is"),
+    "integer-features": (lambda a: a.update(features=[torch.zeros(5, 3, dtype=torch.long)]), "floating point"),
+    "labels-shape": (lambda a: a.update(labels=torch.zeros(4, dtype=torch.long)), r"labels must be \(5,\)"),
+    "labels-dtype": (lambda a: a.update(labels=torch.zeros(5, dtype=torch.int32)), "labels must be int64"),
+    "baselines-count": (lambda a: a.update(baselines=[torch.zeros(3)]), "1 baselines for 2 modalities"),
+    "baselines-dtype": (lambda a: a.update(baselines=[torch.zeros(3), torch.zeros(2).double()]), r"baselines\[1\]"),
+    "weight-width": (lambda a: a["params"].__setitem__(0, torch.zeros(4, 6)), r"weight must be \(C, D\)"),
+    "weight-rank": (lambda a: a["params"].__setitem__(0, torch.zeros(20)), r"weight must be \(C, D\)"),
+    "bias-size": (lambda a: a["params"].__setitem__(1, torch.zeros(3)), r"bias must be \(C,\) = \(4,\)"),
+    "benefit": (lambda a: a.update(benefit="shapley"), "unknown benefit 'shapley'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_OP_CALLS))
+def test_python_op_guards_are_the_compiled_ones(name):
+    """fastshap/_op_checks.py (the fake kernel's and the Triton op's guards) refuses what the compiled op's
+    guards refuse (csrc/shapley_common.cpp), with the same message up to the dtypes' spelling."""
+    from fastshap._op_checks import check_op
+
+    spoil, phrase = BAD_OP_CALLS[name]
+    args = dict(
+        features=[torch.zeros(5, 3), torch.zeros(5, 2)],
+        head="concat",
+        params=[torch.zeros(4, 5), torch.zeros(4)],
+        baselines=[],
+        labels=torch.zeros(5, dtype=torch.long),
+        benefit="paper",
+    )
+    spoil(args)
+    messages = []
+    for op in (torch.ops.fastshap.shapley, check_op):
+        with pytest.raises(ValueError, match=phrase) as info:
+            op(*args.values())
+        messages.append(str(info.value).split(" got")[0].split(" is ")[0])
+    assert messages[0] == messages[1], messages
+
+
+def test_backends_decline_a_kind_their_kernels_do_not_run(monkeypatch):
+    """A kind the table gives fewer backends (a new kind, before its CUDA or Triton kernel exists) is declined
+    by the others with the reason, and run by the ones it names."""
+    import dataclasses
+
+    narrowed = dataclasses.replace(head_kinds.CONCAT, backends=("torch", "cpp"))
+    monkeypatch.setitem(head_kinds.KINDS, "concat", narrowed)
+    call = backends.Call("concat", torch.device("cpu"), torch.float32, 2)
+    assert backends.why_not("cpp", call) is None
+    reason = backends.BACKENDS["triton"].declines(call)
+    assert reason is not None and "do not run the concat head" in reason
+
+
+def test_info_names_the_compiled_head_kinds():
+    from fastshap import info
+
+    line = next(line for line in info.report().splitlines() if "head kinds" in line)
+    assert line.split("head kinds", 1)[1].strip() == ", ".join(head_kinds.KINDS), line
+
+
 # --- opcheck and torch.compile ---------------------------------------------------------------------------
 
 
 def _op_samples():
-    """(op, args) sample inputs for each compiled op: with/without baselines, shared/per-sample, dtypes."""
+    """Arguments of the compiled op for each head kind: with/without baselines, shared/per-sample, dtypes."""
     g = torch.Generator().manual_seed(0)
     dims, batch, num_classes, hidden = [3, 2, 4], 5, 6, 7
     total = sum(dims)
@@ -138,16 +245,16 @@ def _op_samples():
         w2, b2 = torch.randn(num_classes, hidden, generator=g), torch.randn(num_classes, generator=g)
         bias_n = torch.randn(len(dims), num_classes, generator=g)
         for base, benefit in (([], "paper"), (shared, "accuracy"), (per_sample, "probability")):
-            out.append(("shapley_concat", (feats, w, b, base, labels, benefit)))
-            out.append(("shapley_decision", (feats, w, bias_n, base, labels, benefit)))
-            out.append(("shapley_mlp", (feats, w1, b1, w2, b2, base, labels, benefit)))
+            out.append((feats, "concat", [w, b], base, labels, benefit))
+            out.append((feats, "decision", [w, bias_n], base, labels, benefit))
+            out.append((feats, "mlp", [w1, b1, w2, b2], base, labels, benefit))
     return out
 
 
-@pytest.mark.parametrize("name", ["shapley_concat", "shapley_decision", "shapley_mlp"])
-def test_opcheck(name):
-    op = getattr(torch.ops.fastshap, name).default
-    samples = [args for op_name, args in _op_samples() if op_name == name]
+@pytest.mark.parametrize("kind", list(head_kinds.KINDS))
+def test_opcheck(kind):
+    op = torch.ops.fastshap.shapley.default
+    samples = [args for args in _op_samples() if args[1] == kind]
     assert len(samples) == 9
     for args in samples:
         result = torch.library.opcheck(op, args)
@@ -155,13 +262,13 @@ def test_opcheck(name):
 
 
 def test_fake_kernel_shapes():
-    """Under FakeTensorMode the ops report phi (B, n) and stats (4, n) float32 without running."""
+    """Under FakeTensorMode the op reports phi (B, n) and stats (4, n) float32 without running."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
         feats = [torch.empty(11, 3), torch.empty(11, 4)]
-        phi, stats = torch.ops.fastshap.shapley_concat(
-            feats, torch.empty(5, 7), torch.empty(5), [], torch.zeros(11, dtype=torch.long), "paper"
+        phi, stats = torch.ops.fastshap.shapley(
+            feats, "concat", [torch.empty(5, 7), torch.empty(5)], [], torch.zeros(11, dtype=torch.long), "paper"
         )
         assert phi.shape == (11, 2) and stats.shape == (4, 2)
         assert phi.dtype == stats.dtype == torch.float32
@@ -170,7 +277,7 @@ def test_fake_kernel_shapes():
 @pytest.mark.parametrize("meta", ["weight", "bias", "baselines", "labels"])
 def test_ops_refuse_a_meta_argument_beside_real_features(meta):
     """The dispatcher runs the fake kernel for a call that mixes in one meta tensor: it must refuse instead
-    of returning uninitialised CPU memory as phi."""
+    of returning uninitialised CPU memory as phi (the op's device guard, fastshap/_op_checks.py)."""
     g = torch.Generator().manual_seed(3)
     args = dict(
         features=[torch.randn(4, 3, generator=g), torch.randn(4, 5, generator=g)],
@@ -180,8 +287,9 @@ def test_ops_refuse_a_meta_argument_beside_real_features(meta):
         labels=torch.randint(0, 4, (4,), generator=g),
     )
     args[meta] = [b.to("meta") for b in args[meta]] if meta == "baselines" else args[meta].to("meta")
-    with pytest.raises(ValueError, match=f"argument {meta} is on meta, its features on cpu"):
-        torch.ops.fastshap.shapley_concat(*args.values(), "paper")
+    features, weight, bias, baselines, labels = args.values()
+    with pytest.raises(ValueError, match=rf"{meta}(\[0\])? (is|are) on meta"):
+        torch.ops.fastshap.shapley(features, "concat", [weight, bias], baselines, labels, "paper")
 
 
 def test_a_call_under_a_meta_default_device_leaves_no_meta_tables():
@@ -203,7 +311,8 @@ def test_a_call_under_a_meta_default_device_leaves_no_meta_tables():
 
 
 def test_compile_fullgraph_ops():
-    """One graph with all three ops compiles with fullgraph=True (inductor) and returns the eager results."""
+    """One graph with the op for every head kind compiles with fullgraph=True (inductor) and returns the eager
+    results."""
     g = torch.Generator().manual_seed(1)
     feats = [torch.randn(9, 3, generator=g), torch.randn(9, 5, generator=g)]
     labels = torch.randint(0, 4, (9,), generator=g)
@@ -213,10 +322,10 @@ def test_compile_fullgraph_ops():
     w2, b2 = torch.randn(4, 6, generator=g), torch.randn(4, generator=g)
 
     def values(f0, f1, y):
-        ops = torch.ops.fastshap
-        concat, _ = ops.shapley_concat([f0, f1], w, b, [], y, "paper")
-        decision, _ = ops.shapley_decision([f0, f1], w, bias_n, [], y, "accuracy")
-        mlp, stats = ops.shapley_mlp([f0, f1], w1, b1, w2, b2, [], y, "probability")
+        op = torch.ops.fastshap.shapley
+        concat, _ = op([f0, f1], "concat", [w, b], [], y, "paper")
+        decision, _ = op([f0, f1], "decision", [w, bias_n], [], y, "accuracy")
+        mlp, stats = op([f0, f1], "mlp", [w1, b1, w2, b2], [], y, "probability")
         return concat + 1, decision, mlp, stats
 
     compiled = torch.compile(values, fullgraph=True)
@@ -361,9 +470,10 @@ def test_out_of_range_labels_give_nan_rows_and_a_count(kind, backend):
     feats = [torch.randn(batch, d, generator=g) for d in dims]
     labels = torch.randint(0, classes, (batch,), generator=g)
     spoiled, bad = spoil_labels(labels, classes)
-    params = _head_spec(head, dims, torch.device("cpu")).params
-    op = getattr(backends.BACKENDS[backend]._ops(), f"shapley_{kind}")
-    assert_bad_labels_counted(op(feats, *params, [], spoiled, "paper"), op(feats, *params, [], labels, "paper"), bad)
+    params = list(_head_spec(head, dims, torch.device("cpu")).params)
+    op = backends.BACKENDS[backend]._op()
+    got, want = op(feats, kind, params, [], spoiled, "paper"), op(feats, kind, params, [], labels, "paper")
+    assert_bad_labels_counted(got, want, bad)
 
 
 # --- with_stats, B = 0, n = 16 ---------------------------------------------------------------------------
@@ -448,42 +558,36 @@ def test_sixteen_modalities_exact(backend, benefit):
 @pytest.mark.parametrize(
     "baselines,message",
     [
-        ([torch.zeros(4), torch.zeros(2)], r"baselines\[0\] must be \(3,\) or \(5, 3\), got \[4\]"),
-        (
-            [torch.zeros(3), torch.zeros(5, 2)],
-            r"baselines\[1\] must be \(2,\): baselines are all shared .* got \[5, 2\]",
-        ),
-        (
-            [torch.zeros(5, 3), torch.zeros(2)],
-            r"baselines\[1\] must be \(5, 2\): baselines are all shared .* got \[2\]",
-        ),
+        ([torch.zeros(4), torch.zeros(2)], r"baselines\[0\] must be \(3,\) or \(5, 3\)"),
+        ([torch.zeros(3), torch.zeros(5, 2)], r"baselines\[1\] must be \(2,\).*all shared"),
+        ([torch.zeros(5, 3), torch.zeros(2)], r"baselines\[1\] must be \(5, 2\).*all shared"),
     ],
     ids=["wrong-first", "per-sample-after-shared", "shared-after-per-sample"],
 )
 def test_ops_say_what_baselines_they_take(baselines, message):
-    """Called directly, the compiled ops check their baselines themselves: every modality's is shared (d_i,) or
+    """Called directly, the compiled op checks its baselines itself: every modality's is shared (d_i,) or
     every one per sample (B, d_i), as baselines[0] is (modality_shapley expands a mixed list before)."""
     feats, weight, bias = [torch.randn(5, 3), torch.randn(5, 2)], torch.randn(4, 5), torch.randn(4)
     labels = torch.zeros(5, dtype=torch.long)
     with pytest.raises(ValueError, match=message):
-        torch.ops.fastshap.shapley_concat(feats, weight, bias, baselines, labels, "paper")
+        torch.ops.fastshap.shapley(feats, "concat", [weight, bias], baselines, labels, "paper")
 
 
 @pytest.mark.parametrize(
     "kind,spoil,message",
     [
-        ("concat", {1: torch.zeros(4, dtype=torch.long)}, "the bias must be floating point, got Long"),
-        ("concat", {0: torch.zeros(4, 5, dtype=torch.long)}, "the head weight must be floating point, got Long"),
-        ("decision", {1: torch.zeros(2, 4, dtype=torch.int32)}, "the bias must be floating point, got Int"),
+        ("concat", {1: torch.zeros(4, dtype=torch.long)}, "bias must be floating point.*Long"),
+        ("concat", {0: torch.zeros(4, 5, dtype=torch.long)}, "weight must be floating point.*Long"),
+        ("decision", {1: torch.zeros(2, 4, dtype=torch.int32)}, "bias must be floating point.*Int"),
         ("mlp", {1: torch.zeros(6, dtype=torch.long)}, "bias1 must be floating point"),
         ("mlp", {3: torch.zeros(4, dtype=torch.bool)}, "bias2 must be floating point"),
     ],
     ids=["concat-bias", "concat-weight", "decision-bias", "mlp-bias1", "mlp-bias2"],
 )
 def test_cpu_ops_check_the_parameters_dtype(kind, spoil, message):
-    """Called directly (modality_shapley checks before), the CPU ops take no integer parameters: before, an
-    int64 weight or bias was accepted. (Their device check, check_param, is shared with the CUDA ops, whose
-    GPU tests cover it: a meta tensor here would dispatch to the fake kernel instead.)"""
+    """Called directly (modality_shapley checks before), the CPU op takes no integer parameters: before, an
+    int64 weight or bias was accepted. (Its device check, check_param, is shared with the CUDA op, whose GPU
+    tests cover it: a meta tensor here would dispatch to the fake kernel instead.)"""
     feats, labels = [torch.randn(5, 3), torch.randn(5, 2)], torch.zeros(5, dtype=torch.long)
     params = {
         "concat": [torch.randn(4, 5), torch.randn(4)],
@@ -493,4 +597,4 @@ def test_cpu_ops_check_the_parameters_dtype(kind, spoil, message):
     for i, value in spoil.items():
         params[i] = value
     with pytest.raises(ValueError, match=message):
-        getattr(torch.ops.fastshap, f"shapley_{kind}")(feats, *params, [], labels, "paper")
+        torch.ops.fastshap.shapley(feats, kind, params, [], labels, "paper")

@@ -2,22 +2,15 @@
 
 On a CPU machine the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
 anything imports Triton); sizes stay small because the interpreter pays per program and per operation.
-Tests marked ``gpu`` run the compiled kernels with larger shapes.
-
-Tolerance on principle: the discrete benefits must equal the oracle's exact rationals on every sample whose
-argmax no float error can flip (``OracleResult.decided``). The kernels' partial products come from
-``tl.dot`` (another summation order than torch's GEMMs, and on a GPU fp32 operands go through "tf32x3"),
-so equality with the torch backend is also only required outside those near-ties. "probability" matches
-to 1e-5.
+Tests marked ``gpu`` run the compiled kernels with larger shapes. The cases' inputs and the comparison rule
+(exact outside near-ties) are in tests/triton_cases.py.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -25,55 +18,15 @@ from torch import nn
 
 pytest.importorskip("triton")
 
-from cases import assert_bad_labels_counted, draw_baselines, draw_labels, layout, make_head, spoil_labels  # noqa: E402
+from cases import assert_bad_labels_counted, make_head, spoil_labels  # noqa: E402
+from kernel_cases import head_params  # noqa: E402
 from oracle import dyadic, oracle_shapley  # noqa: E402
+from triton_cases import DTYPES, GPU_EPS, Case, assert_matches, eps_for, make_inputs, oracle_for  # noqa: E402
 
 import fastshap  # noqa: E402
-from fastshap import heads  # noqa: E402
+from fastshap import head_kinds, heads, reference  # noqa: E402
 
 triton_shapley = pytest.importorskip("fastshap.triton_shapley")
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MAX_EXCLUDED = 0.02
-PROBABILITY_ATOL = 1e-5
-#: Unit of the error bound for "decided" samples: fp32 under the interpreter (numpy fp32 GEMMs); on a GPU
-#: the fp32 "tf32x3" products are accurate to about 2^-21, so the bound is taken 8x wider.
-INTERPRETER_EPS = torch.finfo(torch.float32).eps
-GPU_EPS = 2.0**-20
-
-
-@pytest.fixture(scope="module")
-def device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def eps_for(device) -> float:
-    return GPU_EPS if str(device).startswith("cuda") else INTERPRETER_EPS
-
-
-@dataclass(frozen=True)
-class Case:
-    n: int
-    C: int
-    B: int
-    head: str  # "linear" (nn.Linear) | "concat" | "decision" | "mlp"
-    dtype: str  # key of DTYPES
-    layout: str  # "contig" | "T" (column-major views) | "strided" (every other column and label)
-    baselines: str  # "none" | "shared" (d_i,) | "sample" (B, d_i) | "mixed"
-    benefit: str
-    weights: str = "fp32"  # head parameter dtype: "fp32" or "same" (the features' dtype)
-
-    @property
-    def id(self) -> str:
-        return (
-            f"n{self.n}-C{self.C}-B{self.B}-{self.head}-{self.dtype}-{self.layout}-{self.baselines}-"
-            f"{self.benefit}-w{self.weights}"
-        )
-
-    @property
-    def seed(self) -> int:
-        return sum(ord(c) * (i + 1) for i, c in enumerate(self.id)) % (2**31)
-
 
 # Every head, benefit, dtype, layout and baseline kind, n = 1..8 on the fused kernel, and the streaming
 # kernel through n = 10 and C = 1000 (whose partials do not fit on chip).
@@ -112,64 +65,6 @@ CASES = [
 ]
 
 
-def make_inputs(case: Case, device, hidden: int = 24):
-    """(features, head, labels, baselines) on `device`, reproducible from the case id."""
-    g = torch.Generator().manual_seed(case.seed)
-    dtype = DTYPES[case.dtype]
-    dims = [int(d) for d in torch.randint(1, 21, (case.n,), generator=g)]
-    feats = [layout(torch.randn(case.B, d, generator=g).to(dtype), case.layout) for d in dims]
-    head = make_head(case.head, dims, case.C, g, hidden)
-    if case.weights == "same":
-        head = head.to(dtype).float()  # parameters rounded to the features' dtype
-    with torch.no_grad():
-        as32 = [f.float() for f in feats]
-        logits = head(torch.cat(as32, 1)) if isinstance(head, nn.Linear) else head(as32)
-    if case.weights == "same":
-        head = head.to(dtype)
-    labels = draw_labels(logits, case.C, g, case.layout)
-    baselines = draw_baselines(case.baselines, dims, case.B, dtype, case.layout, g)
-    if str(device) != "cpu":  # .to() keeps the strides of these layouts
-        feats = [f.to(device) for f in feats]
-        labels = labels.to(device)
-        baselines = [b.to(device) for b in baselines] if baselines else None
-        head = head.to(device)
-    return feats, head, labels, baselines
-
-
-def oracle_for(feats, head, labels, baselines, benefit):
-    """The float64 oracle on CPU copies of the inputs."""
-    return oracle_shapley(
-        [f.cpu() for f in feats],
-        copy.deepcopy(head).cpu(),
-        labels.cpu(),
-        [b.cpu() for b in baselines] if baselines else None,
-        benefit,
-    )
-
-
-def assert_matches(phi, reference_phi, expected, eps, what, max_excluded=MAX_EXCLUDED):
-    """phi (B, n) against the oracle (and the torch backend's reference_phi) outside near-ties; at most
-    `max_excluded` of the samples may be near-ties."""
-    batch = expected.phi.shape[0]
-    phi, reference_phi = phi.cpu(), reference_phi.cpu()
-    assert phi.dtype == torch.float32 and tuple(phi.shape) == tuple(expected.phi.shape), what
-    if expected.benefit == "probability":
-        torch.testing.assert_close(phi.double(), expected.phi, atol=PROBABILITY_ATOL, rtol=0, msg=what)
-        torch.testing.assert_close(phi, reference_phi, atol=PROBABILITY_ATOL, rtol=0, msg=what)
-        return
-    decided = expected.decided(eps)
-    excluded = int((~decided).sum())
-    assert excluded <= max(2, max_excluded * batch), f"{what}: {excluded} of {batch} samples are near-ties"
-    want = expected.phi_float32()
-    wrong = decided & (phi != want).any(1)
-    if bool(wrong.any()):
-        b = int(wrong.nonzero()[0])
-        exact = [str(x) for x in expected.phi_exact[b]]
-        raise AssertionError(f"{what}: sample {b}: got {phi[b].tolist()}, exact {exact}")
-    differ = decided & (phi != reference_phi).any(1)
-    assert not bool(differ.any()), f"{what}: differs from the torch backend on decided samples"
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_matches_oracle_and_torch(case: Case, device):
     feats, head, labels, baselines = make_inputs(case, device)
@@ -197,7 +92,8 @@ WIDE_CASES = [
 @pytest.mark.parametrize("case,hidden", WIDE_CASES, ids=[c.id for c, _ in WIDE_CASES])
 def test_wide_footprints_take_the_fused_kernel(case: Case, hidden: int, device, monkeypatch):
     width = hidden if case.head == "mlp" else case.C
-    assert triton_shapley._footprint(triton_shapley._HEADS[case.head], case.n, width, 0) > triton_shapley.FUSED_FLOATS
+    code = head_kinds.get(case.head).code
+    assert triton_shapley._footprint(code, case.n, width, 0) > triton_shapley.FUSED_FLOATS
     assert triton_shapley.uses_fused_kernel(case.head, case.n, width, False)
     if case.head == "concat":  # decision fusion at the same width stays on the streaming path
         assert not triton_shapley.uses_fused_kernel("decision", case.n, width, False)
@@ -378,29 +274,19 @@ def test_nonfinite_rows_are_counted(kind, baselines, device, monkeypatch):
         base[0][3, 0] = float("inf")
         base[2][4, 0] = float("nan")  # the same sample as the features' -inf: counted once per source
     labels = torch.randint(0, 5, (10,), generator=g)
-    params = _params(kind, head)
-    op = getattr(triton_shapley, f"shapley_{kind}")
-    ref = getattr(__import__("fastshap.reference", fromlist=["x"]), f"shapley_{kind}")
-    _, want = ref(feats, *params, base, labels, "paper")
+    params = head_params(kind, head)
+    _, want = reference.shapley(feats, kind, params, base, labels, "paper")
     to = lambda ts: [t.to(device) for t in ts]  # noqa: E731
     for streaming in (False, True):
         with monkeypatch.context() as m:
             if streaming:
                 m.setattr(triton_shapley, "FUSED_FLOATS", 0)
-            _, stats = op(to(feats), *to(params), to(base), labels.to(device), "paper")
+            _, stats = triton_shapley.shapley(to(feats), kind, to(params), to(base), labels.to(device), "paper")
         assert torch.equal(stats[2].cpu(), want[2]), (streaming, stats[2], want[2])
     with pytest.raises(ValueError, match="modality 0" if baselines != "none" else "modality 1"):
         fastshap.modality_shapley(
             to(feats), head.to(device), labels.to(device), baselines=to(base) or None, backend="triton"
         )
-
-
-def _params(kind, head):
-    if kind == "concat":
-        return [head.fc.weight.detach(), head.fc.bias.detach()]
-    if kind == "decision":
-        return [p.detach() for p in head.packed()]
-    return [head.fc1.weight.detach(), head.fc1.bias.detach(), head.fc2.weight.detach(), head.fc2.bias.detach()]
 
 
 @pytest.mark.parametrize("kind", ["concat", "decision", "mlp"])
@@ -411,14 +297,14 @@ def test_labels_outside_the_classes_give_nan_rows(kind, device, monkeypatch):
     feats = [torch.randn(6, 3, generator=g).to(device) for _ in range(2)]
     labels = torch.randint(0, 4, (6,), generator=g)
     spoiled, bad = spoil_labels(labels, 4)
-    params = [p.to(device) for p in _params(kind, head)]
-    op = getattr(triton_shapley, f"shapley_{kind}")
+    params = [p.to(device) for p in head_params(kind, head)]
+    op = triton_shapley.shapley
     for streaming in (False, True):
         with monkeypatch.context() as m:
             if streaming:
                 m.setattr(triton_shapley, "FUSED_FLOATS", 0)
-            got = op(feats, *params, [], spoiled.to(device), "paper")
-            want = op(feats, *params, [], labels.to(device), "paper")
+            got = op(feats, kind, params, [], spoiled.to(device), "paper")
+            want = op(feats, kind, params, [], labels.to(device), "paper")
         assert_bad_labels_counted(got, want, bad)
     with pytest.raises(ValueError, match=r"label 4 is outside \[0, 4\)"):
         fastshap.modality_shapley(feats, head.to(device), spoiled.to(device), backend="triton")
@@ -431,31 +317,38 @@ def test_refusals_and_argument_errors(device):
     with pytest.raises(fastshap.BackendError, match="triton.*float64"):
         fastshap.modality_shapley(feats, head.double(), torch.zeros(4, dtype=torch.long), backend="triton")
     f32 = [f.float().to(device) for f in feats]
-    w, b = (p.float().to(device) for p in _params("concat", head))
+    w, b = (p.float().to(device) for p in head_params("concat", head))
     y = torch.zeros(4, dtype=torch.long, device=device)
-    with pytest.raises(ValueError, match=r"head weight must be \(K, 5\)"):
-        triton_shapley.shapley_concat(f32, w[:, :4], b, [], y, "paper")
+    op = triton_shapley.shapley
+    with pytest.raises(ValueError, match=r"weight must be \(C, D\)"):
+        op(f32, "concat", [w[:, :4], b], [], y, "paper")
     with pytest.raises(ValueError, match="unknown benefit"):
-        triton_shapley.shapley_concat(f32, w, b, [], y, "gain")
+        op(f32, "concat", [w, b], [], y, "gain")
     with pytest.raises(ValueError, match="baselines"):
-        triton_shapley.shapley_concat(f32, w, b, [torch.zeros(3, device=device)], y, "paper")
+        op(f32, "concat", [w, b], [torch.zeros(3, device=device)], y, "paper")
     with pytest.raises(ValueError, match="labels"):
-        triton_shapley.shapley_concat(f32, w, b, [], y.int(), "paper")
+        op(f32, "concat", [w, b], [], y.int(), "paper")
     with pytest.raises((ValueError, RuntimeError), match="between 1 and 16 modalities"):
-        triton_shapley.shapley_concat([], w, b, [], y, "paper")
+        op([], "concat", [w, b], [], y, "paper")
+    with pytest.raises(ValueError, match="unknown head kind"):
+        op(f32, "linear", [w, b], [], y, "paper")
+    with pytest.raises(ValueError, match="takes 4 parameters"):
+        op(f32, "mlp", [w, b], [], y, "paper")
+    with pytest.raises(TypeError, match="float64"):
+        op([f.double() for f in f32], "concat", [w, b], [], y, "paper")
 
 
 @pytest.mark.parametrize(
     "kind,position,bad,match",
     [
-        ("concat", 1, lambda p: p[:1], r"bias must be \(4,\), got \[1\]"),
-        ("concat", 1, lambda p: p.view(1, 4), r"bias must be \(4,\), got \[1, 4\]"),
-        ("decision", 1, lambda p: p[:1], r"decision-fusion bias must be \(n, C\) = \(2, 4\), got \[1, 4\]"),
-        ("decision", 1, lambda p: p[:, :3], r"decision-fusion bias must be \(n, C\) = \(2, 4\), got \[2, 3\]"),
-        ("mlp", 1, lambda p: p[:5], r"bias1 must be \(8,\), got \[5\]"),
-        ("mlp", 2, lambda p: p[:, :2], r"weight2 must be \(C, 8\), got \[4, 2\]"),
-        ("mlp", 2, lambda p: p[0], r"weight2 must be \(C, 8\), got \[8\]"),
-        ("mlp", 3, lambda p: p[:3], r"bias2 must be \(4,\), got \[3\]"),
+        ("concat", 1, lambda p: p[:1], r"bias .*\(4,\).*\[1\]"),
+        ("concat", 1, lambda p: p.view(1, 4), r"bias .*\(4,\).*\[1, 4\]"),
+        ("decision", 1, lambda p: p[:1], r"bias .*\(n, C\) = \(2, 4\).*\[1, 4\]"),
+        ("decision", 1, lambda p: p[:, :3], r"bias .*\(n, C\) = \(2, 4\).*\[2, 3\]"),
+        ("mlp", 1, lambda p: p[:5], r"bias1 .*\(8,\).*\[5\]"),
+        ("mlp", 2, lambda p: p[:, :2], r"weight2 .*\(C, 8\).*\[4, 2\]"),
+        ("mlp", 2, lambda p: p[0], r"weight2 .*\(C, 8\).*\[8\]"),
+        ("mlp", 3, lambda p: p[:3], r"bias2 .*\(4,\).*\[3\]"),
     ],
     ids=[
         "concat-bias",
@@ -470,30 +363,32 @@ def test_refusals_and_argument_errors(device):
 )
 def test_parameter_shapes_are_checked_like_the_compiled_ops(kind, position, bad, match, device):
     """Every parameter's shape is checked before a launch (the kernels read bias, weight2 and bias2 by the
-    sizes of weight: a short one is read out of bounds), with the compiled ops' rule and message."""
+    sizes of weight: a short one is read out of bounds), by the compiled op's rule (the head-kind table's
+    shapes), in the compiled op and in the Triton op alike: the parameter, the expected and the given shape."""
     g = torch.Generator().manual_seed(3)
     head = make_head(kind, [3, 2], 4, g, hidden=8)
     feats = [torch.randn(4, d, generator=g) for d in (3, 2)]
     labels = torch.zeros(4, dtype=torch.long)
-    params = [p.float() for p in _params(kind, head)]
+    params = [p.float() for p in head_params(kind, head)]
     params[position] = bad(params[position])
-    ops = [getattr(triton_shapley, f"shapley_{kind}")]
+    ops = [triton_shapley.shapley]
     if not str(device).startswith("cuda"):
         from fastshap import _extension
 
         if _extension.LOADED:
-            ops.append(getattr(torch.ops.fastshap, f"shapley_{kind}"))  # the same rule on the same CPU tensors
+            ops.append(torch.ops.fastshap.shapley)  # the same rule on the same CPU tensors
     for op in ops:
-        with pytest.raises(ValueError, match="^fastshap: " + match):
-            op([f.to(device) for f in feats], *(p.to(device) for p in params), [], labels.to(device), "paper")
+        with pytest.raises(ValueError, match=match):
+            op([f.to(device) for f in feats], kind, [p.to(device) for p in params], [], labels.to(device), "paper")
 
 
 def test_empty_batch(device):
     head = make_head("mlp", [2, 3], 3, torch.Generator().manual_seed(1), hidden=4)
     feats = [torch.zeros(0, 2, device=device), torch.zeros(0, 3, device=device)]
-    phi, stats = triton_shapley.shapley_mlp(
+    phi, stats = triton_shapley.shapley(
         feats,
-        *[p.to(device) for p in _params("mlp", head)],
+        "mlp",
+        [p.to(device) for p in head_params("mlp", head)],
         [],
         torch.zeros(0, dtype=torch.long, device=device),
         "paper",
@@ -515,13 +410,11 @@ def _op_samples(device):
     shared = [torch.randn(d, generator=g).to(device) for d in dims]
     per_sample = [torch.randn(6, d, generator=g).to(device) for d in dims]
     to = lambda ps: [p.to(device) for p in ps]  # noqa: E731
+    op = torch.ops.fastshap_triton.shapley
     return [
-        (torch.ops.fastshap_triton.shapley_concat, (feats, *to(_params("concat", concat)), [], labels, "paper")),
-        (
-            torch.ops.fastshap_triton.shapley_decision,
-            (feats, *to(_params("decision", decision)), shared, labels, "probability"),
-        ),
-        (torch.ops.fastshap_triton.shapley_mlp, (feats, *to(_params("mlp", mlp)), per_sample, labels, "accuracy")),
+        (op, (feats, "concat", to(head_params("concat", concat)), [], labels, "paper")),
+        (op, (feats, "decision", to(head_params("decision", decision)), shared, labels, "probability")),
+        (op, (feats, "mlp", to(head_params("mlp", mlp)), per_sample, labels, "accuracy")),
     ]
 
 
@@ -531,10 +424,10 @@ def test_opcheck(device):
 
 
 def test_torch_compile_fullgraph(device):
-    _, (feats, weight, bias, _, labels, _) = _op_samples(device)[0]
+    _, (feats, _, (weight, bias), _, labels, _) = _op_samples(device)[0]
 
     def valuation(a, b, w, bias, y):
-        phi, stats = torch.ops.fastshap_triton.shapley_concat([a, b], w, bias, [], y, "paper")
+        phi, stats = torch.ops.fastshap_triton.shapley([a, b], "concat", [w, bias], [], y, "paper")
         return phi, stats
 
     torch._dynamo.reset()
@@ -585,28 +478,22 @@ def test_import_is_lazy_and_safe():
     assert done.returncode == 0, done.stderr
 
 
-def _registered_schemas():
-    return {
-        kind: str(getattr(torch.ops.fastshap_triton, f"shapley_{kind}").default._schema)
-        for kind in triton_shapley._SCHEMAS
-    }
+def test_registered_schema_matches_the_declared_one():
+    """Both registrations (custom_op under the interpreter, triton_op for GPUs) infer the schema from the op
+    function's annotations (torch 2.11's triton_op ignores schema=): it must say what _SCHEMA says, which is
+    the compiled op's schema."""
+    want = f"fastshap_triton::shapley{triton_shapley._SCHEMA} -> (Tensor, Tensor)"
+    assert str(torch.ops.fastshap_triton.shapley.default._schema) == want
+    from fastshap import _extension
 
-
-def test_registered_schemas_match_the_declared_ones():
-    """Both registrations (custom_op under the interpreter, triton_op for GPUs) infer the schema from the
-    op functions' annotations (torch 2.11's triton_op ignores schema=): they must say what _SCHEMAS says."""
-    want = {
-        kind: f"fastshap_triton::shapley_{kind}{sig} -> (Tensor, Tensor)"
-        for kind, sig in triton_shapley._SCHEMAS.items()
-    }
-    assert _registered_schemas() == want
+    if _extension.LOADED:
+        assert str(torch.ops.fastshap.shapley.default._schema) == want.replace("fastshap_triton::", "fastshap::")
     code = (
         "import torch\n"
         "from fastshap import triton_shapley as t\n"
         "assert not t.INTERPRETED\n"
-        "for kind, sig in t._SCHEMAS.items():\n"
-        "    got = str(getattr(torch.ops.fastshap_triton, 'shapley_' + kind).default._schema)\n"
-        "    assert got == f'fastshap_triton::shapley_{kind}{sig} -> (Tensor, Tensor)', got\n"
+        "got = str(torch.ops.fastshap_triton.shapley.default._schema)\n"
+        "assert got == f'fastshap_triton::shapley{t._SCHEMA} -> (Tensor, Tensor)', got\n"
     )
     done = _without_interpreter(["-c", code])
     assert done.returncode == 0, done.stderr
@@ -614,7 +501,7 @@ def test_registered_schemas_match_the_declared_ones():
 
 def test_gpu_launch_path_binds_every_kernel_argument():
     """The host code of GPU launches (autotuner, fixed tiles, grids, wrap_triton) on CPU tensors, with the
-    launches recorded and bound like Triton binds them instead of run (tests/triton_launch_check.py)."""
+    launches recorded and bound like Triton binds them instead of run (tools/triton_launch_check.py)."""
     done = _without_interpreter([os.path.join("tools", "triton_launch_check.py")])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "fused_kernel" in done.stdout and "streaming_kernel" in done.stdout
@@ -622,7 +509,7 @@ def test_gpu_launch_path_binds_every_kernel_argument():
 
 def test_gpu_launch_path_traces_like_torch_compile():
     """The same launches traced by make_fx over fake CUDA tensors with wrap_triton enabled, as torch.compile
-    traces them (tests/triton_trace_check.py): each is one triton_kernel_wrapper_mutation node, for the
+    traces them (tools/triton_trace_check.py): each is one triton_kernel_wrapper_mutation node, for the
     fixed tile, the autotuner and its recorded choice."""
     done = _without_interpreter([os.path.join("tools", "triton_trace_check.py")])
     assert done.returncode == 0, done.stdout + done.stderr
@@ -630,106 +517,6 @@ def test_gpu_launch_path_traces_like_torch_compile():
 
 
 # --- the compiled kernels, without a GPU: Triton compiles them for sm_90 offline -------------------------
-
-#: Launches compiled by ``python tests/test_triton.py --compile`` (kernel, case, MLP hidden width).
-COMPILE_CASES = [
-    ("fused", Case(2, 31, 64, "concat", "fp32", "contig", "none", "paper"), 24),
-    ("fused", Case(3, 31, 64, "mlp", "bf16", "T", "shared", "probability", weights="same"), 64),
-    ("fused", Case(3, 31, 64, "decision", "fp16", "contig", "sample", "accuracy"), 24),
-    ("streaming", Case(9, 101, 64, "mlp", "fp32", "strided", "sample", "paper"), 128),
-    ("streaming", Case(5, 101, 64, "decision", "fp32", "contig", "none", "paper"), 24),
-    # wide footprints (WIDE_HEADS): n = 5 with C = 101, the MLP with H = 256
-    ("fused", Case(5, 101, 64, "concat", "fp32", "contig", "none", "probability"), 24),
-    ("fused", Case(2, 31, 64, "mlp", "bf16", "contig", "shared", "paper", weights="same"), 256),
-]
-#: Spill stores (bytes) ptxas may report for a config before the check fails: a few are harmless.
-MAX_SPILL = 256
-
-
-def compile_offline(arch: int = 90):
-    """Compile every COMPILE_CASES launch with each of its autotuning configs for sm_<arch> (no GPU needed:
-    Triton's bundled ptxas) and return [(what, registers, spill bytes)]. Run in a process where
-    TRITON_INTERPRET is unset."""
-    import re
-    import tempfile
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from fastshap import _triton_kernels as kernels
-
-    assert not triton_shapley.INTERPRETED
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    codes = {
-        torch.float32: "*fp32",
-        torch.float16: "*fp16",
-        torch.bfloat16: "*bf16",
-        torch.int64: "*i64",
-        torch.float64: "*fp64",
-    }
-    results = []
-    for which, case, hidden in COMPILE_CASES:
-        feats, head, labels, baselines = make_inputs(case, "cpu", hidden=hidden)
-        head_kind = "mlp" if case.head == "mlp" else ("decision" if case.head == "decision" else "concat")
-        params = _params(head_kind, head.fc if case.head == "linear" else head)
-        if head_kind != "mlp":
-            params = params[:2] + [None, None]
-        phi = torch.empty(case.B, case.n)
-        stats = torch.zeros(4, case.n, dtype=torch.float64)
-        plan_args = (
-            triton_shapley._HEADS[head_kind],
-            feats,
-            *params,
-            baselines or [],
-            labels,
-            case.benefit,
-            phi,
-            stats,
-        )
-        if which == "fused":
-            args, meta, tuning = triton_shapley._fused_plan(*plan_args)
-            fn = kernels.fused_kernel
-            configs = triton_shapley._fused_configs(*tuning)
-            launches = [
-                (dict(meta, **c.kwargs), c.num_warps, c.num_stages) for c in {configs[0], configs[-2], configs[-1]}
-            ]
-        else:
-            args, meta, tuning, _ = triton_shapley._streaming_plan(*plan_args)
-            fn = kernels.streaming_kernel
-            configs = triton_shapley._streaming_configs(*tuning)
-            launches = [(dict(meta, **c.kwargs), c.num_warps, 2) for c in configs]
-        for meta_c, warps, stages in launches:
-            values = dict(zip(fn.arg_names, args), **meta_c)
-            signature, constants, attrs = {}, {}, {}
-            for i, name in enumerate(fn.arg_names):  # what the JIT specializes on: None, ints == 1, multiples of 16
-                v = values[name]
-                if v is None or name in meta_c or (not isinstance(v, torch.Tensor) and v == 1):
-                    signature[name], constants[name] = "constexpr", v
-                elif isinstance(v, torch.Tensor):
-                    signature[name], attrs[(i,)] = codes[v.dtype], [["tt.divisibility", 16]]
-                else:
-                    signature[name] = "i32"
-                    if v % 16 == 0:
-                        attrs[(i,)] = [["tt.divisibility", 16]]
-            src = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
-            compiled = triton.compile(
-                src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages}
-            )
-            with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-                f.write(compiled.asm["ptx"])
-                f.flush()
-                report = subprocess.run(
-                    [ptxas, "-v", f"--gpu-name=sm_{arch}a", f.name, "-o", os.devnull],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stderr
-            regs = int(re.search(r"Used (\d+) registers", report).group(1))
-            spill = int(re.search(r"(\d+) bytes spill stores", report).group(1))
-            tiles = {k: meta_c[k] for k in ("BLOCK_B", "BLOCK_D", "BLOCK_K", "MB") if k in meta_c}
-            results.append((f"{which} {case.id} {tiles} warps={warps}", regs, spill))
-    return results
 
 
 def test_autotuner_names_kernel_arguments():
@@ -742,17 +529,22 @@ def test_autotuner_names_kernel_arguments():
     assert len({(tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages) for c in configs}) == len(configs)
 
 
+#: Spill stores (bytes) ptxas may report for a config before the check fails: a few are harmless.
+MAX_SPILL = 256
+
+
 def test_kernels_compile_for_sm90_without_heavy_spills():
     """The interpreter accepts programs the compiler rejects: compile the kernels for an H100/H200 in a
-    process without TRITON_INTERPRET: the smallest and largest autotuning configs of a few shapes."""
+    process without TRITON_INTERPRET (tools/triton_compile_check.py): the smallest and largest autotuning
+    configs of a few shapes."""
     import triton
 
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
         pytest.skip("this Triton has no bundled ptxas")
-    done = _without_interpreter([os.path.abspath(__file__), "--compile"])
+    done = _without_interpreter([os.path.join("tools", "triton_compile_check.py")])
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line.rsplit(" ", 2) for line in done.stdout.strip().splitlines()]
-    assert len(rows) >= len(COMPILE_CASES)
+    assert len(rows) >= 7  # one line per compiled launch: several per case of the script's COMPILE_CASES
     heavy = [r for r in rows if int(r[2]) > MAX_SPILL]
     assert not heavy, heavy
 
@@ -813,7 +605,7 @@ def test_gpu_every_autotuning_config_agrees(kernel, dtype):
         n, classes, 3000, "concat", dtype, "contig", "none", "paper", weights="same" if dtype == "bf16" else "fp32"
     )
     feats, head, labels, _ = make_inputs(case, "cuda")
-    params = _params("concat", head) + [None, None]
+    params = head_params("concat", head) + [None, None]
     reference = fastshap.modality_shapley(feats, head, labels, backend="torch")
     expected = oracle_for(feats, head, labels, None, "paper")
     assert triton_shapley.uses_fused_kernel("concat", n, classes, False) == (kernel != "streaming")
@@ -837,8 +629,3 @@ def test_gpu_opcheck_and_compile():
     for op, args in _op_samples("cuda"):
         torch.library.opcheck(op, args)
     test_torch_compile_fullgraph("cuda")
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--compile"]:
-    for what, regs, spill in compile_offline():
-        print(what, regs, spill)
