@@ -61,5 +61,8 @@ bench-gpu: build
 info: build
 	$(PY) -m fastshap.info
 
+study-quick: build
+	$(PY) -m fastshap_train.study --quick --jobs 2 --out runs/study-quick --overwrite
+
 clean:
 	rm -rf build *.egg-info fastshap/_C*.so $(VENV)/.built
