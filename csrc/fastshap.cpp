@@ -60,6 +60,11 @@ TORCH_LIBRARY(fastshap, m) {
   m.def(
       "shapley(Tensor[] features, str head, Tensor[] params, Tensor[] baselines, Tensor labels, str benefit) -> "
       "(Tensor, Tensor)");
+  // The sampling estimator for any n (sampling.h, fastshap/sampling.py): orders (P, 2, n) int64, the
+  // permutations walked in antithetic pairs; returns phi (B, n), stderr (B, n) and stats (4, n) float32.
+  m.def(
+      "shapley_sampled(Tensor[] features, str head, Tensor[] params, Tensor[] baselines, Tensor labels, "
+      "str benefit, Tensor orders) -> (Tensor, Tensor, Tensor)");
   m.def("head_kinds() -> str", &head_kinds_description);
   m.def("build_info() -> str", &build_info);
 }

@@ -60,9 +60,11 @@ struct ProblemShape {
   int64_t baseline_rows = 0;      // 0: zeros; 1: one shared baseline per modality; B: per-sample
 };
 
-// Checks features (n tensors (B, d_i), one floating dtype, one device), labels (B,) int64 on that device, and
-// the optional baselines (n tensors, all (d_i,) or all (B, d_i), of the features' dtype and device).
-ProblemShape check_common(at::TensorList features, at::TensorList baselines, const at::Tensor& labels);
+// Checks features (n tensors (B, d_i), one floating dtype, one device; 1 <= n <= max_modalities), labels (B,)
+// int64 on that device, and the optional baselines (n tensors, all (d_i,) or all (B, d_i), of the features'
+// dtype and device). The sampled op (sampling.h) takes any n.
+ProblemShape check_common(at::TensorList features, at::TensorList baselines, const at::Tensor& labels,
+                          int64_t max_modalities = kMaxModalities);
 
 // What the parameter checks found out: the kind, the first layer's width K (C, or H for the MLP) and C.
 struct HeadShape {

@@ -59,10 +59,11 @@ std::string expected_shape(const char* dims, const std::array<int64_t, 128>& val
 
 }  // namespace
 
-ProblemShape check_common(at::TensorList features, at::TensorList baselines, const at::Tensor& labels) {
+ProblemShape check_common(at::TensorList features, at::TensorList baselines, const at::Tensor& labels,
+                          int64_t max_modalities) {
   ProblemShape p;
   p.n = static_cast<int64_t>(features.size());
-  TORCH_CHECK_VALUE(p.n >= 1 && p.n <= kMaxModalities, "fastshap: between 1 and ", kMaxModalities,
+  TORCH_CHECK_VALUE(p.n >= 1 && p.n <= max_modalities, "fastshap: between 1 and ", max_modalities,
                     " modalities are supported exactly, got ", p.n);
   const auto& f0 = features[0];
   TORCH_CHECK_VALUE(at::isFloatingType(f0.scalar_type()), "fastshap: features must be floating point, got ",

@@ -29,11 +29,16 @@ class OpShape(NamedTuple):
     C: int  # classes
 
 
-def check_op(features, head, params, baselines, labels, benefit) -> OpShape:
-    """Checks an op call's arguments as the compiled op does (ValueError) and returns what they fix."""
+def check_op(
+    features, head, params, baselines, labels, benefit, max_modalities: int | None = MAX_MODALITIES
+) -> OpShape:
+    """Checks an op call's arguments as the compiled op does (ValueError) and returns what they fix.
+    max_modalities: None for the sampled op, which takes any n >= 1."""
     n = len(features)
-    if not 1 <= n <= MAX_MODALITIES:
-        raise ValueError(f"fastshap: between 1 and {MAX_MODALITIES} modalities are supported exactly, got {n}")
+    if n < 1 and max_modalities is None:
+        raise ValueError("fastshap: the op needs at least one modality's features")
+    if max_modalities is not None and not 1 <= n <= max_modalities:
+        raise ValueError(f"fastshap: between 1 and {max_modalities} modalities are supported exactly, got {n}")
     f0 = features[0]
     if not f0.is_floating_point():
         raise ValueError(f"fastshap: features must be floating point, got {f0.dtype}")

@@ -8,6 +8,7 @@
 //
 // Summation order, GEMM calls and chunking follow fastshap/reference.py exactly, which is why the two
 // backends return identical values.
+#include "cpu/partials.h"
 #include "shapley.h"
 
 #include <ATen/Dispatch.h>
@@ -32,84 +33,15 @@ namespace fastshap {
 namespace {
 
 using at::Tensor;
-
-at::ScalarType compute_type(const Tensor& features0) {
-  return features0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// `weight` (K, D) in dtype ct with its output rows padded by zero rows to gemm_width(K) (shapley.h: the
-// torch backend pads alike, so both run the same GEMMs), and that width.
-Tensor padded_weight(const Tensor& weight, at::ScalarType ct) {
-  const int64_t K = weight.size(0), width = gemm_width(K);
-  Tensor w = weight.to(ct);
-  return width == K ? w : at::cat({w, at::zeros({width - K, w.size(1)}, w.options())});
-}
-
-// (n, rows, K): xs[i] (rows, d_i) or (d_i,) times the columns of modality i of `weight` (K, D); a view of
-// (n, rows, gemm_width(K)) GEMM outputs, so its rows are gemm_width(K) apart.
-Tensor partial_products(at::TensorList xs, const Tensor& weight, const ProblemShape& p, at::ScalarType ct) {
-  const int64_t rows = xs[0].dim() == 1 ? 1 : xs[0].size(0);
-  const Tensor w = padded_weight(weight, ct);
-  Tensor out = at::empty({p.n, rows, w.size(0)}, weight.options().dtype(ct));
-  for (int64_t i = 0; i < p.n; ++i) {
-    Tensor x = xs[i].to(ct);
-    if (x.dim() == 1) x = x.unsqueeze(0);
-    Tensor dst = out.select(0, i);
-    at::mm_out(dst, x, w.narrow(1, p.offsets[i], p.dims[i]).t());
-  }
-  return out.narrow(2, 0, weight.size(0));
-}
-
-// (n,) float: for each modality, how many rows of its partial products (n, rows, K), rows with unit stride,
-// hold a NaN or an Inf. A non-finite feature always yields a non-finite partial product (NaN propagates;
-// Inf * w is +-Inf or NaN), so this one cheap pass over (n, rows, K) replaces a pass over the much wider
-// features.
-Tensor count_nonfinite(const Tensor& partials) {
-  const int64_t n = partials.size(0), rows = partials.size(1), K = partials.size(2);
-  const int64_t s0 = partials.stride(0), s1 = partials.stride(1);
-  TORCH_INTERNAL_ASSERT(K <= 1 || partials.stride(2) == 1);
-  Tensor counts = at::zeros({n}, partials.options().dtype(at::kFloat));
-  float* out = counts.data_ptr<float>();
-  AT_DISPATCH_FLOATING_TYPES(partials.scalar_type(), "fastshap_count_nonfinite", [&] {
-    const scalar_t* data = partials.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      out[i] = static_cast<float>(at::parallel_reduce(
-          0, rows, 2048, int64_t{0},
-          [&](int64_t begin, int64_t end, int64_t found) {
-            for (int64_t r = begin; r < end; ++r) {
-              const scalar_t* row = data + i * s0 + r * s1;
-              // x * 0 is 0 for finite x and NaN otherwise: one compare per row instead of K branches.
-              scalar_t total = 0;
-              for (int64_t c = 0; c < K; ++c) total += row[c] * scalar_t(0);
-              found += total == scalar_t(0) ? 0 : 1;
-            }
-            return found;
-          },
-          std::plus<int64_t>()));
-    }
-  });
-  return counts;
-}
-
-// A label outside [0, C) gives its sample a NaN row (no coalition is evaluated for it); so does a coalition
-// whose scores (logits, MLP hidden pre-activations) hold a NaN or an Inf: its v(S) is NaN. Stats row 3
-// counts the NaN rows, as in every backend: the caller decides whether that is an error, without a second
-// pass.
-inline bool label_ok(int64_t y, int64_t num_classes) { return y >= 0 && y < num_classes; }
-
-// |x| <= max is false for NaN and Inf; written as a compare (no branch, no libm call) so that loops over it
-// vectorise.
-template <typename T>
-inline bool is_finite(T x) {
-  return std::fabs(x) <= std::numeric_limits<T>::max();
-}
-
-template <typename T>
-inline bool all_finite(const T* x, int64_t K) {
-  bool ok = true;
-  for (int64_t c = 0; c < K; ++c) ok &= is_finite(x[c]);
-  return ok;
-}
+using cpu::all_finite;
+using cpu::compute_type;
+using cpu::count_nonfinite;
+using cpu::first_argmax_is;
+using cpu::is_finite;
+using cpu::label_ok;
+using cpu::padded_weight;
+using cpu::partial_products;
+using cpu::softmax_at;
 
 void store_nan_row(float* row, int64_t n) {
   for (int64_t i = 0; i < n; ++i) row[i] = std::numeric_limits<float>::quiet_NaN();
@@ -166,25 +98,6 @@ CoalitionWalk<T> make_walk(int64_t n, int64_t K, int64_t batch, const Tensor& st
   return CoalitionWalk<T>{n, K, batch, a ? absent.size(1) : 0, start.data_ptr<T>(), present.data_ptr<T>(),
                           a ? absent.data_ptr<T>() : nullptr, present.stride(0), present.stride(1),
                           a ? absent.stride(0) : 0, a ? absent.stride(1) : 0};
-}
-
-// True when `label` is the first maximal index of score[0:K] (torch.argmax semantics; scores finite).
-template <typename T>
-inline bool first_argmax_is(const T* score, int64_t K, int64_t label) {
-  const T top = score[label];
-  bool ok = true;
-  for (int64_t c = 0; c < label; ++c) ok &= score[c] < top;
-  for (int64_t c = label + 1; c < K; ++c) ok &= !(score[c] > top);
-  return ok;
-}
-
-template <typename T>
-inline double softmax_at(const T* score, int64_t K, int64_t label) {
-  double top = static_cast<double>(score[0]);
-  for (int64_t c = 1; c < K; ++c) top = std::max(top, static_cast<double>(score[c]));
-  double total = 0.0;
-  for (int64_t c = 0; c < K; ++c) total += std::exp(static_cast<double>(score[c]) - top);
-  return std::exp(static_cast<double>(score[label]) - top) / total;
 }
 
 // Accumulates v(S) * k_i(S) into the n Shapley numerators.

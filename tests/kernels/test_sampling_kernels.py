@@ -181,3 +181,26 @@ def test_triton_tiles_and_groups():
     for benefit in ("paper", "probability"):
         want = run("torch", "decision", feats, params, [], labels, benefit, orders)
         assert_same(run("triton", "decision", feats, params, [], labels, benefit, orders), want, benefit)
+
+
+def test_compiled_op_registration():
+    """The compiled op's schema, fake kernel and autograd registration agree (torch.library.opcheck), and the
+    fake kernel refuses what the kernel refuses."""
+    if not sampling._has_sampled_kernel("CPU"):
+        pytest.skip("fastshap._C has no CPU kernel of the sampled op")
+    g = torch.Generator().manual_seed(1)
+    dims = [3, 1, 2]
+    feats = [dyadic((4, d), -4, 4, 4, g) for d in dims]
+    labels = torch.tensor([0, 2, 1, 0])
+    orders = sampling.draw_orders(2, 3, g, "cpu")
+    op = torch.ops.fastshap.shapley_sampled
+    for kind in KINDS:
+        for base in ([], [dyadic((d,), -4, 4, 4, g) for d in dims]):
+            args = (feats, kind, params_of(kind, dims, 3, g), base, labels, "accuracy", orders)
+            torch.library.opcheck(op, args)
+    params = params_of("concat", dims, 3, g)
+    short = orders[:, :, :2].contiguous()
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in (*feats, *params, labels, short)]
+        with pytest.raises(ValueError, match="orders must be"):
+            op(fake[:3], "concat", fake[3:5], [], fake[5], "paper", fake[6])
