@@ -255,14 +255,22 @@ def _decision(features, weight, bias, baselines, labels, benefit):
     present = _partial_products(features, weight, ct)
     absent = _partial_products(baselines, weight, ct) if baselines else None
     nonfinite = _count_nonfinite(present) + (_count_nonfinite(absent) if absent is not None else 0)
+    present, absent, start = _decision_probabilities(present, absent, bias, ct)
+    phi = _nan_rows(_additive(features, start, present, absent, labels, benefit, mean_of=n), bad)
+    return phi, _stats(phi, nonfinite)
+
+
+def _decision_probabilities(present: Tensor, absent: Tensor | None, bias: Tensor, ct: torch.dtype):
+    """Decision fusion's terms of the coalition sums (also fastshap.coalitions'): each modality's classifier
+    (its partial logits plus its own bias row) through its own softmax, a removed modality's classifier
+    seeing its baseline (zeros: just its bias); and the zero start of the sums -> (present, absent, start)."""
+    n, num_classes = present.shape[0], present.shape[2]
     b = bias.to(ct).unsqueeze(1)
     present = torch.softmax(present.add(b), -1)
     if absent is None:
-        absent = torch.zeros(n, 1, num_classes, dtype=ct, device=weight.device)
+        absent = torch.zeros(n, 1, num_classes, dtype=ct, device=present.device)
     absent = torch.softmax(absent.add(b), -1)
-    start = torch.zeros(num_classes, dtype=ct, device=weight.device)
-    phi = _nan_rows(_additive(features, start, present, absent, labels, benefit, mean_of=n), bad)
-    return phi, _stats(phi, nonfinite)
+    return present, absent, torch.zeros(num_classes, dtype=ct, device=present.device)
 
 
 def _mlp_chunk_samples(batch: int, n: int, hidden: int) -> int:
@@ -335,7 +343,24 @@ def shapley_callable(
     benefit: str,
     element_budget: int = 1 << 24,
 ):
-    """Any head: list of n (B, d_i) -> (B, C) logits (or (B, T, C) with (B, T) labels).
+    """Any head: list of n (B, d_i) -> (B, C) logits (or (B, T, C) with (B, T) labels), from the coalition
+    values of :func:`callable_values`."""
+    values, bad, nonfinite = callable_values(features, head, labels, baselines, benefit, element_budget)
+    phi = _nan_rows(shapley_from_values(values), bad)
+    return phi, _stats(phi, nonfinite)
+
+
+def callable_values(
+    features: Sequence[Tensor],
+    head: Callable[[list], Tensor],
+    labels: Tensor,
+    baselines: Sequence[Tensor] | None,
+    benefit: str,
+    element_budget: int = 1 << 24,
+):
+    """Coalition values of any head (also fastshap.coalitions'): (values (B, 2^n) float64, bad (B,) bool:
+    the rows whose features or baselines hold NaN/Inf, whose phi rows are NaN; nonfinite (n,): those rows
+    counted per modality, stats row 2).
 
     All 2^n coalitions are stacked along the batch and evaluated in as few calls as `element_budget`
     (input elements per call) allows. Evaluated under no_grad; the head's train/eval mode is the caller's.
@@ -401,5 +426,4 @@ def shapley_callable(
             raise ValueError("fastshap: the head returned NaN or Inf logits")
         logits = out.reshape(k, batch, *out.shape[1:])
         values[:, m0 : m0 + k] = _callable_values(logits, labels, benefit, size[m0 : m0 + k])
-    phi = _nan_rows(shapley_from_values(values), bad)
-    return phi, _stats(phi, nonfinite)
+    return values, bad, nonfinite

@@ -16,7 +16,7 @@ The file sits in ``fastshap_train/data/``, ``fastshap_train/methods/``, or anywh
 loaded with ``python -m fastshap_train --import MODULE`` (see ``examples/trainer_plugin.py``).
 """
 
-__all__ = ["Config", "resolve_config", "Trainer", "train"]
+__all__ = ["Config", "resolve_config", "Trainer", "train", "load_run"]
 
 
 def __getattr__(name):
@@ -29,4 +29,8 @@ def __getattr__(name):
         from fastshap_train import engine
 
         return getattr(engine, name)
+    if name == "load_run":  # a trained run for analysis (fastshap_train.report)
+        from fastshap_train.report import load_run
+
+        return load_run
     raise AttributeError(name)
