@@ -5,10 +5,14 @@ running sums added in the same order, the same float64 marginals. So for the dis
 stderr must equal the torch backend's bit for bit, near-ties included; the probability benefit's softmax
 (exponentials from another library, summed in another order) agrees to 1e-6. Odd sizes on purpose: one
 sample, one class, one modality, n past 16, widths 1..9, batches that leave partial tiles; every layout,
-dtype and baseline form the op takes; labels outside [0, C) and NaN features.
+dtype and baseline form the op takes; labels outside [0, C) and NaN features. The CUDA kernel, which cannot
+run here, is checked through its CPU emulation (csrc/cuda/emulation/sampling_emulate.cpp: the same host side
+and thread program, every thread run on the CPU).
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -204,3 +208,59 @@ def test_compiled_op_registration():
         fake = [mode.from_tensor(t) for t in (*feats, *params, labels, short)]
         with pytest.raises(ValueError, match="orders must be"):
             op(fake[:3], "concat", fake[3:5], [], fake[5], "paper", fake[6])
+
+
+# --- the CUDA kernel, emulated on the CPU ------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    """torch.ops.fastshap_sampled_emulation, built once (torch caches the build by its sources)."""
+    from torch.utils.cpp_extension import load
+
+    csrc = os.path.join(ROOT, "csrc")
+    load(
+        name="fastshap_sampled_emulation",
+        sources=[
+            os.path.join(csrc, "cuda", "emulation", "sampling_emulate.cpp"),
+            os.path.join(csrc, "sampling_common.cpp"),
+            os.path.join(csrc, "shapley_common.cpp"),
+        ],
+        extra_include_paths=[csrc],
+        extra_cflags=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        is_python_module=False,
+        verbose=False,
+    )
+    return torch.ops.fastshap_sampled_emulation
+
+
+@pytest.mark.parametrize("kind", ["concat", "decision"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_cuda_emulation_matches_torch_backend(emulated, kind, case):
+    feats, params, base, labels, orders = make(case, kind, seed=40 + len(case[0]))
+    for benefit in BENEFITS:
+        want = run("torch", kind, feats, params, base, labels, benefit, orders)
+        got = emulated.shapley_sampled(feats, kind, params, base, labels, benefit, orders)
+        assert_same(got, want, benefit)
+
+
+def test_cuda_emulation_bad_rows_and_refusals(emulated):
+    g = torch.Generator().manual_seed(9)
+    dims = [2, 3, 1]
+    feats = [dyadic((5, d), -4, 4, 4, g) for d in dims]
+    params = params_of("concat", dims, 3, g)
+    labels = torch.tensor([0, 3, 1, 2, 0])
+    orders = sampling.draw_orders(2, 3, g, "cpu")
+    feats[2] = feats[2].clone()
+    feats[2][3, 0] = float("inf")
+    phi, stderr, stats = emulated.shapley_sampled(feats, "concat", params, [], labels, "paper", orders)
+    assert torch.equal(phi.isnan().all(1), torch.tensor([False, True, False, True, False]))
+    assert stats[3, 0] == 2 and stats[2, 2] == 1
+    want = run("torch", "concat", feats, params, [], labels, "paper", orders)
+    assert_same((phi, stderr, stats), want, "paper")
+    with pytest.raises(ValueError, match="concat and decision"):
+        emulated.shapley_sampled(feats, "mlp", params_of("mlp", dims, 3, g), [], labels, "paper", orders)
+    with pytest.raises(ValueError, match="orders must be"):
+        emulated.shapley_sampled(feats, "concat", params, [], labels, "paper", orders[:, :, :2])
