@@ -458,8 +458,9 @@ def _has_sampled_kernel(dispatch_key: str) -> bool:
     return _extension.has_kernel("shapley_sampled", dispatch_key)
 
 
-#: The head kinds the Triton sampled kernel walks (fastshap/triton_sampling.py; the MLP's steps are GEMMs).
-_TRITON_KINDS = ("concat", "decision")
+#: The head kinds the GPU kernels walk (fastshap/triton_sampling.py, csrc/cuda/sampling_cuda.cu): the MLP's
+#: steps are GEMMs, which the torch backend runs on cuBLAS.
+_GPU_KINDS = ("concat", "decision")
 
 
 def _sampled_declines(name: str, call: backends.Call) -> str | None:
@@ -470,9 +471,10 @@ def _sampled_declines(name: str, call: backends.Call) -> str | None:
             return f"fastshap._C has no {key} kernel of the sampled op (an extension built before it: rebuild)"
     elif name == "triton":
         reason = backends._triton_unavailable("fastshap.triton_sampling")
-        if reason is None and call.kind not in _TRITON_KINDS:
-            reason = f"its sampled kernel walks the {' and '.join(_TRITON_KINDS)} heads, not the {call.kind} head"
-        return reason
+        if reason:
+            return reason
+    if name in ("cuda", "triton") and call.kind not in _GPU_KINDS:
+        return f"its sampled kernel walks the {' and '.join(_GPU_KINDS)} heads, not the {call.kind} head"
     return None
 
 
