@@ -97,8 +97,8 @@ def _params():
     for backend in ("cpp", "triton"):
         for kind in KINDS:
             for case in CASES:
-                if backend == "triton" and case[0] not in TRITON_CASES:
-                    continue
+                if backend == "triton" and (case[0] not in TRITON_CASES or kind == "mlp"):
+                    continue  # the MLP's steps are GEMMs: Triton declines it (test_gpu_kernels_decline_mlp)
                 out.append(pytest.param(backend, kind, case, id=f"{backend}-{kind}-{case[0]}"))
     return out
 
@@ -115,6 +115,16 @@ def test_matches_torch_backend(backend, kind, case):
         assert got[0].dtype == got[1].dtype == got[2].dtype == torch.float32
         assert got[0].shape == got[1].shape == (labels.shape[0], len(feats)) and got[2].shape == (4, len(feats))
         assert_same(got, want, benefit)
+
+
+def test_gpu_kernels_decline_mlp():
+    """backend="triton" (and "cuda") refuse the MLP head with the reason; "auto" takes another backend."""
+    call = backends.Call("mlp", torch.device("cpu"), torch.float32, 20)
+    for name in ("triton", "cuda"):
+        assert "not the mlp head" in sampling._sampled_declines(name, call) or available(name, "concat")
+    if available("triton", "concat") is None:
+        with pytest.raises(backends.BackendError, match="not the mlp head"):
+            sampling.select("triton", call)
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
