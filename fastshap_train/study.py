@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 import time
@@ -82,6 +83,7 @@ class Arm:
     options: dict = field(default_factory=dict)
     label: str = ""
     epochs_factor: float = 1.0  # the setting's epochs times this (a control with more optimizer steps)
+    reference: bool = False  # not a fusion method: left out of the accuracy tables, shown in the diagnostics
 
     @property
     def display(self) -> str:
@@ -182,11 +184,58 @@ SETTING_BY_NAME = {s.name: s for s in SETTINGS}
 GROUPS = {g: [s.name for s in SETTINGS if s.group == g] for g in ("synthetic", "uci-mfeat")}
 
 
+UNIMODAL = "unimodal"
+
+
+def register_reference_method() -> None:
+    """Register the ``unimodal`` method (once per process): the concat model trained on one modality only.
+
+    Registered through the trainer's plug-in API when the study runs, not at import: a module run with
+    ``python -m`` is imported a second time by the spawned workers, and a method registers only once."""
+    from fastshap_train.data.base import Plan
+    from fastshap_train.methods.base import Method
+    from fastshap_train.registry import Option, method_names, register_method, register_options
+
+    if UNIMODAL in method_names():
+        return
+    register_options(
+        "study",
+        [
+            Option(
+                "unimodal_modality",
+                1,
+                "unimodal: the one modality every training row keeps",
+                check=lambda x: None if x >= 0 else "must be >= 0",
+            )
+        ],
+        title="the study's reference arm",
+    )
+
+    class Unimodal(Method):
+        head = "concat"
+        help = "the concat model trained on one modality alone (--unimodal-modality): a study reference"
+
+        def first_plan(self):
+            if self.cfg.unimodal_modality >= self.n:
+                raise ValueError(f"--unimodal-modality {self.cfg.unimodal_modality}: the data has {self.n} modalities")
+            plan = super().first_plan()
+            keep = torch.full_like(plan.keep, 1 << self.cfg.unimodal_modality)
+            return Plan(plan.index, keep, plan.mask, plan.n)
+
+        def next_plan(self, epoch, values):
+            return self.first_plan()
+
+    register_method(UNIMODAL)(Unimodal)
+
+
 ARMS = (
     Arm("concat", "concat"),
     # About as many optimizer steps as the sample-level plans make (1.3x to 1.7x the originals per epoch in
     # this study): separates what the copies add as extra steps from what they add as targeted data.
     Arm("concat-1.5x", "concat", label="Concatenation, 1.5x epochs", epochs_factor=1.5),
+    # What modality 1's encoder reaches when it is trained alone (every row keeps modality 1 only): the
+    # yardstick of "under-trained" for the probes of the fusion arms.
+    Arm("unimodal-1", UNIMODAL, {"unimodal_modality": 1}, "Modality 1 alone (reference)", reference=True),
     Arm("sample-level", "sample-level", {"fs": "linear"}, "Sample-level, f_s linear (ours)"),
     Arm("sample-level-concave", "sample-level", {"fs": "concave"}, "Sample-level, f_s concave"),
     Arm("sample-level-convex", "sample-level", {"fs": "convex"}, "Sample-level, f_s convex"),
@@ -198,7 +247,7 @@ ARMS = (
     Arm("agm", "agm"),
 )
 ARM_BY_NAME = {a.name: a for a in ARMS}
-QUICK_ARMS = ("concat", "concat-1.5x", "sample-level", "modality-level", "ogm-ge")
+QUICK_ARMS = ("concat", "concat-1.5x", "unimodal-1", "sample-level", "modality-level", "ogm-ge")
 BASELINE = "concat"
 
 
@@ -320,6 +369,7 @@ def run_one(spec: dict) -> dict:
     from fastshap_train.engine import Trainer
     from fastshap_train.methods._common import NotApplicable
 
+    register_reference_method()
     row = {k: spec[k] for k in ("setting", "arm", "method", "seed")}
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
@@ -341,7 +391,29 @@ def run_one(spec: dict) -> dict:
         traceback.print_exc()
     row["seconds"] = round(time.perf_counter() - start, 2)
     row["cpu_seconds"] = round(time.process_time() - cpu_start, 2)  # what the run cost, whatever else ran
+    if row["status"] == "ok":  # beside the run's own files: --reuse reads it instead of training again
+        (Path(spec["out"]) / ROW_FILE).write_text(json.dumps({"spec": _spec_identity(spec), "row": row}))
     return row
+
+
+#: Each finished run's measures, in its folder.
+ROW_FILE = "study.json"
+
+
+def _spec_identity(spec: dict) -> dict:
+    """What makes two planned runs the same run (JSON-normalised)."""
+    keys = ("setting", "arm", "method", "seed", "dataset", "views", "overrides")
+    return json.loads(json.dumps({k: spec[k] for k in keys}))
+
+
+def reused_row(spec: dict) -> dict | None:
+    """The measures of a finished run of exactly this spec (--reuse), or None."""
+    path = Path(spec["out"]) / ROW_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved["row"] if saved.get("spec") == _spec_identity(spec) else None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -412,19 +484,29 @@ def check_overrides(settings: list, overrides: dict) -> None:
             )
 
 
-def execute(runs: list, jobs: int, report) -> list:
-    """Run every spec (in `jobs` spawned processes), calling report(row) as each ends; rows in spec order."""
-    rows = []
-    if jobs == 1:
-        for spec in runs:
-            rows.append(run_one(spec))
-            report(rows[-1], len(rows))
+def execute(runs: list, jobs: int, report, reuse: bool = False) -> list:
+    """Run every spec (in `jobs` spawned processes), calling report(row, done) as each ends; rows in spec
+    order. `reuse`: a run whose folder holds the measures of the same spec is read, not trained again."""
+    rows = [reused_row(spec) if reuse else None for spec in runs]
+    for done, row in enumerate(r for r in rows if r is not None):
+        report(row, done + 1, reused=True)
+    todo = [i for i, row in enumerate(rows) if row is None]
+    done = len(runs) - len(todo)
+    if jobs == 1 or len(todo) <= 1:
+        results = map(run_one, [runs[i] for i in todo])
+        pool = None
     else:
         # spawn: a fresh interpreter per worker (no fork of a process that already holds torch threads)
-        with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=get_context("spawn")) as pool:
-            for row in pool.map(run_one, runs):
-                rows.append(row)
-                report(row, len(rows))
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn"))
+        results = pool.map(run_one, [runs[i] for i in todo])
+    try:
+        for i, row in zip(todo, results):
+            rows[i] = row
+            done += 1
+            report(row, done)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return rows
 
 
@@ -502,7 +584,7 @@ def summarise(rows: list, settings: list, arms: list) -> list:
             for c in cols:
                 mean, std, count = _mean_std([_num(r.get(c)) for r in ok])
                 line[f"{c}_mean"], line[f"{c}_std"] = mean, std
-            if a.name != BASELINE:
+            if a.name != BASELINE and not a.reference:
                 cmp = paired_comparison({r["seed"]: r["test_acc"] for r in ok}, base)
                 line.update({f"vs_concat_{k}": v for k, v in cmp.items()})
             out.append(line)
@@ -542,7 +624,7 @@ def markdown(summary: list, settings: list, arms: list, seeds: int, quick: bool,
         lines.append(f"| {s.name} | {_describe(s, quick, overrides)} | {s.question} |")
     lines += ["", "## Fused test accuracy (%)", ""]
     lines += ["| arm | " + " | ".join(s.name for s in settings) + " |", "|---|" + "---|" * len(settings)]
-    for a in arms:
+    for a in (a for a in arms if not a.reference):
         row = []
         for s in settings:
             c = cell.get((s.name, a.name))
@@ -558,7 +640,7 @@ def markdown(summary: list, settings: list, arms: list, seeds: int, quick: bool,
     ]
     lines += ["| arm | " + " | ".join(s.name for s in settings) + " |", "|---|" + "---|" * len(settings)]
     for a in arms:
-        if a.name == BASELINE:
+        if a.name == BASELINE or a.reference:
             continue
         row = []
         for s in settings:
@@ -677,7 +759,7 @@ def _figure(settings: list, height=3.2):
 def plot_deltas(summary: list, settings: list, arms: list, path) -> None:
     """Per setting, each arm's mean difference from concat (points) with its 95% CI."""
     cell = {(x["setting"], x["arm"]): x for x in summary}
-    others = [a for a in arms if a.name != BASELINE]
+    others = [a for a in arms if a.name != BASELINE and not a.reference]
     plt, fig, axes = _figure(settings, 0.35 * len(others) + 1.2)
     for ax, s in zip(axes, settings):
         for j, a in enumerate(others):
@@ -745,6 +827,12 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="option override for every run")
     p.add_argument("--jobs", type=int, default=2, metavar="N", help="runs in parallel processes (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a study already in --out")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the runs of --out that finished with the same options (an interrupted or extended study); "
+        "train the others",
+    )
     p.add_argument("--list", action="store_true", help="list the settings, groups and arms, and exit")
     args = p.parse_args(argv)
     from fastshap_train.config import cpu_cap
@@ -810,27 +898,34 @@ def main(argv=None) -> int:
     if args.list:
         print_list()
         return 0
+    register_reference_method()
     settings, arms = select(args, parser)
-    runs = plan_runs(settings, arms, args.seeds, args.out, args.quick, args.overrides, args.overwrite)
+    runs = plan_runs(settings, arms, args.seeds, args.out, args.quick, args.overrides, args.overwrite or args.reuse)
     try:
         check_overrides(settings, args.overrides)
         check_runs(runs)
     except ValueError as exc:
         parser.error(str(exc))
-    if (args.out / "runs.csv").exists() and not args.overwrite:
-        print(f"{parser.prog}: error: --out {args.out} already holds a study: --overwrite replaces it", file=sys.stderr)
+    held = (args.out / "runs.csv").exists() or any(Path(r["out"]).exists() for r in runs)
+    if held and not (args.overwrite or args.reuse):
+        print(
+            f"{parser.prog}: error: --out {args.out} already holds a study: --overwrite replaces it, --reuse "
+            "keeps its finished runs",
+            file=sys.stderr,
+        )
         return 1
     print(f"{len(runs)} runs: {len(settings)} setting(s) x {len(arms)} arm(s) x {args.seeds} seeds", flush=True)
     start = time.perf_counter()
 
-    def report(row, done):
+    def report(row, done, reused=False):
         acc = f"{100 * row['test_acc']:.2f}%" if row["status"] == "ok" else f"{row['status']} {row.get('message', '')}"
+        acc += " (reused)" if reused else ""
         print(
             f"[{done}/{len(runs)}] {row['setting']} {row['arm']} seed {row['seed']}: {acc} ({row['seconds']:.1f} s)",
             flush=True,
         )
 
-    rows = execute(runs, args.jobs, report)
+    rows = execute(runs, args.jobs, report, reuse=args.reuse)
     text = write_outputs(args.out, rows, settings, arms, args.seeds, args.quick, args.overrides)
     print()
     print(text)

@@ -286,3 +286,43 @@ def test_dims_give_each_vector_modality_its_width():
 def test_regime_options_check_their_length(options, phrase):
     with pytest.raises(DataOptionError, match=phrase.replace("(", r"\(").replace(")", r"\)")):
         build_dataset("synthetic", None, "train", syn_samples=5, **options)
+
+
+def test_reuse_trains_only_what_is_missing(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert study.main([*TINY, "--out", str(out)]) == 0
+    first = read_csv(out / "runs.csv")
+    capsys.readouterr()
+    # the same sweep plus an arm: the 4 finished runs are read back, the 2 new ones trained
+    extended = [*TINY, "--arms", "sample-level,unimodal-1", "--out", str(out)]
+    assert study.main(extended) == 1  # refused without --reuse or --overwrite
+    assert "--reuse keeps its finished runs" in capsys.readouterr().err
+    assert study.main([*extended, "--reuse"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("(reused)") == 4 and "6 runs" in log
+    second = read_csv(out / "runs.csv")
+    assert [r for r in second if r["arm"] != "unimodal-1"] == first
+    assert sorted(r["arm"] for r in second).count("unimodal-1") == 2
+    # other options are another run: nothing is reused
+    assert study.main([*extended, "--set", "lr=0.002", "--reuse"]) == 0
+    assert "(reused)" not in capsys.readouterr().out
+
+
+def test_unimodal_reference_trains_one_modality_and_stays_out_of_the_comparisons(tmp_path):
+    study.register_reference_method()
+    study.register_reference_method()  # once per process, however often it is asked
+    trainer = Trainer(tiny_config(tmp_path / "run", method="unimodal", unimodal_modality=1, checkpoint=False))
+    try:
+        assert trainer.plan.keep.tolist() == [2] * 64  # every row keeps modality 1 only
+        assert trainer.method.next_plan(0, None).keep.tolist() == [2] * 64
+    finally:
+        trainer.close()
+    out = tmp_path / "study"
+    assert study.main([*TINY, "--arms", "unimodal-1", "--out", str(out)]) == 0
+    text = (out / "tables.md").read_text()
+    accuracy = text.split("## Fused test accuracy")[1].split("## Diagnostics")[0]
+    assert "Modality 1 alone" not in accuracy and "Modality 1 alone (reference)" in text
+    summary = {r["arm"]: r for r in read_csv(out / "summary.csv")}
+    assert summary["unimodal-1"].get("vs_concat_mean", "") == ""
+    runs = [r for r in read_csv(out / "runs.csv") if r["arm"] == "unimodal-1"]
+    assert len(runs) == 2 and all(r["status"] == "ok" and float(r["rows_ratio"]) == 1.0 for r in runs)
