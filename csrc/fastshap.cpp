@@ -65,6 +65,15 @@ TORCH_LIBRARY(fastshap, m) {
   m.def(
       "shapley_sampled(Tensor[] features, str head, Tensor[] params, Tensor[] baselines, Tensor labels, "
       "str benefit, Tensor orders) -> (Tensor, Tensor, Tensor)");
+  // Coalition values (B, 2^n) float32 (column S = v(S), bit i of S = modality i) and pairwise Shapley
+  // interactions (B, n, n) float32 (phi on the diagonal), each with the (n,) float32 counts of rows whose
+  // partial products hold NaN/Inf; the arguments of shapley (cpu/coalitions_cpu.cpp, fastshap/coalitions.py).
+  m.def(
+      "coalition_values(Tensor[] features, str head, Tensor[] params, Tensor[] baselines, Tensor labels, "
+      "str benefit) -> (Tensor, Tensor)");
+  m.def(
+      "modality_interactions(Tensor[] features, str head, Tensor[] params, Tensor[] baselines, Tensor labels, "
+      "str benefit) -> (Tensor, Tensor)");
   m.def("head_kinds() -> str", &head_kinds_description);
   m.def("build_info() -> str", &build_info);
 }
