@@ -244,7 +244,7 @@ def tables(path: Path) -> str:
             best = min((r["stats"]["median"] for r in mine if "captum" in r["extra_info"]["provider"]), default=None)
             for r in sorted(mine, key=lambda r: r["stats"]["median"]):
                 t = r["stats"]["median"]
-                ratio = f"{best / t:.0f}×" if best else "-"
+                ratio = "-" if not best else f"{best / t:.2f}×" if best / t < 10 else f"{best / t:.0f}×"
                 out.append(f"| {n} | {r['extra_info']['provider']} | {t * 1e3:.1f} ms | {ratio} |")
         out.append("")
     return "\n".join(out)
