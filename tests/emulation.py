@@ -34,7 +34,7 @@ def build_emulation(name="fastshap_cuda_emulation", cflags=("-O2",), ldflags=())
     from torch.utils.cpp_extension import load
 
     csrc = os.path.join(ROOT, "csrc")
-    emulation = os.path.join(csrc, "cuda")
+    emulation = os.path.join(csrc, "cuda", "emulation")
     load(
         name=name,
         # The block programs are instantiated per input type in emulate_<type>.cpp: ninja builds them in parallel.

@@ -1,6 +1,6 @@
 // Host side of the fused kernels, shared by the CUDA build (shapley_cuda.cu) and the CPU emulation used by the
-// tests (shapley_emulate.cpp): argument checks, the small precomputations, the plan, the launch through a
-// `Backend`, and the stats.
+// tests (emulation/shapley_emulate.cpp): argument checks, the small precomputations, the plan (tile_plan.h),
+// the launch through a `Backend`, and the stats.
 //
 // A Backend provides
 //   void enter(const at::Device&)              checks the device (and holds a device guard)
@@ -10,7 +10,9 @@
 #pragma once
 
 #include "shapley.h"
-#include "shapley_tile.cuh"
+#include "tile_common.cuh"
+#include "tile_mma_fragments.cuh"
+#include "tile_plan.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "shapley_launch.h"
+#include "shapley_tile.cuh"
 
 #include <c10/cuda/CUDAException.h>
 

@@ -4,7 +4,8 @@
 // a parallel build compiles the 7 x 16 kernels on several cores at once.
 #pragma once
 
-#include "shapley_tile.cuh"
+#include "tile_common.cuh"
+#include "tile_mma_fragments.cuh"
 
 #include <cuda_runtime_api.h>
 

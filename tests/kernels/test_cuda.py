@@ -3,11 +3,11 @@
 Here, on any machine:
 * when fastshap._C was built with its CUDA part, the kernels are registered for the CUDA dispatch key;
 * the kernels' block program (csrc/cuda/shapley_tile.cuh) and host code, compiled for the CPU
-  (csrc/cuda/shapley_emulate.cpp: the threads of each phase run one after the other, in a shuffled order;
-  cp.async copies land only at the wait that covers them; a model of each warp's ldmatrix and mma registers
-  after the PTX ISA's tables), against the oracle over the core case matrix, bit for bit the same under every
-  plan (shared memory or global scratch for each buffer, tile sizes, grid-stride, FMA or tensor cores), exact
-  ties, NaN counts, odd sizes and argument errors.
+  (csrc/cuda/emulation/, built by tests/emulation.py: the threads of each phase run one after the other, in a
+  shuffled order; cp.async copies land only at the wait that covers them; a model of each warp's ldmatrix and
+  mma registers after the PTX ISA's tables), against the oracle over the core case matrix, bit for bit the
+  same under every plan (shared memory or global scratch for each buffer, tile sizes, grid-stride, FMA or
+  tensor cores), exact ties, NaN counts, odd sizes and argument errors.
 
 On a GPU (``@pytest.mark.gpu``, skipped by conftest without one): backend="cuda" against the oracle over the
 same case matrix, against the torch and triton backends, bit for bit against its CPU emulation where no
@@ -107,8 +107,8 @@ def test_cuda_rejects_a_bad_tensor_core_switch(monkeypatch, value):
 
 
 def test_emulation_schedule_and_models_are_strict(emu):
-    """The emulation catches what it claims to (csrc/cuda/shapley_emulate.cpp, self_check): a phase's threads run
-    in a shuffled order, so a thread reading its neighbour's write of the same phase sees it sometimes, not
+    """The emulation catches what it claims to (csrc/cuda/emulation/shapley_emulate.cpp, self_check): a phase's
+    threads run in a shuffled order, so a thread reading its neighbour's write of the same phase sees it sometimes, not
     always or never; a cp.async destination is garbage until the issuing thread's wait, right after it; the
     warp model of ldmatrix + mma (lane addresses, fragment tables, accumulator positions) gives a bf16 tile
     product's exact value in all 256 entries."""

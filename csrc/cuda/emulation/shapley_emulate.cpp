@@ -1,15 +1,14 @@
-// A CPU build of the CUDA kernels' block program (shapley_tile.cuh) with the same host code
-// (shapley_host.h), for tests on machines without a GPU: the threads of each phase run one after the other
-// in a shuffled order, cp.async copies land at the last moment the PTX ISA allows, and a warp model computes
-// what ldmatrix and mma leave in each lane's registers (HostExec, shapley_tile.cuh). It checks the kernels'
+// A CPU build of the CUDA kernels' block program (../shapley_tile.cuh) with the same host code
+// (../shapley_host.h), for tests on machines without a GPU: the threads of each phase run one after the other
+// in a shuffled order, cp.async copies land at the last moment the PTX ISA allows (host_exec.h), and a warp
+// model computes what ldmatrix and mma leave in each lane's registers (warp_model.h). It checks the kernels'
 // indexing, plans and numerics, and catches most missing barriers, early reads of copies in flight and wrong
 // fragment layouts; it cannot check the instructions themselves, timing, or the launch configuration.
-// setup.py does not build it: tests/test_cuda.py compiles it
-// with torch.utils.cpp_extension.load into the op namespace fastshap_cuda_emulation, whose ops take the
-// shared-memory budgets, the fallback grid and whether tensor cores are allowed as extra arguments so that
-// tests can force every plan.
+// setup.py does not build it: tests/emulation.py compiles it with torch.utils.cpp_extension.load into the op
+// namespace fastshap_cuda_emulation, whose op takes the compiled op's arguments plus the shared-memory
+// budgets, the fallback grid and whether tensor cores are allowed, so that tests can force every plan.
 #include "shapley_emulate.h"
-#include "shapley_host.h"
+#include "../shapley_host.h"
 
 #include <torch/library.h>
 

@@ -1,10 +1,12 @@
 // The CPU emulation of the CUDA kernels (tests only; see shapley_emulate.cpp): every block of a launch run
-// on the CPU, one thread of a phase after the other. Declared here, defined below for the files that
+// on the CPU, one thread of a phase after the other (HostExec, host_exec.h). Declared here, defined below for the files that
 // instantiate it: emulate_<type>.cpp, one per input type, so that the tests' build of the emulation (4 x 16
 // block programs) runs on several cores.
 #pragma once
 
-#include "shapley_tile.cuh"
+#include "../shapley_tile.cuh"
+#include "host_exec.h"
+#include "warp_model.h"
 
 namespace fastshap {
 namespace tile {
