@@ -37,8 +37,23 @@ NAMES = (
 )
 
 
+class Launches:
+    """The stubbed launches: `count` of them so far, and the last kernel's name."""
+
+    def __init__(self):
+        self.count = 0
+        self.last = None
+
+    def record(self, kernel):
+        self.count += 1
+        fn = getattr(kernel, "fn", kernel)  # an autotuner wraps the JITFunction
+        self.last = getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", None)
+
+
 class _NoLaunch:
-    """Stands in for torch.library.wrap_triton: kernel[grid](*args) does nothing."""
+    """Stands in for torch.library.wrap_triton: kernel[grid](*args) records the launch and does nothing."""
+
+    launches: Launches | None = None
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -46,13 +61,18 @@ class _NoLaunch:
             kernel.best_config = kernel.configs[-1]
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+        def launch(*args, **kwargs):
+            if _NoLaunch.launches is not None:
+                _NoLaunch.launches.record(self.kernel)
+
+        return launch
 
 
 @contextlib.contextmanager
 def stubbed_launch():
-    """Inside: Triton launches do nothing and the Triton op accepts CPU tensors. Everything is restored on
-    exit, including the launch choices recorded meanwhile (fastshap.triton_shapley._CHOSEN)."""
+    """Inside: Triton launches do nothing (they are counted: the context yields a Launches) and the Triton op
+    accepts CPU tensors. Everything is restored on exit, including the launch choices recorded meanwhile
+    (fastshap.triton_shapley._CHOSEN)."""
     from fastshap import triton_shapley as ts
 
     if ts.INTERPRETED:
@@ -60,7 +80,9 @@ def stubbed_launch():
     recorded = getattr(ts, "_CHOSEN", {})  # getattr: the script also times older trees, for comparisons
     guard = "_check_supported" if hasattr(ts, "_check_supported") else "_check"  # older trees: _check
     check, wrap, chosen = getattr(ts, guard), torch.library.wrap_triton, dict(recorded)
+    direct = getattr(ts, "_launch_direct", None)  # the eager launch of planned calls (older trees: none)
     tuners = len(ts.AUTOTUNERS)
+    launches = Launches()
 
     def check_on_cpu(*args):  # the backend's own checks, with CPU tensors let through as under the interpreter
         ts.INTERPRETED = True
@@ -69,13 +91,22 @@ def stubbed_launch():
         finally:
             ts.INTERPRETED = False
 
+    def no_direct_launch(kernel, grid, args, kwargs):
+        launches.record(kernel)
+
     torch.library.wrap_triton = _NoLaunch
+    _NoLaunch.launches = launches
     setattr(ts, guard, check_on_cpu)
+    if direct is not None:
+        ts._launch_direct = no_direct_launch
     try:
-        yield
+        yield launches
     finally:
         torch.library.wrap_triton = wrap
+        _NoLaunch.launches = None
         setattr(ts, guard, check)
+        if direct is not None:
+            ts._launch_direct = direct
         recorded.clear()
         recorded.update(chosen)
         for tuner in ts.AUTOTUNERS[tuners:]:

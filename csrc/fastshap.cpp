@@ -18,13 +18,16 @@
 
 #include <string>
 
+#include "call_plan.h"
 #include "cuda/switches.h"
 #include "shapley.h"
 
-// A module named _C so that `import fastshap._C` loads this library and runs the registrations below.
+// A module named _C so that `import fastshap._C` loads this library and runs the registrations below. Its
+// only Python functions are the call plans' (call_plan.cpp, for fastshap/_call_plan.py).
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastshap::call_plan_methods(), nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module_def);
 }
 }

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from fastshap import _validate, backends, heads, sampling
+from fastshap import _call_plan, _validate, backends, heads, sampling
 from fastshap._validate import BENEFITS, MAX_MODALITIES  # noqa: F401  (fastshap exports them from here)
 from fastshap.backends import Call, HeadSpec
 from fastshap.capture import is_observe_only, op_evaluation
@@ -67,6 +67,19 @@ def modality_shapley(
         phi ``(B, n)`` float32 on the features' device, then the standard errors when ``with_stderr``, then
         the stats when ``with_stats``. Computed without gradients.
     """
+    # The fast path (fastshap._call_plan): an earlier call with this head and options left a plan; it checks
+    # in one pass that nothing its decisions rest on changed and runs the op, or answers None. Traced calls
+    # (torch.compile) take the full path: it is what the graph records.
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        try:
+            plan = _call_plan.PLANS.get((id(head), backend, benefit, baselines is None))
+        except TypeError:  # an unhashable backend or benefit: the checks below say what is wrong
+            plan = None
+        if plan is not None and estimator == "exact" and samples is None and generator is None:
+            out = plan(features, head, labels, baselines, defer_checks, with_stats, with_stderr)
+            if out is not None:
+                return out
     # Every check of the call's arguments, in the order of the signature (fastshap._validate; _head_spec
     # checks the head's layers with its functions). The values are checked after the op, from its counts.
     feats = _validate.check_features(features, exact=estimator == "exact")
@@ -109,6 +122,8 @@ def modality_shapley(
         nonfinite, (nan_rows, *_) = stats[2:].tolist()
         if nan_rows or any(nonfinite):
             _validate.raise_bad_values(nonfinite, int(nan_rows), labels, feats, base, spec)
+    if not (sampled or compiling) and estimator == "exact":  # a plan for the next call like this one
+        _call_plan.remember(head, backend, benefit, spec, chosen, features, labels, baselines)
     return _outputs(phi, stderr, stats, with_stderr, with_stats)
 
 

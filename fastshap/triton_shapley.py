@@ -640,6 +640,152 @@ def bytes_moved(features, weight, baselines=(), weight2=None) -> int:
     return total + batch * (n * 4 + 8)
 
 
+def _launch_direct(kernel, grid, args, kwargs):
+    """One eager launch of `kernel` (a JITFunction) on `grid` (what wrap_triton does when nothing traces; the
+    seam that bench/host_path.py stubs)."""
+    kernel[grid](*args, **kwargs)
+
+
+class _PlannedFused:
+    """The fused kernel's launch for calls of one shape (fastshap._call_plan): what depends on the shapes, the
+    dtypes, the head parameters' strides and the options is computed once; a call allocates its outputs,
+    lists its tensors and launches. The plan's check (csrc/call_plan.cpp) guarantees those shapes, dtypes,
+    devices and strides, and that feature and baseline column offsets fit 32 bits. What can change between
+    calls without it (FUSED_FLOATS, AUTOTUNE, torch's float32 matmul precision) sends a call to the op."""
+
+    def __init__(self, head, code, features, params, baselines, benefit):
+        weight, bias = params[0], params[1]
+        weight2, bias2 = (params[2], params[3]) if code == _MLP else (None, None)
+        n, f0 = len(features), features[0]
+        self.head, self.benefit, self.n, self.device = head, benefit, n, f0.device
+        self.dims = tuple(f.shape[1] for f in features)
+        self.base = 0 if not baselines else (1 if baselines[0].dim() == 1 else 2)
+        self.k = weight.shape[0]
+        self.c = weight2.shape[0] if code == _MLP else self.k
+        self.options = (FUSED_FLOATS, AUTOTUNE, torch.get_float32_matmul_precision())
+        self.meta, self.tuning = _fused_meta(
+            code, self.dims, self.k, self.base, f0.dtype, weight.dtype, benefit, fp32_dot_precision(), FUSED_FLOATS
+        )
+        bias_rs, bias_cs = (bias.stride(0), bias.stride(1)) if bias.dim() == 2 else (0, bias.stride(0))
+        second = [weight2, weight2.stride(0), weight2.stride(1), bias2] if code == _MLP else [None] * 4
+        # The live parameter tensors (their values are read at launch) and their strides (planned); decision
+        # fusion's are packed anew for every call.
+        self.params = [weight, weight.stride(0), weight.stride(1), bias, bias_rs, bias_cs, *second]
+        self.packed = code == _DECISION
+        self.none = [None] * (MAX_FUSED - n)
+        self.widths = [*self.dims, *self.none]
+        self.no_baselines = [None] * (3 * MAX_FUSED)
+        second_dtypes = None if weight2 is None else (weight2.dtype, bias2.dtype)
+        # _launch_fused's key of the autotuner's choice, but the batch size class
+        self.key = ("fused", self.tuning, self.dims, self.k, self.c, code, benefit, f0.dtype, weight.dtype)
+        self.key_end = (bias.dtype, self.meta["PREC"], second_dtypes)
+        self.launches: dict = {}  # batch size class -> launch keyword arguments (meta and the tile)
+
+    def __call__(self, features, params, baselines, labels):
+        """(phi (B, n) float32, stats (4, n) float64) of one call."""
+        if self.options != (FUSED_FLOATS, AUTOTUNE, torch.get_float32_matmul_precision()):
+            return shapley(features, self.head, params, baselines, labels, self.benefit)
+        n, device = self.n, self.device
+        batch = features[0].shape[0]
+        phi = torch.empty(batch, n, dtype=torch.float32, device=device)
+        stats = torch.zeros(4, n, dtype=torch.float64, device=device)
+        none = self.none
+        if self.base == 0:
+            bases = self.no_baselines
+        else:
+            rows = (b.stride(0) if self.base == 2 else 0 for b in baselines)
+            bases = [*baselines, *none, *rows, *none, *(b.stride(-1) for b in baselines), *none]
+        bucket = _bucket(batch)
+        head_args = self.params
+        if self.packed:
+            weight, bias = params
+            head_args = [
+                weight,
+                weight.stride(0),
+                weight.stride(1),
+                bias,
+                bias.stride(0),
+                bias.stride(1),
+                *head_args[6:],
+            ]
+        args = [
+            *features,
+            *none,
+            *(f.stride(0) for f in features),
+            *none,
+            *(f.stride(1) for f in features),
+            *none,
+            *self.widths,
+            *bases,
+            *head_args,
+            labels,
+            labels.stride(0),
+            phi,
+            stats,
+            batch,
+            self.k,
+            self.c,
+            bucket,
+        ]
+        guard = device.type == "cuda" and torch.cuda.current_device() != device.index
+        with torch.cuda.device(device) if guard else _no_guard():
+            kwargs = self.launches.get(bucket)
+            if kwargs is None:
+                kwargs = self._first(bucket, batch, args, features)
+            else:
+                _launch_direct(kernels.fused_kernel, (triton.cdiv(batch, kwargs["BLOCK_B"]),), args, kwargs)
+        return phi, stats
+
+    def _first(self, bucket, batch, args, features):
+        """The first launch of a batch size class: as _launch_fused launches it (the autotuner's first run, or
+        the fixed tile); its tile is kept for the next ones. Under the interpreter the tile follows the batch,
+        as in _launch_fused: nothing is kept."""
+        grid = lambda block_b: triton.cdiv(batch, block_b)  # noqa: E731
+        if INTERPRETED:
+            block_b = max(16, min(128, _pow2(batch)))
+            tile = dict(
+                BLOCK_B=block_b,
+                BLOCK_D=max(16, min(256, _pow2(max(self.dims)))),
+                MB=_interpreter_coalitions(block_b, self.meta["KP"], self.n),
+            )
+            _launch_direct(kernels.fused_kernel, (grid(block_b),), args, {**self.meta, **tile})
+            return None
+        if AUTOTUNE:
+            key = (*self.key[:5], bucket, *self.key[5:], *self.key_end)
+            config = _CHOSEN.get(key)
+            if config is None:
+                _launch_autotuned(_autotuned_fused(*self.tuning), key, grid, args, self.meta, features)
+                config = _CHOSEN.get(key)
+                if config is None:  # a Triton that leaves no best_config behind: the autotuner every time
+                    return None
+            else:
+                _launch_config(kernels.fused_kernel, config, grid, args, self.meta)
+        else:
+            config = _default_config(_fused_configs(*self.tuning))
+            _launch_config(kernels.fused_kernel, config, grid, args, self.meta)
+        kwargs = {**self.meta, **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+        self.launches[bucket] = kwargs
+        return kwargs
+
+
+def planned_launch(head: str, features, params, baselines, benefit: str):
+    """A launcher of the fused kernel for calls shaped like this one (fastshap._call_plan), or None where such
+    calls take another path (the streaming kernel, or copies that make offsets fit 32 bits): they run
+    through :func:`shapley`. The arguments are those of a call that :func:`shapley` has just run."""
+    kind = head_kinds.get(head)
+    try:
+        _check_supported(features, params[kind.first_layer].shape[0])
+    except (ValueError, TypeError):
+        return None
+    per_sample = bool(baselines) and baselines[0].dim() == 2
+    weight = params[0]
+    if not uses_fused_kernel(head, len(features), weight.shape[0], per_sample) or _max_offset(weight) >= _OFFSET_LIMIT:
+        return None
+    if kind.code == _MLP and (_max_offset(params[2]) >= _OFFSET_LIMIT or not params[3].is_contiguous()):
+        return None
+    return _PlannedFused(head, kind.code, features, params, baselines, benefit)
+
+
 __all__ = [
     "shapley",
     "uses_fused_kernel",

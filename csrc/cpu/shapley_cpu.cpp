@@ -15,7 +15,11 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <tuple>
+#include <vector>
 
 namespace fastshap {
 namespace {
@@ -35,13 +39,55 @@ struct PhiSink {
 };
 
 // stats (4, n): batch sums of phi, counts of phi < 1, non-finite rows per modality, and in column 0 of row 3
-// the NaN rows of phi (labels outside [0, C), non-finite scores).
+// the NaN rows of phi (labels outside [0, C), non-finite scores). One pass over phi written straight into the
+// stats: at the batch sizes of a training step the ATen reductions this replaces (a dozen ops) cost more than
+// the whole coalition walk. The sums run in double over fixed chunks of rows, added in chunk order: the same
+// figures whatever the thread count.
 std::tuple<Tensor, Tensor> finish(const Tensor& phi, const Tensor& nonfinite) {
-  Tensor stats = at::zeros({4, phi.size(1)}, phi.options());
-  stats.select(0, 0).copy_(phi.sum(0));
-  stats.select(0, 1).copy_(phi.lt(1.0).sum(0));
-  stats.select(0, 2).copy_(nonfinite);
-  if (phi.size(1) > 0) stats.select(0, 3).select(0, 0).copy_(phi.isnan().any(1).sum());
+  const int64_t batch = phi.size(0), n = phi.size(1);
+  constexpr int64_t kRows = 4096;
+  struct Partial {
+    std::array<double, kMaxModalities> sum{};
+    std::array<int64_t, kMaxModalities> below{};
+    int64_t nan_rows = 0;
+  };
+  std::vector<Partial> partials(std::max<int64_t>(1, (batch + kRows - 1) / kRows));
+  const float* values = phi.data_ptr<float>();  // (B, n), contiguous: made by at::empty
+  at::parallel_for(0, static_cast<int64_t>(partials.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      Partial& part = partials[chunk];
+      for (int64_t b = chunk * kRows; b < std::min(batch, (chunk + 1) * kRows); ++b) {
+        bool nan_row = false;
+        for (int64_t i = 0; i < n; ++i) {
+          const float x = values[b * n + i];
+          part.sum[i] += x;
+          part.below[i] += x < 1.0f ? 1 : 0;
+          nan_row |= std::isnan(x);
+        }
+        part.nan_rows += nan_row ? 1 : 0;
+      }
+    }
+  });
+  std::array<double, kMaxModalities> sum{};
+  std::array<int64_t, kMaxModalities> below{};
+  int64_t nan_rows = 0;
+  for (const Partial& part : partials) {
+    for (int64_t i = 0; i < n; ++i) {
+      sum[i] += part.sum[i];
+      below[i] += part.below[i];
+    }
+    nan_rows += part.nan_rows;
+  }
+  Tensor stats = at::zeros({4, n}, phi.options());
+  float* out = stats.data_ptr<float>();
+  const Tensor counts = nonfinite.contiguous();
+  const float* bad = counts.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = static_cast<float>(sum[i]);
+    out[n + i] = static_cast<float>(below[i]);
+    out[2 * n + i] = bad[i];
+  }
+  out[3 * n] = static_cast<float>(nan_rows);
   return {phi, stats};
 }
 
