@@ -72,28 +72,8 @@ def triton_unavailable() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def triton_on_cpu():
-    """Inside: the Triton launch is stubbed (host_path.stubbed_launch) and backend="triton" accepts CPU tensors,
-    as it does under the interpreter."""
-    from fastshap import backends
-
-    triton = backends.TritonBackend
-    declines, unavailable = triton.declines, triton.unavailable
-
-    def declines_cpu(self, call):
-        return backends._kernel_declines(call, self.name, "cpu", self.dtypes)
-
-    with host_path.stubbed_launch():
-        triton.declines, triton.unavailable = declines_cpu, lambda self: None
-        try:
-            yield
-        finally:
-            triton.declines, triton.unavailable = declines, unavailable
-
-
 def calls(batch: int, n: int, providers=PROVIDERS) -> dict:
-    """{row name: zero-argument callable} of one case (the triton rows need triton_on_cpu())."""
+    """{row name: zero-argument callable} of one case (the triton rows need host_path.triton_on_cpu())."""
     import fastshap
 
     feats, head, labels = inputs(batch, n)
@@ -141,7 +121,7 @@ def measure(reps: int = 500, rounds: int = 5, batches=BATCHES, modalities=MODALI
     """[(batch, n, {row: µs})] for every case; rows that cannot run here are left out."""
     skip = triton_unavailable()
     wanted = [p for p in providers if not (skip and p.startswith("triton"))]
-    stub = triton_on_cpu() if any(p.startswith("triton") for p in wanted) else contextlib.nullcontext()
+    stub = host_path.triton_on_cpu() if any(p.startswith("triton") for p in wanted) else contextlib.nullcontext()
     out = []
     with stub:
         for n in modalities:

@@ -17,6 +17,7 @@ Run without TRITON_INTERPRET (the rows use the GPU launch path).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -113,11 +114,31 @@ def stubbed_launch():
             tuner.__dict__.pop("best_config", None)
 
 
+@contextlib.contextmanager
+def triton_on_cpu():
+    """stubbed_launch(), and backend="triton" accepting CPU tensors (as under the interpreter): the API's own
+    selection picks it. Yields the Launches."""
+    from fastshap import backends
+
+    triton = backends.TritonBackend
+    declines, unavailable = triton.declines, triton.unavailable
+
+    def declines_cpu(self, call):
+        return backends._kernel_declines(call, self.name, "cpu", self.dtypes)
+
+    with stubbed_launch() as launches:
+        triton.declines, triton.unavailable = declines_cpu, lambda self: None
+        try:
+            yield launches
+        finally:
+            triton.declines, triton.unavailable = declines, unavailable
+
+
 def rows() -> list:
     """[(name, zero-argument callable)]: B = 8, n = 2, d = 16, C = 4 on CPU tensors. The Triton rows need
-    stubbed_launch()."""
+    triton_on_cpu()."""
     import fastshap
-    from fastshap import backends, heads
+    from fastshap import heads
     from fastshap import triton_shapley as ts
 
     g = torch.Generator().manual_seed(0)
@@ -126,29 +147,144 @@ def rows() -> list:
     head = heads.ConcatLinear(list(DIMS), CLASSES)
     weight, bias = head.fc.weight.detach(), head.fc.bias.detach()
     deferred = fastshap.DeferredChecks()
-    triton_backend = backends.BACKENDS["triton"]
-
-    def as_triton(fn):  # the API, with backend selection answering "triton" for CPU tensors
-        def run():
-            select = backends.select
-            backends.select = lambda name, call: triton_backend
-            try:
-                return fn()
-            finally:
-                backends.select = select
-
-        return run
-
     calls = [
         lambda: head.fc(torch.cat(feats, 1)),
         lambda: torch.ops.fastshap.shapley(feats, "concat", [weight, bias], [], labels, "paper"),
         lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp"),
         lambda: fastshap.modality_shapley(feats, head, labels, backend="cpp", defer_checks=deferred),
         lambda: ts.shapley(feats, "concat", [weight, bias], [], labels, "paper"),
-        as_triton(lambda: fastshap.modality_shapley(feats, head, labels)),
-        as_triton(lambda: fastshap.modality_shapley(feats, head, labels, defer_checks=deferred)),
+        lambda: fastshap.modality_shapley(feats, head, labels, backend="triton"),
+        lambda: fastshap.modality_shapley(feats, head, labels, backend="triton", defer_checks=deferred),
     ]
     return list(zip(NAMES, calls, strict=True))
+
+
+#: ATen ops that launch nothing on a GPU: allocations, views and metadata.
+NO_LAUNCH = {
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::empty_like",
+    "aten::view",
+    "aten::as_strided",
+    "aten::slice",
+    "aten::select",
+    "aten::narrow",
+    "aten::t",
+    "aten::transpose",
+    "aten::expand",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::alias",
+    "aten::detach",
+    "aten::lift_fresh",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::_reshape_alias",
+    "aten::reshape",
+    "aten::unbind",
+}
+
+
+#: ATen ops that return their input unchanged when it needs no conversion (then they call nothing).
+NO_OP_UNLESS_COPYING = {"aten::to", "aten::contiguous", "aten::type_as"}
+
+
+def count_launches(fn, launches: Launches) -> dict:
+    """What one call of `fn` launches on a GPU, counted on CPU tensors: Triton kernels (stubbed: `launches`),
+    the torch ops the Python around the op runs (profiled ATen ops that are leaves and not views or
+    allocations; what the compiled op does inside is the op's own, see docs/benchmarks.md), the deferred
+    checks' add in C++ (fastshap._C.add_counts: one add on a GPU) and device-to-host reads of the value
+    checks through fastshap._C.stats_bad (the full path reads them with `tolist`, which a CPU run does not
+    show: see the docs). Each torch op counts once, as the outermost ATen op the Python code called."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        from fastshap import _call_plan
+    except ImportError:  # a tree without call plans
+        _call_plan = None
+    native = getattr(_call_plan, "NATIVE", None)
+    counted = {"add_counts": 0, "stats_bad": 0}
+    originals = {}
+    if native is not None:
+        for name in counted:
+            original = getattr(native, name)
+            originals[name] = original
+
+            def wrapper(*args, _name=name, _original=original):
+                counted[_name] += 1
+                return _original(*args)
+
+            setattr(native, name, wrapper)
+    before = launches.count
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+    finally:
+        for name, original in originals.items():
+            setattr(native, name, original)
+
+    def inside_op(event):
+        while event is not None:
+            if event.name in ("fastshap::shapley", "fastshap_triton::shapley"):
+                return event.name == "fastshap::shapley"
+            event = event.cpu_parent
+        return False
+
+    def outermost(event):  # no ATen op above it: what the Python code called
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return False
+            parent = parent.cpu_parent
+        return True
+
+    torch_ops = sorted(
+        e.name
+        for e in prof.events()
+        if e.name.startswith("aten::")
+        and outermost(e)
+        and not inside_op(e)
+        and e.name not in NO_LAUNCH
+        and not (e.name in NO_OP_UNLESS_COPYING and not e.cpu_children)
+    )
+    return {
+        "triton": launches.count - before,
+        "torch": len(torch_ops),
+        "torch_ops": torch_ops,
+        "add_counts": counted["add_counts"],
+        "reads": counted["stats_bad"],
+    }
+
+
+def launch_counts() -> dict:
+    """{path: count_launches(...)} for the planned and the full path of the cpp and triton backends, checked
+    and with defer_checks (B = 8, n = 2). The full path is a call with no plan (plans cleared before it)."""
+    import fastshap
+    from fastshap import heads
+
+    try:
+        from fastshap import _call_plan
+    except ImportError:
+        _call_plan = None
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(BATCH, d, generator=g) for d in DIMS]
+    labels = torch.randint(0, CLASSES, (BATCH,), generator=g)
+    head = heads.ConcatLinear(list(DIMS), CLASSES)
+    out = {}
+    with triton_on_cpu() as launches:
+        for backend in ("cpp", "triton"):
+            for mode in ("checked", "defer_checks"):
+                deferred = fastshap.DeferredChecks() if mode == "defer_checks" else None
+
+                def call(backend=backend, deferred=deferred):
+                    return fastshap.modality_shapley(feats, head, labels, backend=backend, defer_checks=deferred)
+
+                for path in ("full", "planned"):
+                    call()  # leaves the plan, the autotuner's choice and the deferred counters behind
+                    if path == "full" and _call_plan is not None:
+                        _call_plan.PLANS.clear()
+                    out[f"{backend}, {mode}, {path} path"] = count_launches(call, launches)
+    return out
 
 
 def _best_us(fn, reps: int = 2000, rounds: int = 7) -> float:
@@ -163,12 +299,16 @@ def _best_us(fn, reps: int = 2000, rounds: int = 7) -> float:
     return best * 1e6
 
 
-def main() -> int:
+def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("run without TRITON_INTERPRET=1", file=sys.stderr)
         return 2
+    argv = sys.argv[1:] if argv is None else argv
+    if "--launches" in argv:  # JSON: what each path launches on a GPU (tests/op/test_call_plan.py reads it)
+        print(json.dumps(launch_counts(), indent=1))
+        return 0
     torch.set_num_threads(1)
-    with stubbed_launch(), torch.no_grad():
+    with triton_on_cpu(), torch.no_grad():
         print(f"host time per call, B = {BATCH}, n = 2, d = 16, C = 4 (torch {torch.__version__}, 1 thread)\n")
         print("| path | µs / call |\n|---|---|")
         for name, fn in rows():

@@ -45,6 +45,8 @@ PLANS: dict = {}
 #: again (calls that differ every time would pay for a plan per call).
 _STRIKES: dict = {}
 _MAX_STRIKES = 3
+#: ids of the heads with a finaliser that forgets their plans and strikes.
+_WATCHED: set = set()
 _BACKENDS = ("cpp", "cuda", "triton", "torch")
 _STRIDED = torch.strided
 
@@ -181,24 +183,29 @@ def lookup(head, backend, benefit, baselines):
 
 def remember(head, backend: str, benefit: str, spec, chosen, features, labels, baselines) -> None:
     """After a checked call that ran `chosen` for `spec` on these arguments (as the caller gave them): a plan
-    for the next such call, when one can be made."""
+    for the next such call, when one can be made. A call that cannot be planned (traced, other argument
+    types) leaves the plan of earlier calls in place: it still serves calls like theirs."""
     key = (id(head), backend, benefit, baselines is None)
     if spec.kind not in head_kinds.KINDS or chosen.name not in _BACKENDS or _STRIKES.get(key, 0) >= _MAX_STRIKES:
+        return
+    plan = _make(head, key, spec, chosen, features, labels, baselines)
+    if plan is None:
         return
     old = PLANS.get(key)
     if old is not None and old.hits == 0:  # replaced before any call used it: calls that keep changing
         _STRIKES[key] = _STRIKES.get(key, 0) + 1
-    plan = _make(head, key, spec, chosen, features, labels, baselines)
-    if plan is None or _STRIKES.get(key, 0) >= _MAX_STRIKES:
-        PLANS.pop(key, None)
-        return
-    if not any(k[0] == key[0] for k in PLANS) and key not in _STRIKES:
+        if _STRIKES[key] >= _MAX_STRIKES:
+            del PLANS[key]
+            return
+    if key[0] not in _WATCHED:
+        _WATCHED.add(key[0])
         weakref.finalize(head, _forget, key[0])
     PLANS[key] = plan
 
 
 def _forget(head_id: int) -> None:
     """The head is gone: so are its plans (a later object may reuse its id)."""
+    _WATCHED.discard(head_id)
     for table in (PLANS, _STRIKES):
         for key in [k for k in table if k[0] == head_id]:
             del table[key]

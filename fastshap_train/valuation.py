@@ -17,11 +17,15 @@
 
 Both modes pass a :class:`fastshap.DeferredChecks` to the op, so that no call waits on the GPU for its
 value checks; the checks are read once, where the pass or the epoch ends (a sync point anyway).
+
+Per call nothing is done besides the op: the features go in as the forward left them (the op runs without
+gradients and with autocast off by itself), so every call after the first takes fastshap's planned path
+(the same head, widths, dtype and options each step; fastshap/_call_plan.py). What the online update adds
+per step is one index write into the table.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
@@ -60,22 +64,20 @@ class Valuator:
         return base
 
     def value_batch(self, features, labels, baselines=None) -> torch.Tensor:
-        """One op call: features n x (B, d_i) -> phi (B, n) on their device."""
+        """One op call: features n x (B, d_i) -> phi (B, n) on their device (without gradients, in the op's
+        own fp32 / fp64 arithmetic whatever autocast is on: the op sees to both)."""
         self.calls += 1
         start = time.perf_counter()
-        device_type = features[0].device.type
-        # The op runs its own (fp32 / fp64) arithmetic; autocast must not lower it.
-        ctx = torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else contextlib.nullcontext()
-        with ctx:
-            phi = fastshap.modality_shapley(
-                [f.detach() for f in features],
-                self.t.method.valuation_head(),
-                labels,
-                baselines=baselines,
-                benefit=self.t.cfg.benefit,
-                backend=self.t.cfg.backend,
-                defer_checks=self.checks,
-            )
+        cfg = self.t.cfg
+        phi = fastshap.modality_shapley(
+            features,
+            self.t.method.valuation_head(),
+            labels,
+            baselines=baselines,
+            benefit=cfg.benefit,
+            backend=cfg.backend,
+            defer_checks=self.checks,
+        )
         self.op_seconds += time.perf_counter() - start
         return phi
 
@@ -132,13 +134,14 @@ class Valuator:
     def online_update(self, out, batch: dict) -> None:
         start = time.perf_counter()
         phi = self.value_batch(out.raw_features, batch["label"], self.baselines)
-        sink = self.table.shape[0] - 1
         original = batch["mask"] == 0
         if not self.records_removals:
             original &= batch["keep"] == self.t.plan.full
-        rows = torch.where(original, batch["index"], torch.full_like(batch["index"], sink))
-        # Index writes, no boolean selection: no host-device synchronisation in the training step.
-        self.table[rows] = phi.to(self.table.dtype)
+        # One index write, no boolean selection (no host-device synchronisation in the training step): rows
+        # that are not recorded go to the table's last row. index_copy_ is deterministic where the run asks
+        # for it, and cheaper than an indexed assignment.
+        rows = torch.where(original, batch["index"], self.table.shape[0] - 1)
+        self.table.index_copy_(0, rows, phi)
         self.seconds += time.perf_counter() - start
 
     def online_finish(self, indices: torch.Tensor) -> Values:
