@@ -668,13 +668,19 @@ class _PlannedFused:
         )
         bias_rs, bias_cs = (bias.stride(0), bias.stride(1)) if bias.dim() == 2 else (0, bias.stride(0))
         second = [weight2, weight2.stride(0), weight2.stride(1), bias2] if code == _MLP else [None] * 4
-        # The live parameter tensors (their values are read at launch) and their strides (planned); decision
-        # fusion's are packed anew for every call.
-        self.params = [weight, weight.stride(0), weight.stride(1), bias, bias_rs, bias_cs, *second]
+        # The launch's argument list (_fused_plan's order) with every entry that is the same for each call of
+        # the plan filled in: the unused modality slots, the widths, the baselines' slots when there are none,
+        # the live parameter tensors (their values are read at launch) and their strides, K and C. A call
+        # copies it and fills in its tensors, strides and batch (decision fusion's parameters are packed anew
+        # for every call).
+        m, none = MAX_FUSED, [None] * MAX_FUSED
+        head_args = [weight, weight.stride(0), weight.stride(1), bias, bias_rs, bias_cs, *second]
+        self.template = [*none, *none, *none, *self.dims, *none[n:], *none, *none, *none, *head_args]
+        self.template += [None, None, None, None, None, self.k, self.c, None]
+        self.head_at = 7 * m  # where head_args start
         self.packed = code == _DECISION
-        self.none = [None] * (MAX_FUSED - n)
-        self.widths = [*self.dims, *self.none]
-        self.no_baselines = [None] * (3 * MAX_FUSED)
+        self.n_slots = (slice(0, n), slice(m, m + n), slice(2 * m, 2 * m + n))
+        self.base_slots = (slice(4 * m, 4 * m + n), slice(5 * m, 5 * m + n), slice(6 * m, 6 * m + n))
         second_dtypes = None if weight2 is None else (weight2.dtype, bias2.dtype)
         # _launch_fused's key of the autotuner's choice, but the batch size class
         self.key = ("fused", self.tuning, self.dims, self.k, self.c, code, benefit, f0.dtype, weight.dtype)
@@ -689,52 +695,38 @@ class _PlannedFused:
         batch = features[0].shape[0]
         phi = torch.empty(batch, n, dtype=torch.float32, device=device)
         stats = torch.zeros(4, n, dtype=torch.float64, device=device)
-        none = self.none
-        if self.base == 0:
-            bases = self.no_baselines
-        else:
-            rows = (b.stride(0) if self.base == 2 else 0 for b in baselines)
-            bases = [*baselines, *none, *rows, *none, *(b.stride(-1) for b in baselines), *none]
         bucket = _bucket(batch)
-        head_args = self.params
+        args = self.template.copy()
+        tensors, rows, columns = self.n_slots
+        args[tensors] = features
+        args[rows] = [f.stride(0) for f in features]
+        args[columns] = [f.stride(1) for f in features]
+        if self.base:
+            tensors, rows, columns = self.base_slots
+            args[tensors] = baselines
+            args[rows] = [b.stride(0) for b in baselines] if self.base == 2 else [0] * n
+            args[columns] = [b.stride(-1) for b in baselines]
         if self.packed:
             weight, bias = params
-            head_args = [
-                weight,
-                weight.stride(0),
-                weight.stride(1),
-                bias,
-                bias.stride(0),
-                bias.stride(1),
-                *head_args[6:],
-            ]
-        args = [
-            *features,
-            *none,
-            *(f.stride(0) for f in features),
-            *none,
-            *(f.stride(1) for f in features),
-            *none,
-            *self.widths,
-            *bases,
-            *head_args,
-            labels,
-            labels.stride(0),
-            phi,
-            stats,
-            batch,
-            self.k,
-            self.c,
-            bucket,
-        ]
-        guard = device.type == "cuda" and torch.cuda.current_device() != device.index
-        with torch.cuda.device(device) if guard else _no_guard():
-            kwargs = self.launches.get(bucket)
-            if kwargs is None:
-                kwargs = self._first(bucket, batch, args, features)
-            else:
-                _launch_direct(kernels.fused_kernel, (triton.cdiv(batch, kwargs["BLOCK_B"]),), args, kwargs)
+            at = self.head_at
+            args[at : at + 6] = [weight, weight.stride(0), weight.stride(1), bias, bias.stride(0), bias.stride(1)]
+        args[-8:-4] = [labels, labels.stride(0), phi, stats]
+        args[-4] = batch
+        args[-1] = bucket
+        kwargs = self.launches.get(bucket)
+        if device.type == "cuda" and torch.cuda.current_device() != device.index:
+            with torch.cuda.device(device):  # Triton launches on the current device
+                self._launch(kwargs, bucket, batch, args, features)
+        else:
+            self._launch(kwargs, bucket, batch, args, features)
         return phi, stats
+
+    def _launch(self, kwargs, bucket, batch, args, features):
+        if kwargs is None:
+            self._first(bucket, batch, args, features)
+        else:
+            block = kwargs["BLOCK_B"]
+            _launch_direct(kernels.fused_kernel, ((batch + block - 1) // block,), args, kwargs)
 
     def _first(self, bucket, batch, args, features):
         """The first launch of a batch size class: as _launch_fused launches it (the autotuner's first run, or
