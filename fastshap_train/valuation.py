@@ -21,7 +21,8 @@ value checks; the checks are read once, where the pass or the epoch ends (a sync
 Per call nothing is done besides the op: the features go in as the forward left them (the op runs without
 gradients and with autocast off by itself), so every call after the first takes fastshap's planned path
 (the same head, widths, dtype and options each step; fastshap/_call_plan.py). What the online update adds
-per step is one index write into the table.
+per step is one index write into the table, after a test of the rows' keep and mask in the epochs whose
+plan has rows that are not recorded.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader
 
 import fastshap
 from fastshap_train import distributed
-from fastshap_train.methods.base import Values
+from fastshap_train.methods.base import Method, Values
 
 
 class Valuator:
@@ -129,18 +130,29 @@ class Valuator:
         self.table = torch.full((size + 1, t.n), math.nan, device=t.device)
         start = time.perf_counter()
         self.baselines = self.compute_baselines()
+        # Which of the epoch's rows the steps must tell apart, decided once from its plan: rows with a data
+        # mask, and (unless removals are recorded) rows that keep fewer modalities. A method whose on_batch
+        # may rewrite a batch's rows is asked per batch.
+        plan, full = t.plan, t.plan.full
+        rewrites = type(t.method).on_batch is not Method.on_batch
+        self.test_mask = rewrites or bool((plan.mask != 0).any())
+        self.test_keep = not self.records_removals and (rewrites or bool((plan.keep != full).any()))
+        self.full = full
         self.seconds += time.perf_counter() - start
 
     def online_update(self, out, batch: dict) -> None:
         start = time.perf_counter()
         phi = self.value_batch(out.raw_features, batch["label"], self.baselines)
-        original = batch["mask"] == 0
-        if not self.records_removals:
-            original &= batch["keep"] == self.t.plan.full
         # One index write, no boolean selection (no host-device synchronisation in the training step): rows
         # that are not recorded go to the table's last row. index_copy_ is deterministic where the run asks
         # for it, and cheaper than an indexed assignment.
-        rows = torch.where(original, batch["index"], self.table.shape[0] - 1)
+        rows = batch["index"]
+        if self.test_mask or self.test_keep:
+            if self.test_mask and self.test_keep:
+                original = (batch["mask"] == 0) & (batch["keep"] == self.full)
+            else:
+                original = batch["mask"] == 0 if self.test_mask else batch["keep"] == self.full
+            rows = torch.where(original, rows, self.table.shape[0] - 1)
         self.table.index_copy_(0, rows, phi)
         self.seconds += time.perf_counter() - start
 
