@@ -375,7 +375,7 @@ class Trainer:
             if indices is not None:
                 values = self.value(torch.as_tensor(indices, dtype=torch.long))
             elif cfg.valuation == "online":
-                self.valuator.table = None
+                self.valuator.online_discard()
             valuation_s = self.valuator.seconds
             self.plan = self.method.next_plan(epoch, values)
 

@@ -20,9 +20,8 @@ value checks; the checks are read once, where the pass or the epoch ends (a sync
 
 Per call nothing is done besides the op: the features go in as the forward left them (the op runs without
 gradients and with autocast off by itself), so every call after the first takes fastshap's planned path
-(the same head, widths, dtype and options each step; fastshap/_call_plan.py). What the online update adds
-per step is one index write into the table, after a test of the rows' keep and mask in the epochs whose
-plan has rows that are not recorded.
+(the same head, widths, dtype and options each step; fastshap/_call_plan.py). The online update adds no op
+per step: its values go into the table in one index write when the epoch ends.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ class Valuator:
     def __init__(self, trainer):
         self.t = trainer
         self.table: torch.Tensor | None = None
+        self.steps: list = []  # online: each step's (phi, index, keep, mask) until the epoch's table is written
         self.baselines: list | None = None
         self.seconds = 0.0  # time spent valuing in the current epoch
         self.calls = 0  # op calls in the current epoch
@@ -130,35 +130,48 @@ class Valuator:
         self.table = torch.full((size + 1, t.n), math.nan, device=t.device)
         start = time.perf_counter()
         self.baselines = self.compute_baselines()
-        # Which of the epoch's rows the steps must tell apart, decided once from its plan: rows with a data
-        # mask, and (unless removals are recorded) rows that keep fewer modalities. A method whose on_batch
-        # may rewrite a batch's rows is asked per batch.
+        # Which of the epoch's rows must be told apart from the recorded ones, decided once from its plan:
+        # rows with a data mask, and (unless removals are recorded) rows that keep fewer modalities. A method
+        # whose on_batch may rewrite a batch's rows has every batch's rows tested.
         plan, full = t.plan, t.plan.full
         rewrites = type(t.method).on_batch is not Method.on_batch
         self.test_mask = rewrites or bool((plan.mask != 0).any())
         self.test_keep = not self.records_removals and (rewrites or bool((plan.keep != full).any()))
         self.full = full
+        self.steps = []
         self.seconds += time.perf_counter() - start
 
     def online_update(self, out, batch: dict) -> None:
+        """Values the step's batch. The values and the rows they belong to are kept as they are (references,
+        no op: the first ops after a training step pay for its cold caches) and written into the table in one
+        go when the epoch ends."""
         start = time.perf_counter()
         phi = self.value_batch(out.raw_features, batch["label"], self.baselines)
-        # One index write, no boolean selection (no host-device synchronisation in the training step): rows
-        # that are not recorded go to the table's last row. index_copy_ is deterministic where the run asks
-        # for it, and cheaper than an indexed assignment.
-        rows = batch["index"]
-        if self.test_mask or self.test_keep:
-            if self.test_mask and self.test_keep:
-                original = (batch["mask"] == 0) & (batch["keep"] == self.full)
-            else:
-                original = batch["mask"] == 0 if self.test_mask else batch["keep"] == self.full
+        keep = batch["keep"] if self.test_keep else None
+        self.steps.append((phi, batch["index"], keep, batch["mask"] if self.test_mask else None))
+        self.seconds += time.perf_counter() - start
+
+    def _write_steps(self) -> None:
+        """The epoch's values into the table: one index write, no boolean selection (no host-device
+        synchronisation), rows that are not recorded sent to the table's last row. A sample is recorded at
+        most once per epoch (copies and altered rows are not), so the order of the writes does not matter."""
+        steps, self.steps = self.steps, []
+        if not steps:
+            return
+        phi, rows, keep, mask = (torch.cat(column) if column[0] is not None else None for column in zip(*steps))
+        original = None
+        if mask is not None:
+            original = mask == 0
+        if keep is not None:
+            original = keep == self.full if original is None else original & (keep == self.full)
+        if original is not None:
             rows = torch.where(original, rows, self.table.shape[0] - 1)
         self.table.index_copy_(0, rows, phi)
-        self.seconds += time.perf_counter() - start
 
     def online_finish(self, indices: torch.Tensor) -> Values:
         """The epoch's table gathered over ranks, restricted to `indices`."""
         start = time.perf_counter()
+        self._write_steps()
         table = self.table[:-1].float().cpu()
         self.raise_checks()
         seen = ~torch.isnan(table).any(1)
@@ -166,6 +179,10 @@ class Valuator:
         self.table = None
         self.seconds += time.perf_counter() - start
         return _in_order(indices, index, phi, table.shape[0])
+
+    def online_discard(self) -> None:
+        """The epoch's values are not asked for: the table and the steps' values go."""
+        self.table, self.steps = None, []
 
     def reset_epoch(self) -> None:
         self.seconds = 0.0
