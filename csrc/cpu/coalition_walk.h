@@ -148,7 +148,7 @@ void additive_values(const ProblemShape& p, const Tensor& weight, const Tensor& 
     absent = at::softmax((absent.defined() ? absent : at::zeros({p.n, 1, K}, b.options())).add(b), -1);
     start = at::zeros({K}, present.options());
   } else {
-    start = bias.to(ct).contiguous();
+    start = (bias.scalar_type() == ct ? bias : bias.to(ct)).contiguous();
   }
   AT_DISPATCH_FLOATING_TYPES(present.scalar_type(), "fastshap_additive_cpu", [&] {
     const auto walk = make_walk<scalar_t>(p.n, K, p.batch, start, present, absent);

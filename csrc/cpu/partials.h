@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 
@@ -28,10 +29,19 @@ inline at::ScalarType compute_type(const Tensor& features0) {
 }
 
 // `weight` (K, D) in dtype ct with its output rows padded by zero rows to gemm_width(K) (shapley.h: the
-// torch backend pads alike, so both run the same GEMMs), and that width.
+// torch backend pads alike, so both run the same GEMMs), and that width. A contiguous weight of dtype ct is
+// copied into one allocation: at the batch sizes of a training step each ATen call here costs about as much
+// as a GEMM.
 inline Tensor padded_weight(const Tensor& weight, at::ScalarType ct) {
   const int64_t K = weight.size(0), width = gemm_width(K);
-  Tensor w = weight.to(ct);
+  if (width != K && weight.scalar_type() == ct && weight.is_contiguous()) {
+    Tensor w = at::empty({width, weight.size(1)}, weight.options());
+    const int64_t bytes = weight.numel() * weight.element_size();
+    std::memcpy(w.data_ptr(), weight.data_ptr(), bytes);
+    std::memset(static_cast<char*>(w.data_ptr()) + bytes, 0, (width - K) * weight.size(1) * weight.element_size());
+    return w;
+  }
+  Tensor w = weight.scalar_type() == ct ? weight : weight.to(ct);
   return width == K ? w : at::cat({w, at::zeros({width - K, w.size(1)}, w.options())});
 }
 
@@ -42,10 +52,13 @@ inline Tensor partial_products(at::TensorList xs, const Tensor& weight, const Pr
   const Tensor w = padded_weight(weight, ct);
   Tensor out = at::empty({p.n, rows, w.size(0)}, weight.options().dtype(ct));
   for (int64_t i = 0; i < p.n; ++i) {
-    Tensor x = xs[i].to(ct);
+    Tensor x = xs[i].scalar_type() == ct ? xs[i] : xs[i].to(ct);
     if (x.dim() == 1) x = x.unsqueeze(0);
     Tensor dst = out.select(0, i);
-    at::mm_out(dst, x, w.narrow(1, p.offsets[i], p.dims[i]).t());
+    // w.narrow(1, offset, d).t() as one view
+    const Tensor wt = w.as_strided({p.dims[i], w.size(0)}, {w.stride(1), w.stride(0)},
+                                   w.storage_offset() + p.offsets[i] * w.stride(1));
+    at::mm_out(dst, x, wt);
   }
   return out.narrow(2, 0, weight.size(0));
 }
@@ -58,7 +71,7 @@ inline Tensor count_nonfinite(const Tensor& partials) {
   const int64_t n = partials.size(0), rows = partials.size(1), K = partials.size(2);
   const int64_t s0 = partials.stride(0), s1 = partials.stride(1);
   TORCH_INTERNAL_ASSERT(K <= 1 || partials.stride(2) == 1);
-  Tensor counts = at::zeros({n}, partials.options().dtype(at::kFloat));
+  Tensor counts = at::empty({n}, partials.options().dtype(at::kFloat));  // every entry is written below
   float* out = counts.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES(partials.scalar_type(), "fastshap_count_nonfinite", [&] {
     const scalar_t* data = partials.data_ptr<scalar_t>();

@@ -78,8 +78,9 @@ std::tuple<Tensor, Tensor> finish(const Tensor& phi, const Tensor& nonfinite) {
     }
     nan_rows += part.nan_rows;
   }
-  Tensor stats = at::zeros({4, n}, phi.options());
+  Tensor stats = at::empty({4, n}, phi.options());
   float* out = stats.data_ptr<float>();
+  std::fill_n(out, 4 * n, 0.0f);
   const Tensor counts = nonfinite.contiguous();
   const float* bad = counts.data_ptr<float>();
   for (int64_t i = 0; i < n; ++i) {
