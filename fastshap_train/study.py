@@ -20,8 +20,10 @@ After training, each run measures with its final model, the same way for every a
   split: how much of its modality the encoder learnt, whatever the head does with it;
 * ``alone_acc_<i>``: the fused head's accuracy with only modality i kept (the others removed as in
   training): what the valuation's v({i}) sees;
+* ``probe_fused_acc``: the same probe on all encoders' features concatenated: what a head refit on the
+  frozen encoders could reach (against ``test_acc``: whether a loss lies in the encoders or in the head);
 * ``phi_<i>``: mean phi of modality i over the training split (the trainer's own valuation pass),
-  and ``phi_gap`` = ``phi_0 - phi_1``;
+  and ``phi_gap`` = ``phi_0 - phi_1``; ``phi_test_<i>`` and ``phi_gap_test`` the same over the test split;
 * ``copy_loss_<split>_<i>``: cross-entropy of the head with only modality i kept, on the training and the
   test split: the loss of the copies the re-sampling methods add, and how it generalises;
 * on synthetic data, where the generator knows which modality carries the label in each sample:
@@ -280,14 +282,37 @@ def diagnostics(trainer) -> dict:
                 if carries[split] is not None:
                     noise = ~carries[split][:, i]
                     out[f"noise_copy_loss_{split}_{i}"] = float(loss[noise].mean()) if noise.any() else math.nan
+        # all encoders' features together: what a head trained on the frozen encoders alone could reach
+        probe = linear_probe(
+            torch.cat(train["features"], 1),
+            train["labels"],
+            torch.cat(test["features"], 1),
+            trainer.train_set.num_classes,
+        )
+        out["probe_fused_acc"] = float((probe == test["labels"]).double().mean())
         values = trainer.valuator.run_pass(trainer.train_indices)
-        phi = values.phi.double()
-        for i in range(n):
-            out[f"phi_{i}"] = float(torch.nanmean(phi[:, i]))
-        out["phi_gap"] = out["phi_0"] - out["phi_1"] if n > 1 else math.nan
+        phi = {"": values.phi.double(), "test_": _test_phi(trainer, test, baselines)}
+        for split, table in phi.items():
+            for i in range(n):
+                out[f"phi_{split}{i}"] = float(torch.nanmean(table[:, i]))
+            out[f"phi_gap{'_test' if split else ''}"] = (
+                out[f"phi_{split}0"] - out[f"phi_{split}1"] if n > 1 else math.nan
+            )
         return out
     finally:
         core.train(was_training)
+
+
+@torch.no_grad()
+def _test_phi(trainer, encoded: dict, baselines) -> torch.Tensor:
+    """phi (N, n) of the test samples, valued as the trainer values the training samples."""
+    device, size = trainer.device, 2 * trainer.per_rank_batch
+    out = []
+    for start in range(0, len(encoded["labels"]), size):
+        feats = [f[start : start + size].to(device) for f in encoded["features"]]
+        out.append(trainer.valuator.value_batch(feats, encoded["labels"][start : start + size].to(device), baselines))
+    trainer.valuator.raise_checks()
+    return torch.cat(out).double().cpu()
 
 
 def _splits(trainer):
@@ -660,10 +685,11 @@ def markdown(summary: list, settings: list, arms: list, seeds: int, quick: bool,
         "",
         "## Diagnostics (means over seeds)",
         "",
-        "probe i: linear-probe test accuracy (%) on encoder i's frozen features; alone i: the fused head's test "
-        "accuracy (%) with only modality i; phi gap: mean phi_0 - mean phi_1 over the training split (final "
-        "model); copy loss: the head's cross-entropy with only modality 1 kept, training / test split (on "
-        "synthetic data: over the samples where modality 1 is pure noise, when there are any); train loss: the "
+        "probe fused / i: linear-probe test accuracy (%) on all encoders' / encoder i's frozen features; alone i: "
+        "the fused head's test accuracy (%) with only modality i; phi gap: mean phi_0 - mean phi_1 over the "
+        "training / test split (final model); copy loss: the head's cross-entropy with only modality 1 kept, "
+        "training / test split (on synthetic data: over the samples where modality 1 is pure noise, when there "
+        "are any); train loss: the "
         "last epoch's, over the plan's rows (copies included); rows: training rows per epoch over the originals "
         "(the optimizer steps the copies add). ln(10) = 2.30 is chance for 10 classes.",
         "",
@@ -671,22 +697,24 @@ def markdown(summary: list, settings: list, arms: list, seeds: int, quick: bool,
     for s in settings:
         lines += [f"### {s.name}", ""]
         lines += [
-            "| arm | test | probe 0 | probe 1 | probe 1 (signal) | alone 0 | alone 1 | phi gap | copy loss 1 "
-            "train / test | train loss | rows |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| arm | test | probe fused | probe 0 | probe 1 | probe 1 (signal) | alone 0 | alone 1 | phi gap "
+            "train / test | copy loss 1 train / test | train loss | rows |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for a in arms:
             c = cell.get((s.name, a.name))
             if c is None or c["status"] != "ok":
-                lines.append(f"| {a.display} | {c['status'] if c else '–'} |" + " |" * 10)
+                lines.append(f"| {a.display} | {c['status'] if c else '–'} |" + " |" * 11)
                 continue
             noise = "noise_copy_loss_train_1_mean"
             key = "noise_copy_loss" if math.isfinite(c.get(noise, math.nan)) else "copy_loss"
             lines.append(
-                f"| {a.display} | {_pct(c['test_acc_mean'])} | {_pct(c.get('probe_acc_0_mean'), 1)} | "
+                f"| {a.display} | {_pct(c['test_acc_mean'])} | {_pct(c.get('probe_fused_acc_mean'), 1)} | "
+                f"{_pct(c.get('probe_acc_0_mean'), 1)} | "
                 f"{_pct(c.get('probe_acc_1_mean'), 1)} | {_pct(c.get('probe_signal_acc_1_mean', math.nan), 1)} | "
                 f"{_pct(c.get('alone_acc_0_mean'), 1)} | {_pct(c.get('alone_acc_1_mean'), 1)} | "
-                f"{_num_text(c.get('phi_gap_mean'))} | {_num_text(c.get(key + '_train_1_mean'))} / "
+                f"{_num_text(c.get('phi_gap_mean'), 2)} / {_num_text(c.get('phi_gap_test_mean'), 2)} | "
+                f"{_num_text(c.get(key + '_train_1_mean'))} / "
                 f"{_num_text(c.get(key + '_test_1_mean'))} | {_num_text(c.get('train_loss_mean'))} | "
                 f"{_num_text(c.get('rows_ratio_mean'), 2)} |"
             )
@@ -750,7 +778,7 @@ def _figure(settings: list, height=3.2):
 
     cols = min(3, len(settings))
     rows = math.ceil(len(settings) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height * rows), dpi=72, squeeze=False)
     for ax in axes.flat[len(settings) :]:
         ax.axis("off")
     return plt, fig, axes.flat

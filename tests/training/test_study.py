@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
+import fastshap
 from fastshap_train import study
 from fastshap_train.data import build_dataset
 from fastshap_train.data.base import DataOptionError
@@ -65,6 +66,7 @@ def test_quick_study_writes_its_tables(tmp_path, capsys):
         # efficiency: phi_0 + phi_1 = mean v(N) = 2 x the fused training accuracy, so within [0, 2]
         assert 0 <= float(r["phi_0"]) + float(r["phi_1"]) <= 2
         assert float(r["phi_gap"]) == pytest.approx(float(r["phi_0"]) - float(r["phi_1"]), abs=1e-5)
+        assert 0 <= float(r["phi_test_0"]) + float(r["phi_test_1"]) <= 2 and 0 <= float(r["probe_fused_acc"]) <= 1
         # modality 1 carries the label in every sample of this regime: no pure-noise copies to measure
         assert r["noise_copy_loss_train_1"] == "nan"
     ratio = {r["arm"]: float(r["rows_ratio"]) for r in runs}
@@ -231,6 +233,14 @@ def test_measures_match_the_models_own_removal(tmp_path, removal):
                 assert out[f"noise_copy_loss_test_{i}"] == pytest.approx(float(loss[noise].mean()), rel=1e-5)
         values = trainer.valuator.run_pass(trainer.train_indices)
         assert out["phi_0"] == pytest.approx(float(values.phi[:, 0].double().mean()), abs=1e-6)
+        with torch.no_grad():
+            phi = fastshap.modality_shapley(
+                core.encode(batch), core.head, labels, baselines=trainer.valuator.compute_baselines()
+            )
+        for i in range(trainer.n):
+            assert out[f"phi_test_{i}"] == pytest.approx(float(phi[:, i].double().mean()), abs=1e-6)
+        assert out["phi_gap_test"] == pytest.approx(out["phi_test_0"] - out["phi_test_1"], abs=1e-9)
+        assert 0 <= out["probe_fused_acc"] <= 1
     finally:
         trainer.close()
 
