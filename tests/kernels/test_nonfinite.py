@@ -103,12 +103,12 @@ def test_a_class_switched_off_by_a_minus_inf_decision_bias_is_no_error(backend, 
 def test_non_finite_parameters_raise_or_are_deferred(name):
     feats, labels = make_call()
     head = spoiled_head(name)
-    with pytest.raises(ValueError, match="the head parameters hold NaN or Inf values"):
+    with pytest.raises(ValueError, match="head parameters.*NaN or Inf"):
         fastshap.modality_shapley(feats, head, labels)
     checks = fastshap.DeferredChecks()
     phi = fastshap.modality_shapley(feats, head, labels, defer_checks=checks)
     assert torch.isnan(phi).all()
-    with pytest.raises(ValueError, match=f"{BATCH} phi rows are NaN"):
+    with pytest.raises(ValueError, match=f"{BATCH} phi rows"):
         checks.raise_if_any()
 
 
@@ -132,7 +132,7 @@ def test_parameters_spoiled_without_a_version_bump_are_caught(how):
         head.fc.weight.grad = torch.zeros_like(head.fc.weight)
         optimizer.step()
         assert torch.isnan(head.fc.bias).all()
-    with pytest.raises(ValueError, match="the head parameters hold NaN or Inf values"):
+    with pytest.raises(ValueError, match="head parameters.*NaN or Inf"):
         fastshap.modality_shapley(feats, head, labels)
 
 
@@ -175,7 +175,7 @@ def test_scores_that_overflow_give_nan_rows_in_every_backend(backend, kind, bene
 def test_scores_that_overflow_raise_with_the_cause(kind):
     feats, head, labels = _overflow_call(kind)
     what = "hidden pre-activations or logits" if kind == "mlp" else "logits"
-    with pytest.raises(ValueError, match=f"the coalitions' {what} overflow float32 for 1 samples"):
+    with pytest.raises(ValueError, match=f"{what} overflow float32 for 1 sample"):
         fastshap.modality_shapley(feats, head, labels)
 
 

@@ -224,7 +224,7 @@ def test_offsets_that_would_wrap_32_bits_are_copied_or_refused():
     copied = triton_shapley._with_32bit_offsets("weight", strided)
     assert copied.is_contiguous() and triton_shapley._max_offset(copied) == 11
     huge = torch.empty(2**16, 2**15 + 1, device="meta")
-    with pytest.raises(ValueError, match="indexes the head's weight2 with 32-bit offsets.*backend='cuda' or 'torch'"):
+    with pytest.raises(ValueError, match="weight2.*32-bit offsets"):
         triton_shapley._with_32bit_offsets("weight2", huge)
     small = torch.empty(5, 7, device="meta")
     assert triton_shapley._with_32bit_offsets("weight", small) is small

@@ -389,3 +389,23 @@ def test_calls_that_change_every_time_stop_being_planned(checker):
         fastshap.modality_shapley([f.to(dtype) for f in feats], head, labels, backend="cpp")
     key = (id(head), "cpp", "paper", True)
     assert _call_plan._STRIKES[key] == _call_plan._MAX_STRIKES and key not in _call_plan.PLANS
+
+
+def test_a_compiled_head_is_planned_and_sees_its_module(checker, full_paths):
+    """torch.compile(head): the wrapper is the plan's head; its module's parameters are the ones read."""
+    g = torch.Generator().manual_seed(12)
+    head = _head("concat", g)
+    compiled = torch.compile(head, backend="eager")
+    feats, labels, _ = _inputs(g)
+    for _ in range(2):
+        fastshap.modality_shapley(feats, compiled, labels, backend="cpp")
+    assert full_paths["n"] == 1
+    with torch.no_grad():
+        head.fc.weight.mul_(-1)
+    got = fastshap.modality_shapley(feats, compiled, labels, backend="cpp")
+    assert full_paths["n"] == 1
+    assert torch.equal(got, _fresh(head, feats, labels, backend="torch"))  # _fresh takes the full path
+    head.fc = nn.Linear(sum(DIMS), CLASSES)  # the module's layer replaced under the wrapper
+    got = fastshap.modality_shapley(feats, compiled, labels, backend="cpp")
+    assert full_paths["n"] == 3
+    assert torch.equal(got, _fresh(head, feats, labels, backend="torch"))
