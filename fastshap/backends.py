@@ -108,7 +108,7 @@ class CppBackend(Backend):
 
 class CudaBackend(Backend):
     """The compiled CUDA kernels (csrc/cuda). Their first layer runs on CUDA-core FMAs (the CPU kernel's
-    bits) unless FASTSHAP_CUDA_TENSOR_CORES=1 puts it on tensor cores (README: the environment table)."""
+    bits) unless FASTSHAP_CUDA_TENSOR_CORES=1 puts it on tensor cores (docs/backends.md: the environment table)."""
 
     name = "cuda"
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
