@@ -25,9 +25,11 @@ def require(module: str, package: str, integration: str):
 class EpochResampler:
     """After epoch e (from ``warmup - 1`` on): phi of the training samples (:func:`value_dataset`, in eval
     mode, all-gathered under torch.distributed), ``plan_fn(phi)``, and ``dataset.set_plan`` for epoch e + 1.
+    Each framework's callback subclasses this (its arguments, ``history`` and ``phi`` are the callback's) and
+    calls :meth:`after_epoch` from its epoch-end hook.
 
     Args:
-        dataset: the :class:`ResampledDataset` the framework trains on (its ``dataset`` is valued).
+        train_dataset: the :class:`ResampledDataset` the framework trains on (its ``dataset`` is valued).
         features_fn: ``(model, batch) -> (features, labels)``: n tensors ``(B, d_i)`` and ``(B,)`` labels
             from a collated batch of the original items (on the model's device).
         head: the fusion head: an attribute name of the model (``"head"``) or ``model -> head``.
@@ -43,7 +45,7 @@ class EpochResampler:
 
     def __init__(
         self,
-        dataset: ResampledDataset,
+        train_dataset: ResampledDataset,
         features_fn: Callable,
         head: str | Callable = "head",
         *,
@@ -57,10 +59,10 @@ class EpochResampler:
         benefit: str = "paper",
         backend: str = "auto",
     ):
-        if not isinstance(dataset, ResampledDataset):
+        if not isinstance(train_dataset, ResampledDataset):
             raise TypeError(
                 f"fastshap: the callback takes the fastshap.resampling.ResampledDataset the trainer trains on, got "
-                f"{type(dataset).__name__}"
+                f"{type(train_dataset).__name__}"
             )
         if not callable(features_fn):
             raise TypeError("fastshap: features_fn must be a callable (model, batch) -> (features, labels)")
@@ -70,7 +72,7 @@ class EpochResampler:
             raise ValueError(f"fastshap: warmup must be an int >= 0, got {warmup!r}")
         if subset is not None and not 0 < subset <= 1:
             raise ValueError(f"fastshap: subset must be a share in (0, 1], got {subset!r}")
-        self.dataset = dataset
+        self.dataset = train_dataset
         self.features_fn = features_fn
         self.head = head
         self.plan_fn = plan_fn if plan_fn is not None else sample_level_plan

@@ -22,12 +22,10 @@ laid over ``max_rows`` rows per epoch: use a schedule that does not depend on th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-import torch
+from collections.abc import Callable
 
 from fastshap.integrations._core import EpochResampler, require
-from fastshap.resampling import Plan, ResampledDataset
+from fastshap.resampling import ResampledDataset
 
 transformers = require("transformers", "transformers and accelerate", "huggingface")
 require("accelerate", "transformers and accelerate", "huggingface")  # the Trainer's own dependency
@@ -35,7 +33,7 @@ require("accelerate", "transformers and accelerate", "huggingface")  # the Train
 __all__ = ["ResamplingCallback"]
 
 
-class ResamplingCallback(transformers.TrainerCallback):
+class ResamplingCallback(EpochResampler, transformers.TrainerCallback):
     """Value after each epoch and train the next epoch on the whole new plan.
 
     Args:
@@ -55,47 +53,17 @@ class ResamplingCallback(transformers.TrainerCallback):
         features_fn: Callable,
         head: str | Callable = "head",
         *,
-        plan_fn: Callable[[torch.Tensor], Plan] | None = None,
         max_rows: int | None = None,
-        warmup: int = 0,
-        subset: float | None = None,
-        seed: int = 0,
-        batch_size: int = 256,
-        collate_fn: Callable | None = None,
-        baselines: Sequence[torch.Tensor] | Callable | None = None,
-        benefit: str = "paper",
-        backend: str = "auto",
+        **options,
     ):
-        self.resampler = EpochResampler(
-            train_dataset,
-            features_fn,
-            head,
-            plan_fn=plan_fn,
-            warmup=warmup,
-            subset=subset,
-            seed=seed,
-            batch_size=batch_size,
-            collate_fn=collate_fn,
-            baselines=baselines,
-            benefit=benefit,
-            backend=backend,
-        )
+        super().__init__(train_dataset, features_fn, head, **options)
         samples = len(train_dataset.dataset)
         self.max_rows = samples * (1 + 3 * train_dataset.num_modalities) if max_rows is None else int(max_rows)
         if self.max_rows < len(train_dataset.plan):
             raise ValueError(f"fastshap: max_rows={self.max_rows} is below the plan's {len(train_dataset.plan)} rows")
-        self.dataset = train_dataset
         self.dataset.reserved_rows = self.max_rows  # read by the Trainer when train() starts
         self._epoch = 0
         self._batches = self._done = 0
-
-    @property
-    def history(self) -> list:
-        return self.resampler.history
-
-    @property
-    def phi(self) -> torch.Tensor | None:
-        return self.resampler.phi
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.gradient_accumulation_steps != 1:
@@ -133,7 +101,7 @@ class ResamplingCallback(transformers.TrainerCallback):
             )
         last = self._epoch + 1 >= args.num_train_epochs
         if not last and not control.should_training_stop:
-            plan = self.resampler.after_epoch(model, self._epoch)
+            plan = self.after_epoch(model, self._epoch)
             if plan is not None and len(plan) > self.max_rows:
                 raise ValueError(
                     f"fastshap: the plan after epoch {self._epoch} has {len(plan)} rows, more than max_rows="

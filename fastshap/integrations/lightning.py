@@ -21,19 +21,14 @@ DistributedSampler) over the whole new plan.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-import torch
-
 from fastshap.integrations._core import EpochResampler, require
-from fastshap.resampling import Plan, ResampledDataset
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 
 __all__ = ["ResamplingCallback"]
 
 
-class ResamplingCallback(pl.Callback):
+class ResamplingCallback(EpochResampler, pl.Callback):
     """Value after each training epoch and train the next one on the whole new plan.
 
     Args:
@@ -47,45 +42,6 @@ class ResamplingCallback(pl.Callback):
     latest values. No valuation runs after the last epoch.
     """
 
-    def __init__(
-        self,
-        train_dataset: ResampledDataset,
-        features_fn: Callable,
-        head: str | Callable = "head",
-        *,
-        plan_fn: Callable[[torch.Tensor], Plan] | None = None,
-        warmup: int = 0,
-        subset: float | None = None,
-        seed: int = 0,
-        batch_size: int = 256,
-        collate_fn: Callable | None = None,
-        baselines: Sequence[torch.Tensor] | Callable | None = None,
-        benefit: str = "paper",
-        backend: str = "auto",
-    ):
-        self.resampler = EpochResampler(
-            train_dataset,
-            features_fn,
-            head,
-            plan_fn=plan_fn,
-            warmup=warmup,
-            subset=subset,
-            seed=seed,
-            batch_size=batch_size,
-            collate_fn=collate_fn,
-            baselines=baselines,
-            benefit=benefit,
-            backend=backend,
-        )
-
-    @property
-    def history(self) -> list:
-        return self.resampler.history
-
-    @property
-    def phi(self) -> torch.Tensor | None:
-        return self.resampler.phi
-
     def setup(self, trainer, pl_module, stage):
         if stage == "fit" and trainer.reload_dataloaders_every_n_epochs != 1:
             # otherwise the first epoch's DataLoader (and its length, and a DDP sampler's length) stays
@@ -95,4 +51,4 @@ class ResamplingCallback(pl.Callback):
         epoch = trainer.current_epoch
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epoch + 1:
             return  # no epoch follows
-        self.resampler.after_epoch(pl_module, epoch)
+        self.after_epoch(pl_module, epoch)
