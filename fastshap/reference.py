@@ -371,13 +371,28 @@ def callable_values(
     count = 1 << n
     width = sum(f.shape[1] for f in features)
     step = max(1, min(count, element_budget // max(1, batch * width)))
+    features, fills, bad, nonfinite = _callable_inputs(features, baselines)
+    values = torch.empty(batch, count, dtype=torch.float64, device=device)
+    for m0 in range(0, count, step):
+        block = masks[m0 : m0 + step]
+        values[:, m0 : m0 + block.shape[0]] = _block_values(head, block, features, fills, labels, benefit, m0 == 0)
+    return values, bad, nonfinite
+
+
+def _callable_inputs(features: Sequence[Tensor], baselines: Sequence[Tensor] | None):
+    """What a callable head is fed (also fastshap.sampling's): (features, fills (B, d_i) each: the baselines,
+    or zeros, bad (B,) bool, nonfinite (n,) float).
+
+    Rows holding NaN/Inf (features, or per-sample baselines; a shared baseline: every row) are counted per
+    modality in `nonfinite` (stats row 2), as the kernels count their partial logits, and flagged in `bad`:
+    their phi rows are NaN like the kernels'. The head sees zeros in their place (in the returned features
+    and fills): its logits must stay finite for the other rows.
+    """
+    batch = features[0].shape[0]
     fills = [
         (b.expand(batch, -1) if b.dim() == 1 else b) if baselines else torch.zeros_like(f)
         for f, b in zip(features, baselines or features)
     ]
-    # Rows holding NaN/Inf (features, or per-sample baselines; a shared baseline: every row) are counted per
-    # modality in stats row 2, as the kernels count their partial logits, and their phi rows are NaN like
-    # the kernels'. The head sees zeros in their place: its logits must stay finite for the other rows.
     bad_rows = [(~torch.isfinite(f)).any(1) for f in features]
     nonfinite = torch.stack([r.sum() for r in bad_rows]).float()
     if baselines:
@@ -389,41 +404,49 @@ def callable_values(
         keep = ~bad.unsqueeze(1)
         features = [torch.where(keep, f, 0) for f in features]
         fills = [torch.where(keep, fill, 0) for fill in fills]
-    values = torch.empty(batch, count, dtype=torch.float64, device=device)
-    size = masks.sum(1).double()
-    expected = None
-    for m0 in range(0, count, step):
-        block = masks[m0 : m0 + step]
-        k = block.shape[0]
-        inputs = [
-            torch.where(block[:, i].view(k, 1, 1), f.unsqueeze(0), fill.unsqueeze(0)).reshape(k * batch, -1)
-            for i, (f, fill) in enumerate(zip(features, fills))
-        ]
-        try:
-            out = head(inputs)
-        except TypeError as exc:
-            if m0:
-                raise
-            # The usual cause: a module written for one concatenated tensor (e.g. an nn.Sequential).
-            raise TypeError(
-                f"fastshap: the head, called with the list of the {n} modalities' feature tensors, raised "
-                f"TypeError: {exc}. A callable head takes that list; for a module over the concatenated "
-                f"features pass `lambda feats: head(torch.cat(feats, 1))` (or an nn.Linear / fastshap.heads module)"
-            ) from exc
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"fastshap: the head returned {type(out).__name__}, expected a logits tensor")
-        if not out.is_floating_point():
-            raise TypeError(f"fastshap: the head returned logits of dtype {out.dtype}; expected floating point logits")
-        expected = (k * batch, *labels.shape[1:])
-        if out.dim() != labels.dim() + 1 or tuple(out.shape[:-1]) != expected:
-            raise ValueError(
-                f"fastshap: the head returned logits of shape {tuple(out.shape)} for {k * batch} stacked inputs; "
-                f"expected ({', '.join(map(str, expected))}, C) to match labels of shape {tuple(labels.shape)}"
-            )
-        if m0 == 0:
-            _check_labels(labels, out.shape[-1])
-        if not bool(torch.isfinite(out).all()):
-            raise ValueError("fastshap: the head returned NaN or Inf logits")
-        logits = out.reshape(k, batch, *out.shape[1:])
-        values[:, m0 : m0 + k] = _callable_values(logits, labels, benefit, size[m0 : m0 + k])
-    return values, bad, nonfinite
+    return features, fills, bad, nonfinite
+
+
+def _block_values(
+    head: Callable, block: Tensor, features: list, fills: list, labels: Tensor, benefit: str, first_call: bool
+) -> Tensor:
+    """(B, k) float64 values of the k coalitions of `block` ((k, n) bool masks) in one head call: the k
+    coalitions' inputs stacked along the batch (also fastshap.sampling's, for its walks' prefixes)."""
+    k, batch = block.shape[0], features[0].shape[0]
+    inputs = [
+        torch.where(block[:, i].view(k, 1, 1), f.unsqueeze(0), fill.unsqueeze(0)).reshape(k * batch, -1)
+        for i, (f, fill) in enumerate(zip(features, fills))
+    ]
+    out = _call_head(head, inputs, k * batch, labels, first_call)
+    return _callable_values(out.reshape(k, batch, *out.shape[1:]), labels, benefit, block.sum(1).double())
+
+
+def _call_head(head: Callable, inputs: list, rows: int, labels: Tensor, first_call: bool) -> Tensor:
+    """head(inputs) checked: logits (rows, [T,] C), floating point, finite; on the first call, the labels
+    against the class count."""
+    try:
+        out = head(inputs)
+    except TypeError as exc:
+        if not first_call:
+            raise
+        # The usual cause: a module written for one concatenated tensor (e.g. an nn.Sequential).
+        raise TypeError(
+            f"fastshap: the head, called with the list of the {len(inputs)} modalities' feature tensors, raised "
+            f"TypeError: {exc}. A callable head takes that list; for a module over the concatenated features pass "
+            f"`lambda feats: head(torch.cat(feats, 1))` (or an nn.Linear / fastshap.heads module)"
+        ) from exc
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"fastshap: the head returned {type(out).__name__}, expected a logits tensor")
+    if not out.is_floating_point():
+        raise TypeError(f"fastshap: the head returned logits of dtype {out.dtype}; expected floating point logits")
+    expected = (rows, *labels.shape[1:])
+    if out.dim() != labels.dim() + 1 or tuple(out.shape[:-1]) != expected:
+        raise ValueError(
+            f"fastshap: the head returned logits of shape {tuple(out.shape)} for {rows} stacked inputs; expected "
+            f"({', '.join(map(str, expected))}, C) to match labels of shape {tuple(labels.shape)}"
+        )
+    if first_call:
+        _check_labels(labels, out.shape[-1])
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("fastshap: the head returned NaN or Inf logits")
+    return out

@@ -329,35 +329,6 @@ def sampled_shapley(
 # --- callable heads ---------------------------------------------------------------------------------------
 
 
-def _call_head(head: Callable, inputs: list, rows: int, labels: Tensor, first_call: bool) -> Tensor:
-    """head(inputs) checked as reference.shapley_callable checks it: logits (rows, [T,] C), finite."""
-    try:
-        out = head(inputs)
-    except TypeError as exc:
-        if not first_call:
-            raise
-        raise TypeError(
-            f"fastshap: the head, called with the list of the {len(inputs)} modalities' feature tensors, raised "
-            f"TypeError: {exc}. A callable head takes that list; for a module over the concatenated features pass "
-            f"`lambda feats: head(torch.cat(feats, 1))` (or an nn.Linear / fastshap.heads module)"
-        ) from exc
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"fastshap: the head returned {type(out).__name__}, expected a logits tensor")
-    if not out.is_floating_point():
-        raise TypeError(f"fastshap: the head returned logits of dtype {out.dtype}; expected floating point logits")
-    expected = (rows, *labels.shape[1:])
-    if out.dim() != labels.dim() + 1 or tuple(out.shape[:-1]) != expected:
-        raise ValueError(
-            f"fastshap: the head returned logits of shape {tuple(out.shape)} for {rows} stacked inputs; expected "
-            f"({', '.join(map(str, expected))}, C) to match labels of shape {tuple(labels.shape)}"
-        )
-    if first_call:
-        reference._check_labels(labels, out.shape[-1])
-    if not bool(torch.isfinite(out).all()):
-        raise ValueError("fastshap: the head returned NaN or Inf logits")
-    return out
-
-
 def sampled_callable(
     features: Sequence[Tensor],
     head: Callable[[list], Tensor],
@@ -375,29 +346,13 @@ def sampled_callable(
     device = features[0].device
     orders = orders.to(device)
     pairs = orders.shape[0]
-    fills = [
-        (b.expand(batch, -1) if b.dim() == 1 else b) if baselines else torch.zeros_like(f)
-        for f, b in zip(features, baselines or features)
-    ]
     # NaN/Inf rows as reference.shapley_callable treats them: counted, fed to the head as zeros, NaN phi rows.
-    bad_rows = [(~torch.isfinite(f)).any(1) for f in features]
-    nonfinite = torch.stack([r.sum() for r in bad_rows]).float()
-    if baselines:
-        bad_base = [(~torch.isfinite(b)).reshape(-1, b.shape[-1]).any(1) for b in baselines]
-        nonfinite += torch.stack([r.sum() for r in bad_base]).float()
-        bad_rows += bad_base
-    bad = torch.stack(torch.broadcast_tensors(*bad_rows)).any(0)
-    if bool(nonfinite.any()):
-        keep = ~bad.unsqueeze(1)
-        features = [torch.where(keep, f, 0) for f in features]
-        fills = [torch.where(keep, fill, 0) for fill in fills]
+    features, fills, bad, nonfinite = reference._callable_inputs(features, baselines)
 
     width = sum(f.shape[1] for f in features)
     per_coalition = max(1, batch * width)
-    ends = _call_head(head, [torch.cat([fill, f]) for f, fill in zip(features, fills)], 2 * batch, labels, True)
-    ends = reference._callable_values(
-        ends.view(2, batch, *ends.shape[1:]), labels, benefit, torch.tensor([0.0, n], dtype=torch.float64)
-    )
+    empty_and_full = torch.arange(2, device=device).view(2, 1).expand(2, n).bool()
+    ends = reference._block_values(head, empty_and_full, features, fills, labels, benefit, first_call=True)
     if benefit == "paper":
         ends[:, 0] = 0.0  # v(empty) = 0 by definition
     v_empty, v_full = ends[:, 0], ends[:, 1]
@@ -418,15 +373,8 @@ def sampled_callable(
         step = max(1, min(masks.shape[0], element_budget // per_coalition))
         for m0 in range(0, masks.shape[0], step):
             block = masks[m0 : m0 + step]
-            k = block.shape[0]
-            inputs = [
-                torch.where(block[:, i].view(k, 1, 1), f.unsqueeze(0), fill.unsqueeze(0)).reshape(k * batch, -1)
-                for i, (f, fill) in enumerate(zip(features, fills))
-            ]
-            out = _call_head(head, inputs, k * batch, labels, False)
-            size = block.sum(1).double()
-            values[:, m0 : m0 + k] = reference._callable_values(
-                out.reshape(k, batch, *out.shape[1:]), labels, benefit, size
+            values[:, m0 : m0 + block.shape[0]] = reference._block_values(
+                head, block, features, fills, labels, benefit, first_call=False
             )
         # (W, B, n + 1) value sequences along each walk: v(empty), the prefixes, v(N).
         seq = torch.cat(
