@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import harness
 import host_path
 import torch
 
@@ -172,10 +173,7 @@ def main(argv=None) -> int:
     skip = triton_unavailable()
     if skip:
         text += f"\ntriton rows left out: {skip}\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text)
+    harness.print_and_save(text, args.out)
     return 0
 
 

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+import harness
 import torch
 
 EPOCHS = 12
@@ -107,10 +108,7 @@ def main(argv=None) -> int:
             print(lines[-1], file=sys.stderr)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     text = "\n".join(lines) + f"\n\nload average {load} at the end\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text)
+    harness.print_and_save(text, args.out)
     return 0
 
 

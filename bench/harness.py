@@ -165,6 +165,14 @@ def default_result_path(stem: str = "bench") -> Path:
     return RESULTS_DIR / f"{stem}-{stamp}-{commit}.json"
 
 
+def print_and_save(text: str, path: str | None) -> None:
+    """A script's result (a Markdown table and its notes): printed, and written to `path` (its --out) if given."""
+    print(text)
+    if path:
+        with open(path, "w") as handle:
+            handle.write(text)
+
+
 # --- timing -------------------------------------------------------------------------------------------
 
 
