@@ -164,12 +164,7 @@ def parse_args(argv=None):
     _no_repeats(p, "--dataset", args.dataset)
     if not 1 <= args.seeds <= MAX_SEEDS:
         p.error(f"--seeds must be in [1, {MAX_SEEDS}], got {args.seeds}")
-    from fastshap_train.config import cpu_cap
-
-    cap, cpus = cpu_cap()
-    if not 1 <= args.jobs <= cap:
-        # each job is a process training a model: more than the cores only slows every run and costs memory
-        p.error(f"--jobs must be in [1, {cap}] (at most 4 x the {cpus} CPUs), got {args.jobs}")
+    check_jobs(p, args.jobs)
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.method_list:
         p.error("--methods is empty")
@@ -178,16 +173,34 @@ def parse_args(argv=None):
     if any(not views for views in args.view_lists):
         p.error("--views is empty")
     _no_repeats(p, "--views", [",".join(views) for views in args.view_lists])
-    args.overrides = {}
-    for item in args.set:
+    owned = {key: f"compare sets {key} itself ({why})" for key, why in _SET_BY_COMPARE.items()}
+    args.overrides = parse_overrides(p, args.set, owned)
+    return args, p
+
+
+def check_jobs(parser: argparse.ArgumentParser, jobs: int) -> None:
+    """--jobs (parallel runs) in [1, 4 x the CPUs], or the parser's usage error (also the study's)."""
+    from fastshap_train.config import cpu_cap
+
+    cap, cpus = cpu_cap()
+    if not 1 <= jobs <= cap:
+        # each job is a process training a model: more than the cores only slows every run and costs memory
+        parser.error(f"--jobs must be in [1, {cap}] (at most 4 x the {cpus} CPUs), got {jobs}")
+
+
+def parse_overrides(parser: argparse.ArgumentParser, items: list, owned: dict) -> dict:
+    """--set KEY=VALUE items as {key: value} (dashes in a key read as underscores; also the study's). A key
+    in `owned` (key -> why --set may not change it) is the parser's usage error."""
+    overrides = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            p.error(f"--set expects KEY=VALUE, got {item!r}")
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
         key = key.strip().replace("-", "_")
-        if key in _SET_BY_COMPARE:
-            p.error(f"--set {key}=...: compare sets {key} itself ({_SET_BY_COMPARE[key]})")
-        args.overrides[key] = value.strip()
-    return args, p
+        if key in owned:
+            parser.error(f"--set {key}=...: {owned[key]}")
+        overrides[key] = value.strip()
+    return overrides
 
 
 # Options each run gets from compare, which --set would not change: say so rather than ignore it.

@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastshap_train.compare import DISPLAY, run_config
+from fastshap_train.compare import DISPLAY, check_jobs, parse_overrides, run_config
 from fastshap_train.dependencies import reports_missing_packages
 
 # ------------------------------------------------------------------------------------------------------
@@ -863,25 +863,14 @@ def parse_args(argv=None):
     )
     p.add_argument("--list", action="store_true", help="list the settings, groups and arms, and exit")
     args = p.parse_args(argv)
-    from fastshap_train.config import cpu_cap
-
-    cap, cpus = cpu_cap()
-    if not 1 <= args.jobs <= cap:
-        p.error(f"--jobs must be in [1, {cap}] (at most 4 x the {cpus} CPUs), got {args.jobs}")
+    check_jobs(p, args.jobs)
     if args.seeds is None:
         args.seeds = 3 if args.quick else 5
     if not 2 <= args.seeds <= 100:
         p.error(f"--seeds must be in [2, 100] (the comparisons pair seeds), got {args.seeds}")
     args.out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
-    args.overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            p.error(f"--set expects KEY=VALUE, got {item!r}")
-        key = key.strip().replace("-", "_")
-        if key in ("dataset", "method", "seed", "out", "resume", "views", "syn_seed", "split_seed"):
-            p.error(f"--set {key}=...: the study sets {key} itself")
-        args.overrides[key] = value.strip()
+    owned = ("dataset", "method", "seed", "out", "resume", "views", "syn_seed", "split_seed")
+    args.overrides = parse_overrides(p, args.set, {key: f"the study sets {key} itself" for key in owned})
     return args, p
 
 
