@@ -58,6 +58,21 @@ def _coalition_value(sums, labels, cols, col_ok, size, BENEFIT: tl.constexpr, ME
 
 
 @triton.jit
+def _credit(scratch, first, second, marginal, row_ok, WALK: tl.constexpr):
+    """One step's marginal (BLOCK_B,) of a walk of a pair, the pointers at its modality's rows: the first walk
+    (WALK 0) keeps it in scratch; the second adds the pair's draw (the mean of both walks' marginals) and its
+    square to the group's sums."""
+    if WALK == 0:
+        tl.store(scratch, marginal, mask=row_ok)
+    else:
+        draw = (tl.load(scratch, mask=row_ok, other=0.0) + marginal) * 0.5
+        s1 = tl.load(first, mask=row_ok, other=0.0)
+        s2 = tl.load(second, mask=row_ok, other=0.0)
+        tl.store(first, s1 + draw, mask=row_ok)
+        tl.store(second, s2 + draw * draw, mask=row_ok)
+
+
+@triton.jit
 def _sampled_additive_kernel(
     delta_ptr,  # (n, B, K) contiguous, compute dtype: what modality i adds to a walk's score when it joins
     empty_ptr,  # (E, K) contiguous: score(empty), one shared row (E = 1) or one per sample (E = B)
@@ -109,24 +124,11 @@ def _sampled_additive_kernel(
                 step = tl.load(delta_ptr + (player * B + rows64[:, None]) * K + cols[None, :], mask=mask, other=0.0)
                 sums = sums + step
                 value = _coalition_value(sums, labels, cols, col_ok, j + 1, BENEFIT, MEAN_OF)
-                if k == 0:
-                    tl.store(scratch_ptr + own + player, value - previous, mask=row_ok)
-                else:
-                    draw = (tl.load(scratch_ptr + own + player, mask=row_ok, other=0.0) + (value - previous)) * 0.5
-                    s1 = tl.load(first_ptr + own + player, mask=row_ok, other=0.0)
-                    s2 = tl.load(second_ptr + own + player, mask=row_ok, other=0.0)
-                    tl.store(first_ptr + own + player, s1 + draw, mask=row_ok)
-                    tl.store(second_ptr + own + player, s2 + draw * draw, mask=row_ok)
+                at = own + player
+                _credit(scratch_ptr + at, first_ptr + at, second_ptr + at, value - previous, row_ok, k)
                 previous = value
-            player = tl.load(walk + n - 1)
-            if k == 0:
-                tl.store(scratch_ptr + own + player, v_full - previous, mask=row_ok)
-            else:
-                draw = (tl.load(scratch_ptr + own + player, mask=row_ok, other=0.0) + (v_full - previous)) * 0.5
-                s1 = tl.load(first_ptr + own + player, mask=row_ok, other=0.0)
-                s2 = tl.load(second_ptr + own + player, mask=row_ok, other=0.0)
-                tl.store(first_ptr + own + player, s1 + draw, mask=row_ok)
-                tl.store(second_ptr + own + player, s2 + draw * draw, mask=row_ok)
+            at = own + tl.load(walk + n - 1)
+            _credit(scratch_ptr + at, first_ptr + at, second_ptr + at, v_full - previous, row_ok, k)
 
 
 def _block_b(batch: int, block_k: int) -> int:
