@@ -13,13 +13,14 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
 
 import pytest
 import torch
-from cases import draw_baselines, draw_labels, layout, make_head, spoil_labels
+from cases import make_head, spoil_labels
+from kernel_cases import DTYPES, HEAD_KINDS, MAX_EXCLUDED_SAMPLES, PROBABILITY_ATOL, compute_eps, make_inputs
+from kernel_cases import Case as KernelCase
 from oracle import NonlinearHead, dyadic, oracle_shapley
 from oracle_interactions import (
     interaction_by_moebius,
@@ -32,32 +33,16 @@ from torch import nn
 import fastshap
 from fastshap import _extension, coalitions, heads
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-HEAD_KINDS = ("linear", "concat", "decision", "mlp", "callable")
-PROBABILITY_ATOL = 1e-5
-MAX_EXCLUDED_SAMPLES = 0.05
 #: The backends these functions claim (triton and cuda decline them).
 CLAIMED = ("torch", "cpp")
 
 
-@dataclass(frozen=True)
-class Case:
-    n: int
-    C: int
-    B: int
-    head: str  # one of HEAD_KINDS
-    dtype: str  # key of DTYPES
-    layout: str  # "contig" | "T" | "strided" (tests/cases.layout)
-    baselines: str  # "none" | "shared" | "sample" | "mixed"
-    benefit: str
-
-    @property
-    def id(self) -> str:
-        return f"n{self.n}-C{self.C}-B{self.B}-{self.head}-{self.dtype}-{self.layout}-{self.baselines}-{self.benefit}"
+class Case(KernelCase):
+    """A case of tests/kernel_cases.py's matrix (its fields, its make_inputs), drawn from its own seed."""
 
     @property
     def seed(self) -> int:
-        return sum(ord(c) * (i + 1) for i, c in enumerate(self.id)) + 20
+        return super().seed + 20
 
 
 # A covering set (test_cases_cover_every_axis): every head kind with every benefit, n = 1..8, odd sizes.
@@ -85,29 +70,10 @@ CASES = [
 ]
 
 
-def make_inputs(case: Case):
-    """(features, head, labels, baselines) of a case, reproducible from its id."""
-    g = torch.Generator().manual_seed(case.seed)
-    dtype = DTYPES[case.dtype]
-    dims = [int(d) for d in torch.randint(1, 13, (case.n,), generator=g)]
-    feats = [layout(torch.randn(case.B, d, generator=g).to(dtype), case.layout) for d in dims]
-    head = make_head(case.head, dims, case.C, g)
-    with torch.no_grad():
-        as32 = [f.float() for f in feats]
-        logits = head(torch.cat(as32, 1)) if isinstance(head, nn.Linear) else head(as32)
-    labels = draw_labels(logits, case.C, g, case.layout)
-    baselines = draw_baselines(case.baselines, dims, case.B, dtype, case.layout, g)
-    return feats, head, labels, baselines
-
-
 @cache
 def expected_for(case: Case):
     feats, head, labels, baselines = make_inputs(case)
     return oracle_interactions(feats, head, labels, baselines, case.benefit)
-
-
-def compute_eps(dtype: torch.dtype) -> float:
-    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
 
 
 def backends_for(kind: str):
