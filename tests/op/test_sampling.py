@@ -108,6 +108,14 @@ def every_order(n: int) -> torch.Tensor:
     return torch.stack([forward, forward.flip(-1)], 1)
 
 
+def sampled(feats, head, labels, samples: int, seed: int, **options):
+    """modality_shapley's sampling estimate: `samples` orders drawn from a generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return fastshap.modality_shapley(
+        feats, head, labels, estimator="sampling", samples=samples, generator=generator, **options
+    )
+
+
 def run_orders(backend, kind, head, feats, labels, benefit, orders, baselines=None):
     with torch.no_grad():
         return sampling.run(backend, spec_of(kind, head), feats, baselines, labels, benefit, orders)
@@ -170,17 +178,7 @@ def estimates(feats, head, labels, benefit, samples, seeds, backend="torch"):
     """(S, B, n) float64 estimates and standard errors, one seed per call."""
     phis, errors = [], []
     for seed in seeds:
-        phi, stderr = fastshap.modality_shapley(
-            feats,
-            head,
-            labels,
-            benefit=benefit,
-            backend=backend,
-            estimator="sampling",
-            samples=samples,
-            generator=torch.Generator().manual_seed(seed),
-            with_stderr=True,
-        )
+        phi, stderr = sampled(feats, head, labels, samples, seed, benefit=benefit, backend=backend, with_stderr=True)
         phis.append(phi.double())
         errors.append(stderr.double())
     return torch.stack(phis), torch.stack(errors)
@@ -231,16 +229,7 @@ def test_efficiency_per_pair(kind, samples, backend):
     feats, head, labels = make_case(kind, n, 9, 6, seed=12 + samples, exact_scores=False)
     for benefit in BENEFITS:
         exact = fastshap.modality_shapley(feats, head, labels, benefit=benefit, backend="torch").double()
-        phi = fastshap.modality_shapley(
-            feats,
-            head,
-            labels,
-            benefit=benefit,
-            backend=backend,
-            estimator="sampling",
-            samples=samples,
-            generator=torch.Generator().manual_seed(3),
-        ).double()
+        phi = sampled(feats, head, labels, samples, 3, benefit=benefit, backend=backend).double()
         scale = phi.abs().sum(1) + exact.abs().sum(1)
         assert bool(((phi.sum(1) - exact.sum(1)).abs() <= 2**-22 * scale + 1e-12).all()), benefit
 
@@ -279,20 +268,7 @@ def test_backends_walk_the_same_orders(kind):
     n, batch, samples = (5, 6, 4) if interpreted else (11, 13, 20)
     feats, head, labels = make_case(kind, n, batch, 7, seed=31, exact_scores=False)
     for benefit in BENEFITS:
-        outs = [
-            fastshap.modality_shapley(
-                feats,
-                head,
-                labels,
-                benefit=benefit,
-                backend=b,
-                estimator="sampling",
-                samples=samples,
-                generator=torch.Generator().manual_seed(2),
-                with_stderr=True,
-            )
-            for b in names
-        ]
+        outs = [sampled(feats, head, labels, samples, 2, benefit=benefit, backend=b, with_stderr=True) for b in names]
         for phi, stderr in outs[1:]:
             if benefit == "probability":
                 torch.testing.assert_close(phi, outs[0][0], rtol=1e-6, atol=1e-6)
@@ -305,17 +281,8 @@ def test_callable_and_fused_paths_agree():
     """The torch backend's fused walk and its batched prefix evaluation of the same head as a callable walk
     the same orders to the same values (dyadic inputs: every score exact)."""
     feats, head, labels = make_case("concat", 9, 10, 4, seed=41)
-    fused = fastshap.modality_shapley(
-        feats, head, labels, estimator="sampling", samples=16, generator=torch.Generator().manual_seed(1)
-    )
-    as_callable = fastshap.modality_shapley(
-        feats,
-        lambda xs: head(xs),
-        labels,
-        estimator="sampling",
-        samples=16,
-        generator=torch.Generator().manual_seed(1),
-    )
+    fused = sampled(feats, head, labels, 16, 1)
+    as_callable = sampled(feats, lambda xs: head(xs), labels, 16, 1)
     assert torch.equal(fused, as_callable)
 
 
