@@ -4,6 +4,10 @@ Items are dicts ``{"audio", "visual", "labels", "index"}``; the model records, f
 sees, ``(index, keep bitmask)``, so that a test can compare the rows an epoch trained on with the plan.
 """
 
+import argparse
+import json
+import os
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -61,3 +65,19 @@ def plan_rows(plan: Plan) -> list:
 
 def features_fn(model, batch):
     return model.features(batch), batch["labels"]
+
+
+def script_parser() -> argparse.ArgumentParser:
+    """The options the run_* scripts share: --out (the folder for each rank's JSON) and the run's size."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=90)
+    parser.add_argument("--batch-size", type=int, default=16)
+    return parser
+
+
+def write_rank(out: str, rank: int, epochs: list, world: int) -> None:
+    """A script's result for its test: out/rank<rank>.json, the epochs its Recorder noted and the world size."""
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"epochs": epochs, "world": world}, f)

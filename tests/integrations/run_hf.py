@@ -1,14 +1,12 @@
 """transformers.Trainer with fastshap's callback, as a user runs it (``python run_hf.py`` or ``torchrun
 --nproc_per_node 2 run_hf.py``); each rank writes what every epoch's plan was and which rows it trained on."""
 
-import argparse
-import json
 import os
 import tempfile
 
 import torch
 import torch.nn.functional as F
-from _toy import ToyData, ToyNet, features_fn, plan_rows
+from _toy import ToyData, ToyNet, features_fn, plan_rows, script_parser, write_rank
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from fastshap.integrations.huggingface import ResamplingCallback
@@ -94,16 +92,9 @@ def train(
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=90)
-    parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
+    args = script_parser().parse_args()
     recorder = train(tempfile.mkdtemp(), args.epochs, args.samples, args.batch_size)
-    rank = int(os.environ.get("RANK", 0))
-    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump({"epochs": recorder.epochs, "world": int(os.environ.get("WORLD_SIZE", 1))}, f)
+    write_rank(args.out, int(os.environ.get("RANK", 0)), recorder.epochs, int(os.environ.get("WORLD_SIZE", 1)))
 
 
 if __name__ == "__main__":

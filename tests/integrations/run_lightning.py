@@ -1,14 +1,10 @@
 """A Lightning Trainer with fastshap's callback, as a user runs it (``python run_lightning.py [--devices 2]``,
 DDP on the CPU); each rank writes what every epoch's plan was and which rows it trained on."""
 
-import argparse
-import json
-import os
-
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from _toy import ToyData, ToyNet, features_fn, plan_rows
+from _toy import ToyData, ToyNet, features_fn, plan_rows, script_parser, write_rank
 from torch.utils.data import DataLoader
 
 from fastshap.integrations.lightning import ResamplingCallback
@@ -78,16 +74,11 @@ def train(epochs=3, samples=90, batch_size=16, devices=1):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=90)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = script_parser()
     parser.add_argument("--devices", type=int, default=1)
     args = parser.parse_args()
     trainer, recorder = train(args.epochs, args.samples, args.batch_size, args.devices)
-    with open(os.path.join(args.out, f"rank{trainer.global_rank}.json"), "w") as f:
-        json.dump({"epochs": recorder.epochs, "world": trainer.world_size}, f)
+    write_rank(args.out, trainer.global_rank, recorder.epochs, trainer.world_size)
 
 
 if __name__ == "__main__":
