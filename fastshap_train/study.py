@@ -186,48 +186,7 @@ SETTING_BY_NAME = {s.name: s for s in SETTINGS}
 GROUPS = {g: [s.name for s in SETTINGS if s.group == g] for g in ("synthetic", "uci-mfeat")}
 
 
-UNIMODAL = "unimodal"
-
-
-def register_reference_method() -> None:
-    """Register the ``unimodal`` method (once per process): the concat model trained on one modality only.
-
-    Registered through the trainer's plug-in API when the study runs, not at import: a module run with
-    ``python -m`` is imported a second time by the spawned workers, and a method registers only once."""
-    from fastshap_train.data.base import Plan
-    from fastshap_train.methods.base import Method
-    from fastshap_train.registry import Option, method_names, register_method, register_options
-
-    if UNIMODAL in method_names():
-        return
-    register_options(
-        "study",
-        [
-            Option(
-                "unimodal_modality",
-                1,
-                "unimodal: the one modality every training row keeps",
-                check=lambda x: None if x >= 0 else "must be >= 0",
-            )
-        ],
-        title="the study's reference arm",
-    )
-
-    class Unimodal(Method):
-        head = "concat"
-        help = "the concat model trained on one modality alone (--unimodal-modality): a study reference"
-
-        def first_plan(self):
-            if self.cfg.unimodal_modality >= self.n:
-                raise ValueError(f"--unimodal-modality {self.cfg.unimodal_modality}: the data has {self.n} modalities")
-            plan = super().first_plan()
-            keep = torch.full_like(plan.keep, 1 << self.cfg.unimodal_modality)
-            return Plan(plan.index, keep, plan.mask, plan.n)
-
-        def next_plan(self, epoch, values):
-            return self.first_plan()
-
-    register_method(UNIMODAL)(Unimodal)
+UNIMODAL = "unimodal"  # a built-in method (fastshap_train/methods/unimodal.py)
 
 
 ARMS = (
@@ -394,7 +353,6 @@ def run_one(spec: dict) -> dict:
     from fastshap_train.engine import Trainer
     from fastshap_train.methods._common import NotApplicable
 
-    register_reference_method()
     row = {k: spec[k] for k in ("setting", "arm", "method", "seed")}
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
@@ -915,7 +873,6 @@ def main(argv=None) -> int:
     if args.list:
         print_list()
         return 0
-    register_reference_method()
     settings, arms = select(args, parser)
     runs = plan_runs(settings, arms, args.seeds, args.out, args.quick, args.overrides, args.overwrite or args.reuse)
     try:

@@ -319,8 +319,6 @@ def test_reuse_trains_only_what_is_missing(tmp_path, capsys):
 
 
 def test_unimodal_reference_trains_one_modality_and_stays_out_of_the_comparisons(tmp_path):
-    study.register_reference_method()
-    study.register_reference_method()  # once per process, however often it is asked
     trainer = Trainer(tiny_config(tmp_path / "run", method="unimodal", unimodal_modality=1, checkpoint=False))
     try:
         assert trainer.plan.keep.tolist() == [2] * 64  # every row keeps modality 1 only

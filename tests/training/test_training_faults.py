@@ -166,8 +166,16 @@ def test_ctrl_c_in_a_real_process(tmp_path):
     args = [sys.executable, "-m", "fastshap_train", "--dataset", "synthetic", "--syn-samples", "2000"]
     args += ["--epochs", "1000", "--threads", "1", "--no-tensorboard", "--no-plots", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A shell's background job (nohup, `cmd &`) ignores SIGINT, and a Python started so never installs its
+    # KeyboardInterrupt handler: give the child the default disposition, as a terminal's process has.
     proc = subprocess.Popen(
-        [*args, "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 240
