@@ -278,7 +278,10 @@ def test_other_arguments_take_the_full_path(change, defer, checker):
         dict(samples=4),
         dict(with_stats=True, with_stderr=True),
     ],
-    ids=lambda o: ",".join(f"{k}={v!r}" for k, v in o.items()),
+    # ids from values' reprs, objects by their type: an id must be the same in every process (pytest-xdist)
+    ids=lambda o: ",".join(
+        f"{k}={v!r}" if isinstance(v, str | int | list) else f"{k}={type(v).__name__}" for k, v in o.items()
+    ),
 )
 def test_other_options_answer_as_the_full_path(option, checker):
     g = torch.Generator().manual_seed(5)
