@@ -284,6 +284,12 @@ def check_backend(backend) -> None:
         raise TypeError(f"fastshap: backend must be a name, got {type(backend).__name__}")
 
 
+def check_exact_options(estimator: str, samples, generator) -> None:
+    """Exact values draw nothing: sampling's options with estimator="exact" are a mistake, not ignored."""
+    if estimator == "exact" and (samples is not None or generator is not None):
+        raise ValueError("fastshap: samples and generator are for estimator='sampling' (or 'auto' past n = 16)")
+
+
 def check_defer_checks(defer_checks) -> None:
     if defer_checks is None:
         return

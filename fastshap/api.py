@@ -99,8 +99,7 @@ def modality_shapley(
         chosen = sampling.select(backend, call)
         orders = sampling.draw_orders(pairs, n, generator, device)
     else:
-        if estimator == "exact" and (samples is not None or generator is not None):
-            raise ValueError("fastshap: samples and generator are for estimator='sampling' (or 'auto' past n = 16)")
+        _validate.check_exact_options(estimator, samples, generator)
         chosen = backends.select(backend, call)
     stderr = None
     if batch == 0:
